@@ -1,0 +1,1 @@
+"""Functional core of billing-worker: pure, synchronous, no I/O."""

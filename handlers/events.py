@@ -1,0 +1,157 @@
+"""Typed billing events: what the pure core knows of a Stripe event, whatever its API version.
+
+``handlers.normalize`` builds these from raw payloads; the reducer consumes only these. Times are
+aware UTC datetimes, money is integer minor units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+# Subscription statuses Stripe sends (plus our own "free" for a workspace with no subscription).
+SUBSCRIPTION_STATUSES = frozenset(
+    {
+        "trialing",
+        "active",
+        "past_due",
+        "unpaid",
+        "canceled",
+        "incomplete",
+        "incomplete_expired",
+        "paused",
+    }
+)
+TERMINAL_SUBSCRIPTION_STATUSES = frozenset({"canceled", "incomplete_expired"})
+INVOICE_STATUSES = frozenset({"draft", "open", "paid", "void", "uncollectible"})
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    """Identity and ordering of the Stripe event that carried an observation."""
+
+    event_id: str
+    event_type: str
+    created: datetime
+    api_version: str | None = None
+    request_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionItem:
+    item_id: str
+    price_id: str
+    quantity: int
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionSnapshot:
+    subscription_id: str
+    customer_id: str
+    status: str
+    items: tuple[SubscriptionItem, ...]
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    trial_end: datetime | None
+    cancel_at_period_end: bool
+    cancel_at: datetime | None
+    canceled_at: datetime | None
+    ended_at: datetime | None
+    start_date: datetime | None
+    workspace_id: str | None  # metadata.workspace_id, when present
+    custom_contract: bool = False  # metadata.custom_contract == "true"
+
+
+@dataclass(frozen=True)
+class InvoiceLine:
+    price_id: str | None
+    quantity: int
+    amount: int
+    proration: bool
+
+
+@dataclass(frozen=True)
+class InvoiceSnapshot:
+    invoice_id: str
+    customer_id: str
+    subscription_id: str | None
+    status: str
+    currency: str
+    amount_due: int
+    amount_paid: int
+    amount_remaining: int
+    attempt_count: int
+    next_payment_attempt: datetime | None
+    billing_reason: str | None
+    created: datetime
+    due_date: datetime | None
+    period_start: datetime | None
+    period_end: datetime | None
+    lines: tuple[InvoiceLine, ...]
+    workspace_id: str | None  # from parent.subscription_details.metadata / subscription_details
+
+
+@dataclass(frozen=True)
+class SubscriptionObserved:
+    """customer.subscription.created|updated|deleted|paused|resumed|trial_will_end."""
+
+    meta: EventMeta
+    subscription: SubscriptionSnapshot
+
+
+@dataclass(frozen=True)
+class InvoiceObserved:
+    """invoice.* — the invoice as of the event, plus what the event says happened to it."""
+
+    meta: EventMeta
+    invoice: InvoiceSnapshot
+    payment_failed: bool = False  # invoice.payment_failed
+    action_required: bool = False  # invoice.payment_action_required
+
+
+@dataclass(frozen=True)
+class CheckoutCompleted:
+    """checkout.session.completed (one-time AI credit packs are bought through Checkout)."""
+
+    meta: EventMeta
+    session_id: str
+    customer_id: str | None
+    mode: str
+    payment_status: str
+    price_quantities: tuple[tuple[str, int], ...]  # (price id, quantity) of the line items
+    workspace_id: str | None
+
+
+@dataclass(frozen=True)
+class IgnoredEvent:
+    """A type the worker does not act on; stored and marked ``ignored``."""
+
+    meta: EventMeta
+
+
+BillingEvent = SubscriptionObserved | InvoiceObserved | CheckoutCompleted | IgnoredEvent
+
+
+def customer_of(event: BillingEvent) -> str | None:
+    """The Stripe customer an event belongs to, used to map it to a workspace."""
+    if isinstance(event, SubscriptionObserved):
+        return event.subscription.customer_id
+    if isinstance(event, InvoiceObserved):
+        return event.invoice.customer_id
+    if isinstance(event, CheckoutCompleted):
+        return event.customer_id
+    return None
+
+
+def workspace_hint(event: BillingEvent) -> str | None:
+    """The workspace id the payload itself names (metadata), if any."""
+    if isinstance(event, SubscriptionObserved):
+        return event.subscription.workspace_id
+    if isinstance(event, InvoiceObserved):
+        return event.invoice.workspace_id
+    if isinstance(event, CheckoutCompleted):
+        return event.workspace_id
+    return None

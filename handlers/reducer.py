@@ -1,0 +1,174 @@
+"""The pure reducer: (state, event, now, catalog) → outcome. No I/O, no clock, no globals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from handlers.catalog import Catalog
+from handlers.codec import to_jsonable
+from handlers.events import (
+    BillingEvent,
+    CheckoutCompleted,
+    IgnoredEvent,
+    InvoiceObserved,
+    SubscriptionObserved,
+)
+from handlers.state import InvoiceRecord, SubscriptionRecord, WorkspaceState, WorkspaceView
+from handlers.view import derive_view
+
+APPLIED = "applied"  # state changed
+STALE = "stale"  # an older or duplicate observation: nothing to change
+IGNORED = "ignored"  # a type the worker does not act on
+
+
+@dataclass(frozen=True)
+class BlockApplied:
+    level: str
+
+
+@dataclass(frozen=True)
+class BlockLifted:
+    previous_level: str
+
+
+@dataclass(frozen=True)
+class BlockLevelChanged:
+    previous_level: str
+    level: str
+
+
+Effect = BlockApplied | BlockLifted | BlockLevelChanged
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: str
+    state: WorkspaceState
+    view: WorkspaceView
+    changes: Mapping[str, tuple[Any, Any]]  # field -> (before, after), JSON-able
+    subscription: SubscriptionRecord | None = None  # record the shell must upsert
+    invoice: InvoiceRecord | None = None
+    effects: tuple[Effect, ...] = ()
+
+
+def apply_event(state: WorkspaceState, event: BillingEvent, now: datetime, catalog: Catalog) -> Outcome:
+    before = derive_view(state, catalog, now)
+    if isinstance(event, SubscriptionObserved):
+        return _subscription(state, before, event, now, catalog)
+    if isinstance(event, InvoiceObserved):
+        return _invoice(state, before, event, now, catalog)
+    if isinstance(event, CheckoutCompleted | IgnoredEvent):
+        return Outcome(IGNORED, state, before, {})
+    raise TypeError(f"unhandled event {type(event).__name__}")
+
+
+def reevaluate(state: WorkspaceState, stored: WorkspaceView, now: datetime, catalog: Catalog) -> Outcome:
+    """Recompute the view at ``now`` (the dunning sweep): a time-driven change with no event."""
+    view = derive_view(state, catalog, now)
+    return _finish(state, stored, view, None, None)
+
+
+def _subscription(
+    state: WorkspaceState, before: WorkspaceView, event: SubscriptionObserved, now: datetime, catalog: Catalog
+) -> Outcome:
+    snap = event.subscription
+    record = SubscriptionRecord(snap, event.meta.created, event.meta.event_id)
+    current = state.subscriptions.get(snap.subscription_id)
+    if current is not None and current.order_key >= record.order_key:
+        return Outcome(STALE, state, before, {})
+    state = replace(
+        state,
+        customer_id=state.customer_id or snap.customer_id,
+        subscriptions={**state.subscriptions, snap.subscription_id: record},
+    )
+    changes = {f"subscription.{snap.subscription_id}.status": (_status(current), snap.status)}
+    return _finish(state, before, derive_view(state, catalog, now), record, None, changes)
+
+
+def _invoice(
+    state: WorkspaceState, before: WorkspaceView, event: InvoiceObserved, now: datetime, catalog: Catalog
+) -> Outcome:
+    snap = event.invoice
+    failed_at = event.meta.created if (event.payment_failed or event.action_required) else None
+    incoming = InvoiceRecord(snap, event.meta.created, event.meta.event_id, failed_at, failed_at)
+    current = state.invoices.get(snap.invoice_id)
+    merged = incoming if current is None else _merge_invoice(current, incoming)
+    if merged == current:
+        return Outcome(STALE, state, before, {})
+    state = replace(
+        state,
+        customer_id=state.customer_id or snap.customer_id,
+        invoices={**state.invoices, snap.invoice_id: merged},
+    )
+    changes: dict[str, tuple[Any, Any]] = {}
+    old_status = current.status if current else None
+    if old_status != merged.status:
+        changes[f"invoice.{snap.invoice_id}.status"] = (old_status, merged.status)
+    if (current and current.last_failed_at) != merged.last_failed_at:
+        changes[f"invoice.{snap.invoice_id}.last_failed_at"] = (
+            to_jsonable(current.last_failed_at if current else None),
+            to_jsonable(merged.last_failed_at),
+        )
+    return _finish(state, before, derive_view(state, catalog, now), None, merged, changes)
+
+
+def _merge_invoice(a: InvoiceRecord, b: InvoiceRecord) -> InvoiceRecord:
+    """Join of two observations of one invoice: commutative, associative, idempotent."""
+    latest = a if a.order_key >= b.order_key else b
+    return replace(
+        latest,
+        first_failed_at=_min(a.first_failed_at, b.first_failed_at),
+        last_failed_at=_max(a.last_failed_at, b.last_failed_at),
+    )
+
+
+def _finish(
+    state: WorkspaceState,
+    before: WorkspaceView,
+    after: WorkspaceView,
+    subscription: SubscriptionRecord | None,
+    invoice: InvoiceRecord | None,
+    record_changes: Mapping[str, tuple[Any, Any]] | None = None,
+) -> Outcome:
+    changes = dict(record_changes or {})
+    changes.update(view_diff(before, after))
+    if not changes and subscription is None and invoice is None:
+        return Outcome(STALE, state, after, {})
+    state = replace(state, version=state.version + 1)
+    return Outcome(APPLIED, state, after, changes, subscription, invoice, _block_effects(before, after))
+
+
+def view_diff(before: WorkspaceView, after: WorkspaceView) -> dict[str, tuple[Any, Any]]:
+    a, b = to_jsonable(before), to_jsonable(after)
+    return {k: (a[k], b[k]) for k in b if a.get(k) != b[k]}
+
+
+def _block_effects(before: WorkspaceView, after: WorkspaceView) -> tuple[Effect, ...]:
+    old = before.block.level if before.block else None
+    new = after.block.level if after.block else None
+    if old == new:
+        return ()
+    if old is None and new is not None:
+        return (BlockApplied(new),)
+    if new is None and old is not None:
+        return (BlockLifted(old),)
+    assert old is not None and new is not None
+    return (BlockLevelChanged(old, new),)
+
+
+def _status(record: SubscriptionRecord | None) -> str | None:
+    return record.snapshot.status if record else None
+
+
+def _min(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+__all__ = ["APPLIED", "IGNORED", "STALE", "Outcome", "apply_event", "reevaluate"]

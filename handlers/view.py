@@ -1,0 +1,87 @@
+"""Derive the workspace view from its observations: plan, seats, periods, storage, block."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from handlers.catalog import Catalog
+from handlers.dunning import evaluate_block
+from handlers.events import TERMINAL_SUBSCRIPTION_STATUSES, SubscriptionItem
+from handlers.state import SubscriptionRecord, WorkspaceState, WorkspaceView
+
+
+def current_subscription(state: WorkspaceState) -> SubscriptionRecord | None:
+    """The live subscription with the latest start; if none is live, the last one to end."""
+    records = list(state.subscriptions.values())
+    live = [r for r in records if r.snapshot.status not in TERMINAL_SUBSCRIPTION_STATUSES]
+    if live:
+        return max(live, key=lambda r: (r.snapshot.start_date or r.observed_at, r.snapshot.subscription_id))
+    if records:
+        return max(
+            records,
+            key=lambda r: (
+                r.snapshot.ended_at or r.snapshot.canceled_at or r.observed_at,
+                r.snapshot.subscription_id,
+            ),
+        )
+    return None
+
+
+def plan_item(record: SubscriptionRecord, catalog: Catalog) -> SubscriptionItem | None:
+    for item in record.snapshot.items:
+        ref = catalog.price(item.price_id)
+        if ref is not None and ref.kind == "plan":
+            return item
+    return None
+
+
+def derive_view(state: WorkspaceState, catalog: Catalog, now: datetime) -> WorkspaceView:
+    block = evaluate_block(state.invoices.values(), catalog.policy, now)
+    free = catalog.plans[catalog.free_plan]
+    record = current_subscription(state)
+    if record is None or record.snapshot.status in TERMINAL_SUBSCRIPTION_STATUSES:
+        return WorkspaceView(
+            plan=free.key,
+            interval=None,
+            seats=free.seat_limit or 0,
+            status=record.snapshot.status if record else "free",
+            subscription_id=record.snapshot.subscription_id if record else None,
+            trial_end=None,
+            period_start=None,
+            period_end=None,
+            cancel_at_period_end=False,
+            custom_contract=bool(record and record.snapshot.custom_contract),
+            storage_addon_units=0,
+            storage_quota_bytes=free.storage_bytes,
+            block=block,
+        )
+    snap = record.snapshot
+    item = plan_item(record, catalog)
+    ref = catalog.price(item.price_id) if item else None
+    plan = catalog.plans[ref.plan] if ref and ref.plan else None
+    unknown = tuple(sorted(i.price_id for i in snap.items if catalog.price(i.price_id) is None))
+    addon_units = 0
+    addon_bytes = 0
+    for i in snap.items:
+        addon = catalog.storage_addon(i.price_id)
+        if addon is not None:
+            addon_units += i.quantity
+            addon_bytes += i.quantity * addon.unit_bytes
+    period_start = snap.current_period_start or (item.period_start if item else None)
+    period_end = snap.current_period_end or (item.period_end if item else None)
+    return WorkspaceView(
+        plan=plan.key if plan else "unknown",
+        interval=ref.interval if ref else None,
+        seats=item.quantity if item else 0,
+        status=snap.status,
+        subscription_id=snap.subscription_id,
+        trial_end=snap.trial_end,
+        period_start=period_start,
+        period_end=period_end,
+        cancel_at_period_end=snap.cancel_at_period_end,
+        custom_contract=snap.custom_contract or bool(plan and plan.custom_contract),
+        storage_addon_units=addon_units,
+        storage_quota_bytes=(plan.storage_bytes if plan else free.storage_bytes) + addon_bytes,
+        block=block,
+        unknown_price_ids=unknown,
+    )

@@ -1,0 +1,136 @@
+"""Real services for the tests; how they are chosen is in tests/services.py.
+
+Session fixtures: ``pg_url`` (a fresh database of this session), ``redis_url``, ``redis_prefix``.
+Function fixtures for fault tests: ``embedded_postgres_factory``, ``embedded_redis_factory``
+(private servers, always stopped at teardown). Other fixtures live in their own modules.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.services import (
+    ServiceChoice,
+    acquire_postgres,
+    acquire_redis,
+    create_database,
+    delete_prefixed_keys,
+    drop_database,
+    make_temp_dir,
+    with_database,
+)
+from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+
+# Fixtures built on these services (migrated database, settings) live in their own module.
+pytest_plugins = ("tests.service_fixtures",)
+
+_chosen: dict[str, str] = {}
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pg_server() -> AsyncIterator[ServiceChoice]:
+    """The PostgreSQL server of the session (``.url`` names its ``postgres`` database)."""
+    choice = await acquire_postgres(os.environ.get("TEST_DATABASE_URL"))
+    _chosen["postgres"] = f"{choice.source} ({choice.url})"
+    try:
+        yield choice
+    finally:
+        choice.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pg_url(pg_server: ServiceChoice) -> AsyncIterator[str]:
+    """URL of a database created for this session, ``bw_test_<random>``; dropped at the end."""
+    name = await create_database(pg_server.url)
+    _chosen["postgres"] += f", database {name}"
+    try:
+        yield with_database(pg_server.url, name)
+    finally:
+        await drop_database(pg_server.url, name)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_url() -> AsyncIterator[str]:
+    """URL of the Redis server of the session. Shared: use ``redis_prefix`` in every key."""
+    choice = await acquire_redis(os.environ.get("TEST_REDIS_URL"))
+    _chosen["redis"] = f"{choice.source} ({choice.url})"
+    try:
+        yield choice.url
+    finally:
+        choice.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """``bwtest-<random>``; every key containing it is deleted at the end of the session."""
+    prefix = f"bwtest-{secrets.token_hex(6)}"
+    try:
+        yield prefix
+    finally:
+        await delete_prefixed_keys(redis_url, prefix)
+
+
+@pytest.fixture
+def embedded_postgres_factory() -> Iterator[Callable[..., EmbeddedPostgres]]:
+    """``make(data_dir=None, start=True, **kwargs)``: a private PostgreSQL on a free port.
+
+    Defaults to ``durable=False`` (data still survives a killed server). Pass the ``data_dir``
+    of an earlier one to open the same data with a new object. Every server made is stopped (or
+    killed) at teardown and its folder removed.
+    """
+    root = make_temp_dir("bw-pg-")
+    made: list[EmbeddedPostgres] = []
+
+    def make(data_dir: Path | None = None, *, start: bool = True, **kwargs: Any) -> EmbeddedPostgres:
+        kwargs.setdefault("durable", False)
+        server = EmbeddedPostgres(data_dir or root / f"pg{len(made)}", **kwargs)
+        made.append(server)
+        return server.start() if start else server
+
+    try:
+        yield make
+    finally:
+        _shut_down(made)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def embedded_redis_factory() -> Iterator[Callable[..., EmbeddedRedis]]:
+    """``make(data_dir=None, start=True, **kwargs)``: a private redis-server on a free port.
+
+    Every server made is stopped (or killed) at teardown and its folder removed.
+    """
+    root = make_temp_dir("bw-redis-")
+    made: list[EmbeddedRedis] = []
+
+    def make(data_dir: Path | None = None, *, start: bool = True, **kwargs: Any) -> EmbeddedRedis:
+        server = EmbeddedRedis(data_dir or root / f"redis{len(made)}", **kwargs)
+        made.append(server)
+        return server.start() if start else server
+
+    try:
+        yield make
+    finally:
+        _shut_down(made)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _shut_down(servers: list[EmbeddedPostgres] | list[EmbeddedRedis]) -> None:
+    for server in servers:
+        try:
+            server.stop(timeout=10)
+        finally:
+            server.kill()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for name, where in _chosen.items():
+        terminalreporter.write_line(f"{name}: {where}")

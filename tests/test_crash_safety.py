@@ -1,0 +1,132 @@
+"""Crash safety: SIGKILL a worker process mid-stream; a new worker finishes the job.
+
+Afterwards every event carries exactly one processed mark, no audit entry is duplicated, versions
+have no gaps, and each workspace's state equals the pure reducer's in-order fold (the oracle).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from handlers.codec import to_jsonable
+from handlers.normalize import normalize
+from handlers.reducer import apply_event
+from handlers.state import WorkspaceState
+from tests import stripe_factory as sf
+from tests.helpers import RunningService, running_service, wait_for
+from worker.config import Settings
+from worker.services import load_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKSPACES = 40
+
+
+def _histories() -> dict[str, list[dict]]:
+    out = {}
+    for n in range(WORKSPACES):
+        u = uuid.uuid4().hex[:10]
+        ids = {"workspace_id": f"ws_crash_{n}_{u}", "customer": f"cus_crash{u}", "sub_id": f"sub_crash{u}"}
+        events = sf.history_lifecycle(**ids, id_prefix=f"evt_crl{u}") + sf.history_payment_failure(
+            **ids, invoice_id=f"in_crash{u}", id_prefix=f"evt_crp{u}", include_subscription=False, failures=2
+        )
+        out[ids["workspace_id"]] = events
+    return out
+
+
+def _oracle(workspace_id: str, events: list[dict], now: datetime) -> dict:
+    catalog = load_catalog(None)
+    state = WorkspaceState.new(workspace_id)
+    outcome = None
+    for raw in sorted(events, key=lambda e: (e["created"], e["id"])):
+        outcome = apply_event(state, normalize(raw), now, catalog)
+        state = outcome.state
+    assert outcome is not None
+    return to_jsonable(outcome.view)
+
+
+def _spawn_worker(settings: Settings) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": settings.redis_url or "",
+        "BW_REDIS_PREFIX": settings.redis_prefix,
+        "BW_JOB_TIMEOUT_SECONDS": "3",  # arq re-runs a killed job once its in-progress key expires (+10 s)
+        "BW_MAX_JOBS": "50",
+        "BW_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT)
+
+
+@pytest.mark.slow
+async def test_worker_killed_mid_stream_applies_every_event_exactly_once(settings: Settings):
+    histories = _histories()
+    all_events = [e for events in histories.values() for e in events]
+    ids = [e["id"] for e in all_events]
+    async with running_service(settings, worker=False) as svc:
+        svc: RunningService
+        for event in all_events:
+            assert (await svc.post_event(event))[0] == 200
+
+        async def processed() -> int:
+            return await svc.services.pool.fetchval(
+                "SELECT count(*) FROM webhook_events WHERE event_id = ANY($1::text[]) AND status = 'processed'",
+                ids,
+            )
+
+        first = _spawn_worker(settings)
+        try:
+            await wait_for(
+                processed,
+                lambda n: n >= len(ids) // 4,
+                timeout=60,
+                interval=0.005,
+                what="a quarter processed",
+            )
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        at_kill = await processed()
+        in_flight = [
+            k async for k in svc.services.redis.scan_iter(f"arq:in-progress:{settings.redis_prefix}:evt:*")
+        ]
+        assert at_kill < len(ids), "the kill must land before the stream is finished"
+        assert in_flight, "the kill must land while jobs are running"
+
+        second = _spawn_worker(settings)
+        try:
+            await svc.wait_processed(ids, timeout=120)
+        finally:
+            second.terminate()
+            second.wait(timeout=20)
+
+        marks = await svc.services.pool.fetch(
+            "SELECT status, attempts FROM webhook_events WHERE event_id = ANY($1::text[])", ids
+        )
+        assert len(marks) == len(ids)
+        assert {(r["status"], r["attempts"]) for r in marks} == {("processed", 1)}
+        duplicated = await svc.services.pool.fetchval(
+            "SELECT count(*) FROM (SELECT cause_id FROM audit_log WHERE cause_id = ANY($1::text[]) "
+            "GROUP BY workspace_id, cause_id HAVING count(*) > 1) d",
+            ids,
+        )
+        assert duplicated == 0
+        now = datetime.now(UTC)
+        for workspace_id, events in histories.items():
+            row = await svc.services.pool.fetchrow(
+                "SELECT view, version, (SELECT count(*) FROM audit_log a WHERE a.workspace_id = w.workspace_id) AS audits "
+                "FROM workspaces w WHERE workspace_id = $1",
+                workspace_id,
+            )
+            assert row["view"] == _oracle(workspace_id, events, now), workspace_id
+            assert row["audits"] == row["version"]  # one audit entry per version, none twice

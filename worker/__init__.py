@@ -1,0 +1,1 @@
+"""Imperative shell of billing-worker: HTTP, queue, database, Stripe."""

@@ -1,0 +1,169 @@
+"""Settings read from the environment, once, into one explicit object.
+
+Every variable the service reads is declared in ``ENV_VARS`` so the README table, the deploy
+files and a test can all be checked against a single list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str | None
+    description: str
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar(
+        "DATABASE_URL",
+        None,
+        "PostgreSQL URL. Unset: the embedded PostgreSQL under BW_DATA_DIR is started.",
+    ),
+    EnvVar("REDIS_URL", None, "Redis URL. Unset: the embedded Redis under BW_DATA_DIR is started."),
+    EnvVar(
+        "STRIPE_WEBHOOK_SECRETS",
+        None,
+        "Comma-separated `whsec_…` endpoint secrets; every one is tried (secret rotation).",
+    ),
+    EnvVar("STRIPE_API_KEY", None, "Stripe secret key for outgoing calls (plan changes, refetch)."),
+    EnvVar("STRIPE_API_BASE", None, "Override of Stripe's API base URL (a local emulator)."),
+    EnvVar("BW_CATALOG_PATH", None, "Plan catalog TOML. Unset: the example catalog shipped."),
+    EnvVar("BW_DATA_DIR", ".billing-worker", "Folder of the embedded servers' data."),
+    EnvVar("BW_RECEIVER_HOST", "0.0.0.0", "Public webhook receiver bind address."),
+    EnvVar("BW_RECEIVER_PORT", "8080", "Public webhook receiver port."),
+    EnvVar("BW_INTERNAL_HOST", "127.0.0.1", "Internal API bind address."),
+    EnvVar("BW_INTERNAL_PORT", "8081", "Internal API port."),
+    EnvVar("BW_INTERNAL_TOKEN", None, "Bearer token of the internal API (required)."),
+    EnvVar("BW_MAX_BODY_BYTES", "1048576", "Largest webhook body accepted (413 above)."),
+    EnvVar("BW_WEBHOOK_TOLERANCE_SECONDS", "300", "Largest accepted age of a signature timestamp."),
+    EnvVar("BW_REDIS_PREFIX", "billing", "Prefix of the queue name and job ids in Redis."),
+    EnvVar("BW_MAX_JOBS", "100", "Concurrent jobs per worker process (arq's default is 10)."),
+    EnvVar("BW_JOB_TIMEOUT_SECONDS", "60", "Time limit of one job."),
+    EnvVar("BW_MAX_TRIES", "8", "Tries of one job before it is dead-lettered."),
+    EnvVar("BW_POLL_DELAY_SECONDS", "0.05", "How often an idle worker polls Redis."),
+    EnvVar("BW_LOCK_TIMEOUT_MS", "5000", "Wait for a workspace row lock before retrying later."),
+    EnvVar("BW_SWEEP_RECEIVED_AFTER_SECONDS", "60", "Re-enqueue inbox events still `received` after this."),
+    EnvVar("BW_UNMATCHED_RETRY_SECONDS", "5,30,120,600,3600", "Backoff of unmatched events."),
+    EnvVar("BW_DB_POOL_SIZE", "20", "PostgreSQL connections per process."),
+    EnvVar("BW_LOG_LEVEL", "info", "debug, info, warning or error."),
+)
+
+_DEFAULTS = {v.name: v.default for v in ENV_VARS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    webhook_secrets: tuple[str, ...]
+    stripe_api_key: str | None
+    stripe_api_base: str | None
+    catalog_path: Path | None
+    data_dir: Path
+    receiver_host: str
+    receiver_port: int
+    internal_host: str
+    internal_port: int
+    internal_token: str | None
+    max_body_bytes: int
+    webhook_tolerance_seconds: int
+    redis_prefix: str
+    max_jobs: int
+    job_timeout_seconds: int
+    max_tries: int
+    poll_delay_seconds: float
+    lock_timeout_ms: int
+    sweep_received_after_seconds: int
+    unmatched_retry_seconds: tuple[int, ...]
+    db_pool_size: int
+    log_level: str
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.redis_prefix}:queue"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def raw(name: str) -> str | None:
+            value = env.get(name)
+            if value is None or value.strip() == "":
+                return _DEFAULTS[name]
+            return value.strip()
+
+        def integer(name: str, minimum: int = 0) -> int:
+            value = raw(name)
+            try:
+                number = int(value or "")
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+            if number < minimum:
+                raise ConfigError(f"{name} must be >= {minimum}, got {number}")
+            return number
+
+        def decimal_seconds(name: str) -> float:
+            value = raw(name)
+            try:
+                number = float(value or "")
+            except ValueError:
+                raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+            if number <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+            return number
+
+        secrets = tuple(s.strip() for s in (raw("STRIPE_WEBHOOK_SECRETS") or "").split(",") if s.strip())
+        try:
+            backoff = tuple(int(s) for s in (raw("BW_UNMATCHED_RETRY_SECONDS") or "").split(","))
+        except ValueError:
+            raise ConfigError(
+                "BW_UNMATCHED_RETRY_SECONDS must be comma-separated integers, "
+                f"got {raw('BW_UNMATCHED_RETRY_SECONDS')!r}"
+            ) from None
+        level = (raw("BW_LOG_LEVEL") or "info").lower()
+        if level not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(f"BW_LOG_LEVEL must be debug, info, warning or error, got {level!r}")
+        catalog = raw("BW_CATALOG_PATH")
+        return cls(
+            database_url=raw("DATABASE_URL"),
+            redis_url=raw("REDIS_URL"),
+            webhook_secrets=secrets,
+            stripe_api_key=raw("STRIPE_API_KEY"),
+            stripe_api_base=raw("STRIPE_API_BASE"),
+            catalog_path=Path(catalog) if catalog else None,
+            data_dir=Path(raw("BW_DATA_DIR") or ".billing-worker"),
+            receiver_host=raw("BW_RECEIVER_HOST") or "0.0.0.0",
+            receiver_port=integer("BW_RECEIVER_PORT"),
+            internal_host=raw("BW_INTERNAL_HOST") or "127.0.0.1",
+            internal_port=integer("BW_INTERNAL_PORT"),
+            internal_token=raw("BW_INTERNAL_TOKEN"),
+            max_body_bytes=integer("BW_MAX_BODY_BYTES", 1024),
+            webhook_tolerance_seconds=integer("BW_WEBHOOK_TOLERANCE_SECONDS", 1),
+            redis_prefix=raw("BW_REDIS_PREFIX") or "billing",
+            max_jobs=integer("BW_MAX_JOBS", 1),
+            job_timeout_seconds=integer("BW_JOB_TIMEOUT_SECONDS", 1),
+            max_tries=integer("BW_MAX_TRIES", 1),
+            poll_delay_seconds=decimal_seconds("BW_POLL_DELAY_SECONDS"),
+            lock_timeout_ms=integer("BW_LOCK_TIMEOUT_MS", 1),
+            sweep_received_after_seconds=integer("BW_SWEEP_RECEIVED_AFTER_SECONDS", 1),
+            unmatched_retry_seconds=backoff,
+            db_pool_size=integer("BW_DB_POOL_SIZE", 2),
+            log_level=level,
+        )
+
+    def require_service_settings(self) -> None:
+        """The receiver cannot verify anything without a secret, nor guard the API without a token."""
+        if not self.webhook_secrets:
+            raise ConfigError("STRIPE_WEBHOOK_SECRETS is empty: set at least one whsec_ secret")
+        if not self.internal_token:
+            raise ConfigError("BW_INTERNAL_TOKEN is empty: the internal API needs a bearer token")

@@ -1,0 +1,144 @@
+"""arq job functions and the worker built around them.
+
+arq treats a plain exception as final, so every failure here becomes ``Retry`` with backoff until
+``BW_MAX_TRIES``, then a dead letter recorded in Postgres with its last error. Results are never
+kept (``keep_result=0``) so a job id is free again once its job ends: replays always enqueue.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from datetime import timedelta
+from typing import Any
+
+from arq import Retry, cron
+from arq.worker import Worker, func
+
+from worker import metrics, store
+from worker.db import is_transient
+from worker.logging import get_logger
+from worker.queue import PROCESS_EVENT
+from worker.services import Services, redis_settings
+
+log = get_logger("jobs")
+
+
+def backoff_seconds(job_try: int) -> float:
+    """1, 2, 4 … capped at 5 minutes."""
+    return float(min(2 ** max(job_try - 1, 0), 300))
+
+
+def _summary(exc: BaseException) -> str:
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)
+    return "".join(lines)[-2000:]
+
+
+async def process_event(ctx: dict[str, Any], event_id: str) -> None:
+    services: Services = ctx["services"]
+    job_try: int = ctx.get("job_try", 1)
+    started = time.perf_counter()
+    try:
+        result = await services.processor.process(event_id)
+    except Exception as exc:
+        dead = job_try >= services.settings.max_tries
+        kind = "transient" if is_transient(exc) else "error"
+        delay = None if dead else backoff_seconds(job_try)
+        try:
+            await services.processor.record_failure(
+                event_id, f"{kind}: {_summary(exc)}", dead=dead, retry_in=delay
+            )
+        except Exception as record_exc:  # the database may be the thing that is down
+            log.warning("failure_not_recorded", event_id=event_id, error=type(record_exc).__name__)
+        outcome = "dead" if dead else "retry"
+        metrics.JOB_DURATION.labels(handler=PROCESS_EVENT, outcome=outcome).observe(
+            time.perf_counter() - started
+        )
+        log.warning(
+            "job_finished",
+            job=PROCESS_EVENT,
+            event_id=event_id,
+            outcome=outcome,
+            attempt=job_try,
+            error=f"{type(exc).__name__}: {exc}"[:500],
+            retry_in_s=delay,
+            duration_ms=_ms(started),
+        )
+        if dead:
+            return
+        raise Retry(defer=timedelta(seconds=delay or 1)) from exc
+
+    if result.newly_mapped_customer:
+        # Events that arrived before we knew this customer need not wait for their backoff.
+        for waiting in await store.unmatched_for_customer(services.pool, result.newly_mapped_customer):
+            await services.queue.enqueue_event(waiting)
+    metrics.JOB_DURATION.labels(handler=result.event_type or "unknown", outcome=result.outcome).observe(
+        time.perf_counter() - started
+    )
+    log.info(
+        "job_finished",
+        job=PROCESS_EVENT,
+        event_id=event_id,
+        event_type=result.event_type,
+        workspace_id=result.workspace_id,
+        outcome=result.outcome,
+        status=result.status,
+        version=result.version,
+        attempt=job_try,
+        duration_ms=_ms(started),
+    )
+
+
+async def sweep_inbox(ctx: dict[str, Any]) -> int:
+    """Re-enqueue what Redis may have lost (old ``received``) and what is due a retry."""
+    services: Services = ctx["services"]
+    now = services.clock()
+    rows = await services.pool.fetch(
+        """
+        SELECT event_id FROM webhook_events
+         WHERE (status = 'received' AND received_at < $1)
+            OR (status IN ('unmatched', 'failed') AND next_retry_at <= $2)
+         ORDER BY received_at LIMIT 1000
+        """,
+        now - timedelta(seconds=services.settings.sweep_received_after_seconds),
+        now,
+    )
+    count = 0
+    for row in rows:
+        count += await services.queue.enqueue_event(row["event_id"])
+    if count:
+        log.info("sweep_inbox", requeued=count)
+    return count
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def build_worker(services: Services, *, handle_signals: bool = True, burst: bool = False) -> Worker:
+    settings = services.settings
+    return Worker(
+        functions=[func(process_event, name=PROCESS_EVENT, max_tries=settings.max_tries + 1)],
+        cron_jobs=[
+            # Cron job ids are global in arq; the prefix keeps deployments sharing a Redis apart.
+            cron(
+                sweep_inbox,
+                name=f"{settings.redis_prefix}:sweep_inbox",
+                second=set(range(0, 60, 10)),
+                # arq sizes every in-progress key by the longest timeout: keep this one short.
+                timeout=settings.job_timeout_seconds,
+            ),
+        ],
+        # Its own pool: Worker.close() closes the pool it runs on.
+        redis_settings=redis_settings(settings.redis_url or ""),
+        queue_name=settings.queue_name,
+        max_jobs=settings.max_jobs,
+        job_timeout=settings.job_timeout_seconds,
+        keep_result=0,
+        poll_delay=settings.poll_delay_seconds,
+        handle_signals=handle_signals,
+        burst=burst,
+        ctx={"services": services},
+        log_results=False,
+        health_check_interval=30,
+    )

@@ -1,0 +1,55 @@
+"""structlog JSON logs with stable keys; secrets never reach a log line.
+
+Keys every line may carry: ``ts``, ``level``, ``logger``, ``msg`` and, per webhook or job,
+``event_id``, ``event_type``, ``workspace_id``, ``outcome``, ``duration_ms``, ``attempt``.
+The full reference is docs/logging.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Values that look like credentials are masked wherever they appear.
+_SECRET = re.compile(r"(whsec_|sk_live_|sk_test_|rk_live_|rk_test_)[A-Za-z0-9]+")
+_SECRET_KEYS = {"secret", "token", "authorization", "api_key", "password", "stripe-signature"}
+
+
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "[redacted]"
+        elif isinstance(value, str) and _SECRET.search(value):
+            event[key] = _SECRET.sub(r"\1[redacted]", value)
+    return event
+
+
+def configure(level: str = "info", stream: Any = None) -> None:
+    numeric = getattr(logging, level.upper())
+    logging.basicConfig(format="%(message)s", stream=stream or sys.stdout, level=numeric, force=True)
+    for noisy in ("arq", "aiohttp.access", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _redact,
+            structlog.processors.format_exc_info,
+            structlog.processors.EventRenamer("msg"),
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A logger whose lines carry ``logger=<name>``."""
+    return structlog.get_logger().bind(logger=name)

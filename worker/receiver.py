@@ -1,0 +1,169 @@
+"""The public webhook receiver: verify, store in the inbox, enqueue, and only then answer 2xx.
+
+Only ``POST /webhooks/stripe`` and ``GET /healthz`` exist on this port. Answers:
+200 accepted/duplicate · 400 signature or payload errors (specific codes) · 413 too large ·
+503 when Postgres or Redis cannot take the event, so Stripe retries and nothing acked is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import stripe
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from handlers.normalize import PayloadError, validate_event_envelope
+from worker import metrics, store
+from worker.db import is_transient
+from worker.http_errors import error, json_errors
+from worker.logging import get_logger
+from worker.services import SERVICES, Services
+
+log = get_logger("receiver")
+
+# The SDK's messages, mapped to stable codes (stripe/_webhook.py, 16.x).
+_SIGNATURE_CODES = (
+    ("Unable to extract timestamp", "signature_malformed"),
+    ("No signatures found with expected scheme", "signature_malformed"),
+    ("No signatures found matching", "signature_mismatch"),
+    ("Timestamp outside the tolerance zone", "timestamp_outside_tolerance"),
+)
+
+
+def _signature_code(exc: stripe.SignatureVerificationError) -> str:
+    message = str(exc.user_message or exc)
+    return next(
+        (code for prefix, code in _SIGNATURE_CODES if message.startswith(prefix)), "signature_invalid"
+    )
+
+
+def verify_signature(payload: str, header: str, secrets: tuple[str, ...], tolerance: int) -> str | None:
+    """None when any active secret verifies the payload; else the most telling error code."""
+    codes = []
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
+            return None
+        except stripe.SignatureVerificationError as exc:
+            codes.append(_signature_code(exc))
+    # A stale timestamp is only reported when the signature itself matched.
+    for code in ("timestamp_outside_tolerance", "signature_malformed", "signature_mismatch"):
+        if code in codes:
+            return code
+    return codes[0] if codes else "signature_mismatch"
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The raw bytes, or None past ``limit`` (checked on Content-Length and while reading)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def stripe_webhook(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    settings = services.settings
+    started = time.perf_counter()
+    fields: dict[str, object] = {}
+
+    def reject(status: int, code: str, message: str) -> web.Response:
+        metrics.WEBHOOKS.labels(type=str(fields.get("event_type", "unknown")), outcome="rejected").inc()
+        log.info("webhook_rejected", status=status, code=code, duration_ms=_ms(started), **fields)
+        return error(status, code, message)
+
+    body = await _read_body(request, settings.max_body_bytes)
+    if body is None:
+        return reject(413, "body_too_large", f"body exceeds {settings.max_body_bytes} bytes")
+    header = request.headers.get("Stripe-Signature")
+    if not header:
+        metrics.SIGNATURE_FAILURES.labels(code="signature_missing").inc()
+        return reject(400, "signature_missing", "the Stripe-Signature header is missing")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return reject(400, "invalid_encoding", "the body is not UTF-8")
+    code = verify_signature(text, header, settings.webhook_secrets, settings.webhook_tolerance_seconds)
+    if code is not None:
+        metrics.SIGNATURE_FAILURES.labels(code=code).inc()
+        message = {
+            "signature_malformed": "the Stripe-Signature header cannot be parsed",
+            "signature_mismatch": "no active webhook secret produces this signature",
+            "timestamp_outside_tolerance": f"the signature is older than {settings.webhook_tolerance_seconds} s",
+        }.get(code, "the signature is invalid")
+        return reject(400, code, message)
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return reject(400, "invalid_json", "the body is not valid JSON")
+    try:
+        validate_event_envelope(raw)
+    except PayloadError as exc:
+        return reject(400, exc.code, str(exc))
+    event_id, event_type = raw["id"], raw["type"]
+    fields.update(event_id=event_id, event_type=event_type)
+
+    try:
+        is_new, status = await store.insert_event(
+            services.pool,
+            event_id=event_id,
+            event_type=event_type,
+            api_version=raw.get("api_version") if isinstance(raw.get("api_version"), str) else None,
+            created=datetime.fromtimestamp(raw["created"], UTC),
+            livemode=bool(raw.get("livemode", False)),
+            payload=text,
+        )
+    except Exception as exc:
+        if not is_transient(exc):
+            log.exception("webhook_store_failed", **fields)
+        metrics.WEBHOOKS.labels(type=event_type, outcome="unavailable").inc()
+        log.warning(
+            "webhook_unavailable",
+            reason="database",
+            error=type(exc).__name__,
+            duration_ms=_ms(started),
+            **fields,
+        )
+        return error(503, "database_unavailable", "the event could not be stored; retry later")
+    if is_new or status == "received":
+        try:
+            await services.queue.enqueue_event(event_id)
+        except (RedisError, OSError) as exc:
+            metrics.WEBHOOKS.labels(type=event_type, outcome="unavailable").inc()
+            log.warning(
+                "webhook_unavailable",
+                reason="queue",
+                error=type(exc).__name__,
+                duration_ms=_ms(started),
+                **fields,
+            )
+            return error(503, "queue_unavailable", "the event is stored but could not be queued; retry later")
+    outcome = "accepted" if is_new else "duplicate"
+    metrics.WEBHOOKS.labels(type=event_type, outcome=outcome).inc()
+    log.info("webhook_received", outcome=outcome, status=status, duration_ms=_ms(started), **fields)
+    return web.json_response({"received": True, "duplicate": not is_new, "event_id": event_id})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def create_receiver_app(services: Services) -> web.Application:
+    # aiohttp's own cap sits just above ours so oversized bodies reach our 413 JSON answer.
+    app = web.Application(client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors])
+    app[SERVICES] = services
+    app.router.add_post("/webhooks/stripe", stripe_webhook)
+    app.router.add_get("/healthz", healthz)
+    return app

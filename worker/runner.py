@@ -1,0 +1,106 @@
+"""Running the service: receiver, internal API and worker in one event loop, or any of them.
+
+Used by the CLI. Graceful stop on SIGTERM/SIGINT: stop taking webhooks, let running jobs end
+(arq re-queues what it must cancel), close pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from worker.api import create_internal_app
+from worker.clock import Clock, utcnow
+from worker.config import Settings
+from worker.jobs import build_worker
+from worker.logging import get_logger
+from worker.migrate import migrate
+from worker.receiver import create_receiver_app
+from worker.services import Services
+
+log = get_logger("runner")
+ROLES = ("receiver", "api", "worker")
+
+
+async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    return runner
+
+
+async def serve(
+    settings: Settings,
+    roles: Sequence[str] = ROLES,
+    *,
+    clock: Clock = utcnow,
+    run_migrations: bool = False,
+    stop: asyncio.Event | None = None,
+) -> None:
+    assert settings.database_url is not None
+    if run_migrations:
+        await migrate(settings.database_url)
+    services = await Services.start(settings, clock=clock)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
+    worker_task = None
+    try:
+        if "receiver" in roles:
+            runners.append(
+                await start_site(
+                    create_receiver_app(services), settings.receiver_host, settings.receiver_port
+                )
+            )
+            log.info("receiver_listening", host=settings.receiver_host, port=settings.receiver_port)
+        if "api" in roles:
+            runners.append(
+                await start_site(
+                    create_internal_app(services), settings.internal_host, settings.internal_port
+                )
+            )
+            log.info("internal_api_listening", host=settings.internal_host, port=settings.internal_port)
+        if "worker" in roles:
+            worker_task = asyncio.create_task(supervise_worker(services, stop))
+        await stop.wait()
+    finally:
+        log.info("stopping", roles=list(roles))
+        stop.set()
+        for runner in runners:
+            await runner.cleanup()
+        if worker_task is not None:
+            await asyncio.gather(worker_task, return_exceptions=True)
+        await services.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def supervise_worker(services: Services, stop: asyncio.Event) -> None:
+    """Run the arq worker until ``stop``; if Redis drops it, start it again with backoff."""
+    delay = 0.5
+    while not stop.is_set():
+        worker = build_worker(services, handle_signals=False)
+        run = asyncio.create_task(worker.async_run())
+        log.info("worker_started", queue=services.settings.queue_name, max_jobs=services.settings.max_jobs)
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([run, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if run.done() and run.exception() is not None:
+            log.warning("worker_crashed", error=repr(run.exception()), restart_in_s=delay)
+        try:
+            await worker.close()
+        except Exception as exc:
+            log.warning("worker_close_failed", error=repr(exc))
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10)

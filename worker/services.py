@@ -1,0 +1,85 @@
+"""The shell's wiring: settings, pool, Redis, catalog, clock and the objects built on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from handlers.catalog import Catalog, CatalogError, parse_catalog
+from worker.clock import Clock, utcnow
+from worker.config import ConfigError, Settings
+from worker.db import create_pool as create_pg_pool
+from worker.processor import EventProcessor
+from worker.queue import JobQueue
+
+
+def load_catalog(path: Path | None) -> Catalog:
+    """The catalog at ``path`` or the shipped example; a bad file fails with file, key and problem."""
+    if path is None:
+        text = resources.files("worker").joinpath("catalog.example.toml").read_text(encoding="utf-8")
+        return parse_catalog(text, "worker/catalog.example.toml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the catalog: {exc.strerror}") from None
+    return parse_catalog(text, str(path))
+
+
+def redis_settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout = 2
+    settings.conn_retries = 1
+    settings.conn_retry_delay = 0
+    return settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: ArqRedis
+    catalog: Catalog
+    clock: Clock = field(default=utcnow)
+
+    @cached_property
+    def queue(self) -> JobQueue:
+        return JobQueue(self.redis, self.settings.redis_prefix, self.settings.queue_name)
+
+    @cached_property
+    def processor(self) -> EventProcessor:
+        return EventProcessor(
+            self.pool,
+            self.catalog,
+            self.clock,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+            unmatched_backoff=self.settings.unmatched_retry_seconds,
+        )
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, *, clock: Clock = utcnow, catalog: Catalog | None = None
+    ) -> Services:
+        if not settings.database_url or not settings.redis_url:
+            raise ConfigError("DATABASE_URL and REDIS_URL must be set (or use `billing-worker run`)")
+        catalog = catalog or load_catalog(settings.catalog_path)
+        pool = await create_pg_pool(settings.database_url, size=settings.db_pool_size)
+        try:
+            redis = await create_pool(redis_settings(settings.redis_url))
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(settings, pool, redis, catalog, clock)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.pool.close()
+
+
+# The key under which both aiohttp apps keep the services.
+SERVICES = web.AppKey("services", Services)
