@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from arq import Retry, cron
 from arq.worker import Worker, func
 
+from handlers.reducer import Effect
 from worker import metrics, store
 from worker.db import is_transient
 from worker.logging import get_logger
+from worker.notifications import publish_change
 from worker.queue import PROCESS_EVENT
 from worker.services import Services, redis_settings
 
@@ -68,6 +71,9 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
             return
         raise Retry(defer=timedelta(seconds=delay or 1)) from exc
 
+    await after_commit(
+        services, result.workspace_id, result.version, result.changes, result.effects, event_id
+    )
     if result.newly_mapped_customer:
         # Events that arrived before we knew this customer need not wait for their backoff.
         for waiting in await store.unmatched_for_customer(services.pool, result.newly_mapped_customer):
@@ -86,6 +92,23 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
         version=result.version,
         attempt=job_try,
         duration_ms=_ms(started),
+    )
+
+
+async def after_commit(
+    services: Services,
+    workspace_id: str | None,
+    version: int | None,
+    changes: Mapping[str, Any],
+    effects: Sequence[Effect],
+    cause: str,
+) -> None:
+    """What follows a committed state change, whatever caused it (event, API request, sweep):
+    the change notification, then the reactions to its effects."""
+    if workspace_id is None or version is None or not changes:
+        return
+    await publish_change(
+        services.redis, services.settings.redis_prefix, workspace_id, version, changes, cause
     )
 
 
