@@ -21,6 +21,7 @@ from worker import metrics, store
 from worker.db import is_transient
 from worker.logging import get_logger
 from worker.notifications import publish_change
+from worker.plan_change_jobs import fire_plan_change, release_waiting, sweep_plan_changes
 from worker.queue import PROCESS_EVENT
 from worker.services import Services, redis_settings
 
@@ -110,6 +111,7 @@ async def after_commit(
     await publish_change(
         services.redis, services.settings.redis_prefix, workspace_id, version, changes, cause
     )
+    await release_waiting(services, workspace_id, version, effects)
 
 
 async def sweep_inbox(ctx: dict[str, Any]) -> int:
@@ -141,7 +143,10 @@ def _ms(started: float) -> float:
 def build_worker(services: Services, *, handle_signals: bool = True, burst: bool = False) -> Worker:
     settings = services.settings
     return Worker(
-        functions=[func(process_event, name=PROCESS_EVENT, max_tries=settings.max_tries + 1)],
+        functions=[
+            func(process_event, name=PROCESS_EVENT, max_tries=settings.max_tries + 1),
+            func(fire_plan_change, name="fire_plan_change", max_tries=settings.max_tries + 1),
+        ],
         cron_jobs=[
             # Cron job ids are global in arq; the prefix keeps deployments sharing a Redis apart.
             cron(
@@ -149,6 +154,12 @@ def build_worker(services: Services, *, handle_signals: bool = True, burst: bool
                 name=f"{settings.redis_prefix}:sweep_inbox",
                 second=set(range(0, 60, 10)),
                 # arq sizes every in-progress key by the longest timeout: keep this one short.
+                timeout=settings.job_timeout_seconds,
+            ),
+            cron(
+                sweep_plan_changes,
+                name=f"{settings.redis_prefix}:sweep_plan_changes",
+                second=set(range(5, 60, 10)),
                 timeout=settings.job_timeout_seconds,
             ),
         ],

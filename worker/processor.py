@@ -18,7 +18,7 @@ from handlers.catalog import Catalog
 from handlers.events import IgnoredEvent, InvoiceObserved, customer_of, workspace_hint
 from handlers.normalize import PayloadError, normalize
 from handlers.reducer import APPLIED, Effect, apply_event, view_diff
-from worker import store
+from worker import plan_changes, store
 
 # Inbox statuses after which an event is never applied again.
 FINAL_STATUSES = frozenset({"processed", "ignored", "dead"})
@@ -127,6 +127,7 @@ class EventProcessor:
                     after=outcome.view,
                     effective_at=event.meta.created,
                 )
+            await plan_changes.record_confirmation(conn, event.meta)
             await store.finish_event(
                 conn,
                 event_id,

@@ -17,6 +17,7 @@ from worker.config import ConfigError, Settings
 from worker.db import create_pool as create_pg_pool
 from worker.processor import EventProcessor
 from worker.queue import JobQueue
+from worker.stripe_gateway import StripeGateway
 
 
 def load_catalog(path: Path | None) -> Catalog:
@@ -46,6 +47,8 @@ class Services:
     redis: ArqRedis
     catalog: Catalog
     clock: Clock = field(default=utcnow)
+    # Outgoing Stripe calls; None when no STRIPE_API_KEY is configured.
+    stripe: StripeGateway | None = None
 
     @cached_property
     def queue(self) -> JobQueue:
@@ -74,9 +77,16 @@ class Services:
         except BaseException:
             await pool.close()
             raise
-        return cls(settings, pool, redis, catalog, clock)
+        gateway = (
+            StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base)
+            if settings.stripe_api_key
+            else None
+        )
+        return cls(settings, pool, redis, catalog, clock, gateway)
 
     async def close(self) -> None:
+        if self.stripe is not None:
+            await self.stripe.close()
         await self.redis.aclose()
         await self.pool.close()
 

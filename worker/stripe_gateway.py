@@ -37,6 +37,15 @@ class StripeGateway:
 
     # ------------------------------------------------------------------ writes (plan changes)
 
+    async def update_subscription(
+        self, subscription_id: str, params: dict[str, Any], idempotency_key: str
+    ) -> dict[str, Any]:
+        """``POST /v1/subscriptions/{id}``; the caller passes the same params and key on every retry."""
+        sub = await self.client.v1.subscriptions.update_async(
+            subscription_id, params, {"idempotency_key": idempotency_key}
+        )
+        return to_dict(sub)
+
     # ------------------------------------------------------------------ reads (reconcile, backfill)
 
 

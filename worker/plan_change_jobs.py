@@ -1,0 +1,71 @@
+"""arq functions that fire pending plan changes: the deferred job and the sweep that backs it up.
+
+arq's deferred jobs live only in Redis, so the cron sweep re-finds due changes in Postgres. Both
+go through ``plan_changes.fire``, whose row claim makes any number of attempts fire a change once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from arq import Retry
+
+from handlers.reducer import BlockLifted, Effect
+from worker import plan_changes
+from worker.logging import get_logger
+from worker.services import Services
+
+log = get_logger("plan_change_jobs")
+
+
+async def fire_plan_change(ctx: dict[str, Any], change_id: str) -> str:
+    """Fire one change if it is (still) due; a cancelled or superseded one is left alone."""
+    services: Services = ctx["services"]
+    job_try: int = ctx.get("job_try", 1)
+    started = time.perf_counter()
+    result = await plan_changes.fire(services, change_id, cause_id=f"job:{change_id}")
+    await after_fire(services, result)
+    log.info(
+        "job_finished",
+        job=plan_changes.FIRE_JOB,
+        change_id=change_id,
+        outcome=result.outcome,
+        attempt=job_try,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+    if result.outcome == "retry" and job_try < services.settings.max_tries:
+        raise Retry(defer=timedelta(seconds=min(2 ** (job_try - 1), 300)))
+    return result.outcome
+
+
+async def sweep_plan_changes(ctx: dict[str, Any]) -> int:
+    """Fire what is due now: missed deferred jobs, released waits, abandoned claims."""
+    services: Services = ctx["services"]
+    fired = 0
+    for change_id in await plan_changes.due_changes(services):
+        result = await plan_changes.fire(services, change_id, cause_id=f"sweep:{change_id}")
+        await after_fire(services, result)
+        fired += result.outcome == "applied"
+    if fired:
+        log.info("sweep_plan_changes", applied=fired)
+    return fired
+
+
+async def release_waiting(
+    services: Services, workspace_id: str, version: int, effects: Sequence[Effect]
+) -> None:
+    """A lifted open-invoice block releases the changes that were waiting for payment."""
+    if not any(isinstance(e, BlockLifted) for e in effects):
+        return
+    for change_id in await plan_changes.waiting_changes(services, workspace_id):
+        await plan_changes.enqueue_fire(services, change_id, defer_until=None, tag=f"v{version}")
+
+
+async def after_fire(services: Services, result: plan_changes.FireResult) -> None:
+    from worker.jobs import after_commit  # jobs imports this module for build_worker
+
+    for c in result.committed:
+        await after_commit(services, c.workspace_id, c.version, c.changes, (), result.change_id)
