@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from handlers.codec import to_jsonable
-from worker import store
+from worker import plan_changes, store
 from worker.http_errors import ApiError, error, json_errors
 from worker.services import SERVICES, Services
 
@@ -76,7 +76,8 @@ async def get_workspace(request: web.Request) -> web.Response:
     if row is None:
         return error(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     invoices = list(await store.open_invoices(services.pool, workspace_id))
-    return web.json_response(workspace_json(row, invoices))
+    pending = plan_changes.change_json(await plan_changes.active_change(services.pool, workspace_id))
+    return web.json_response({**workspace_json(row, invoices), "pending_plan_change": pending})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -93,4 +94,7 @@ def create_internal_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app.router.add_get("/v1/workspaces/{workspace_id}", get_workspace)
     app.router.add_get("/v1/events/{event_id}", get_event)
+    from worker.api_plan_changes import add_routes as add_plan_change_routes  # imports this module
+
+    add_plan_change_routes(app)
     return app
