@@ -16,6 +16,7 @@ Failures can be injected with ``fail_next``. Only what the worker calls is imple
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -38,6 +39,8 @@ class Recorded:
     idempotency_key: str | None
     stripe_version: str | None
     authorization: str | None
+    replayed: bool = False  # answered from the idempotency store, nothing applied
+    applied: bool = False  # handled with a 2xx answer (not an injected failure or an error)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class StripeServer:
         self._idempotent: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = {}
         self._failures: list[_Failure] = []
         self._runner: web.AppRunner | None = None
+        self.delay_seconds = 0.0  # answer every request this much later (a slow Stripe)
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -124,6 +128,10 @@ class StripeServer:
         """The next ``count`` requests (matching ``path`` regex, if given) fail with ``status``."""
         self._failures.extend(_Failure(status, error_type, message, path) for _ in range(count))
 
+    def applied(self, method: str | None = None, path: str | None = None) -> list[Recorded]:
+        """The calls that did something: not rejected, not replayed from the idempotency store."""
+        return [r for r in self.calls(method, path) if not r.replayed and r.applied]
+
     def calls(self, method: str | None = None, path: str | None = None) -> list[Recorded]:
         return [
             r
@@ -148,6 +156,8 @@ class StripeServer:
             authorization=request.headers.get("Authorization"),
         )
         self.requests.append(record)
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
         if record.authorization != f"Bearer {self.api_key}":
             return self._error(401, "invalid_request_error", "Invalid API Key provided")
         for i, failure in enumerate(self._failures):
@@ -163,8 +173,10 @@ class StripeServer:
                     "idempotency_error",
                     f"Keys for idempotent requests can only be used with the same parameters they were first used with. Key: {key}",
                 )
+            record.replayed = True
             return web.json_response(answer, status=status, headers={"Idempotent-Replayed": "true"})
         status, answer = self._handle(request.method, request.path, record.params)
+        record.applied = status < 300
         if key is not None and status < 500:
             self._idempotent[key] = (record.flat, status, answer)
         return web.json_response(answer, status=status)
