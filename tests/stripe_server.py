@@ -82,7 +82,7 @@ class StripeServer:
         self._idempotent: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = {}
         self._failures: list[_Failure] = []
         self._runner: web.AppRunner | None = None
-        self.delay_seconds = 0.0  # answer every request this much later (a slow Stripe)
+        self.delay_seconds = 0.0  # hold every answer this much longer (a slow network)
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -156,8 +156,14 @@ class StripeServer:
             authorization=request.headers.get("Authorization"),
         )
         self.requests.append(record)
+        response = await self._answer(request, record)
         if self.delay_seconds:
+            # After the work is done: a client that dies meanwhile leaves the update applied, as
+            # when a worker is killed between Stripe's answer and its own commit.
             await asyncio.sleep(self.delay_seconds)
+        return response
+
+    async def _answer(self, request: web.Request, record: Recorded) -> web.Response:
         if record.authorization != f"Bearer {self.api_key}":
             return self._error(401, "invalid_request_error", "Invalid API Key provided")
         for i, failure in enumerate(self._failures):

@@ -5,106 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from tests import stripe_factory as sf
-from tests.helpers import TOKEN, RunningService, make_settings, running_service, wait_for
-from tests.stripe_server import StripeServer
+from tests.helpers import TOKEN, running_service, wait_for
+from tests.plan_change_support import ANNUAL_END, GB, LEAD, START, World, ts, world_for
 from worker import plan_changes
 from worker.config import Settings
 from worker.plan_change_jobs import fire_plan_change, sweep_plan_changes
 from worker.stripe_gateway import API_VERSION
 
-GB = 1024**3
-START = sf.T0
-ANNUAL_END = sf.period_end_for("price_business_annual", START)
-LEAD = 3600  # policy.fire_lead_seconds of the example catalog
-
-
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class World:
-    svc: RunningService
-    server: StripeServer
-    clock: Clock
-    ws: str
-    customer: str
-    sub_id: str
-
-    @property
-    def ctx(self) -> dict[str, Any]:
-        return {"services": self.svc.services, "job_try": 1}
-
-    async def deliver(self, event: dict[str, Any]) -> None:
-        status, body = await self.svc.post_event(event)
-        assert status == 200, body
-        await self.svc.wait_processed([event["id"]])
-
-    async def request(self, **body: Any) -> tuple[int, Any]:
-        base = {
-            "seats": 5,
-            "requested_by_role": "billing_admin",
-            "member_count": 4,
-            "storage_used_bytes": 10 * GB,
-        }
-        return await self.svc.api("POST", f"/v1/workspaces/{self.ws}/plan-changes", json={**base, **body})
-
-    async def row(self, change_id: str) -> Any:
-        return await plan_changes.get_change(self.svc.services.pool, change_id)
-
-    async def applied(self, change_id: str) -> Any:
-        return await wait_for(lambda: self.row(change_id), lambda r: r["status"] == "applied", what="applied")
-
-    def sub_event(self, kind: str, created: int, items: list[tuple[str, int]], **kw: Any) -> dict[str, Any]:
-        return sf.subscription_event(
-            kind,
-            api_version=sf.ENDIVE,
-            created=created,
-            sub_id=self.sub_id,
-            customer=self.customer,
-            workspace_id=self.ws,
-            status=kw.pop("status", "active"),
-            items=items,
-            period_start=kw.pop("period_start", START),
-            period_end=kw.pop("period_end", ANNUAL_END),
-            start_date=START,
-            **kw,
-        )
-
-
-def _ts(dt: datetime) -> int:
-    return int(dt.timestamp())
-
 
 @pytest.fixture
-async def world(settings: Settings):
-    async with StripeServer() as server:
-        configured = make_settings(
-            settings.database_url,
-            settings.redis_url,
-            settings.redis_prefix,
-            STRIPE_API_KEY=server.api_key,
-            STRIPE_API_BASE=server.url,
-        )
-        clock = Clock(datetime.fromtimestamp(START, UTC) + timedelta(days=30))
-        async with running_service(configured, clock=clock) as svc:
-            u = uuid.uuid4().hex[:10]
-            w = World(svc, server, clock, f"ws_pc_{u}", f"cus_pc{u}", f"sub_pc{u}")
-            created = w.sub_event("created", START, [("price_business_annual", 5)])
-            server.put(created["data"]["object"])
-            await w.deliver(created)
-            yield w
+async def world(settings: Settings) -> AsyncIterator[World]:
+    async with world_for(settings) as w:
+        yield w
 
 
 async def test_business_yearly_to_plus_monthly_fires_once_at_the_lead_before_contract_end(world: World):
@@ -157,7 +76,7 @@ async def test_business_yearly_to_plus_monthly_fires_once_at_the_lead_before_con
     assert row["status"] == "applied" and row["applied_at"] == world.clock.now
 
     # Stripe's webhook for our call, matched by its idempotency key, is reconciled like any other.
-    fired_at = _ts(world.clock.now)
+    fired_at = ts(world.clock.now)
     webhook = world.sub_event(
         "updated",
         fired_at,
@@ -180,7 +99,7 @@ async def test_an_open_invoice_makes_the_change_wait_and_payment_releases_it(wor
     assert status == 201, body
     change_id = body["plan_change"]["change_id"]
     invoice = f"in_pc{uuid.uuid4().hex[:10]}"
-    failed_at = _ts(world.clock.now)
+    failed_at = ts(world.clock.now)
     common = dict(
         api_version=sf.ENDIVE,
         invoice_id=invoice,
@@ -204,7 +123,7 @@ async def test_an_open_invoice_makes_the_change_wait_and_payment_releases_it(wor
     assert world.server.calls("POST") == []
 
     paid = sf.invoice_event(
-        "paid", created=_ts(world.clock.now), status="paid", amount_paid=9600, amount_remaining=0, **common
+        "paid", created=ts(world.clock.now), status="paid", amount_paid=9600, amount_remaining=0, **common
     )
     await world.deliver(paid)  # BlockLifted → after_commit releases the change to the worker
     await wait_for(lambda: world.row(change_id), lambda r: r["status"] == "applied", what="release fired")
@@ -269,8 +188,8 @@ async def test_two_workers_racing_on_a_due_change_make_one_stripe_call(world: Wo
     world.clock.now = sf.at(ANNUAL_END)
     world.server.delay_seconds = 0.3  # the first call is still in flight when the second tries
     results = await asyncio.gather(
-        plan_changes.fire(world.svc.services, change_id, cause_id="a"),
-        plan_changes.fire(world.svc.services, change_id, cause_id="b"),
+        plan_changes.fire(world.svc.services, change_id, cause=("job", "a")),
+        plan_changes.fire(world.svc.services, change_id, cause=("job", "b")),
         sweep_plan_changes(world.ctx),
     )
     outcomes = [r.outcome if hasattr(r, "outcome") else f"sweep:{r}" for r in results]
@@ -296,7 +215,7 @@ async def test_a_worker_killed_between_the_stripe_call_and_its_commit_reuses_the
 
     monkeypatch.setattr(plan_changes, "_finish", die)
     with pytest.raises(Killed):
-        await plan_changes.fire(world.svc.services, change_id, cause_id="doomed")
+        await plan_changes.fire(world.svc.services, change_id, cause=("job", "doomed"))
     monkeypatch.setattr(plan_changes, "_finish", real_finish)
     row = await world.row(change_id)
     assert row["status"] == "firing" and row["claimed_at"] is not None  # the commit never happened
@@ -318,7 +237,7 @@ async def test_transient_stripe_errors_are_retried_with_the_same_key(world: Worl
     change_id = body["plan_change"]["change_id"]
     world.clock.now = sf.at(ANNUAL_END)
     world.server.fail_next(3, status=503)  # the SDK's own 2 retries, then ours
-    result = await plan_changes.fire(world.svc.services, change_id, cause_id="t1")
+    result = await plan_changes.fire(world.svc.services, change_id, cause=("job", "t1"))
     assert result.outcome == "retry" and (await world.row(change_id))["status"] == "firing"
     await sweep_plan_changes(world.ctx)
     await world.applied(change_id)

@@ -140,7 +140,7 @@ async def post_plan_change(request: web.Request) -> web.Response:
     change = outcome.change
     status = 201
     if outcome.fire_now is not None:
-        result = await plan_changes.send(services, outcome.fire_now, cause_id=request_id)
+        result = await plan_changes.send(services, outcome.fire_now, cause=("request", request_id))
         await after_fire(services, result)
         change = plan_changes.change_json(await plan_changes.get_change(services.pool, outcome.fire_now))
         if result.outcome == "failed":

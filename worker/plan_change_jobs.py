@@ -26,7 +26,7 @@ async def fire_plan_change(ctx: dict[str, Any], change_id: str) -> str:
     services: Services = ctx["services"]
     job_try: int = ctx.get("job_try", 1)
     started = time.perf_counter()
-    result = await plan_changes.fire(services, change_id, cause_id=f"job:{change_id}")
+    result = await plan_changes.fire(services, change_id, cause=("job", f"fire_plan_change:{change_id}"))
     await after_fire(services, result)
     log.info(
         "job_finished",
@@ -46,7 +46,9 @@ async def sweep_plan_changes(ctx: dict[str, Any]) -> int:
     services: Services = ctx["services"]
     fired = 0
     for change_id in await plan_changes.due_changes(services):
-        result = await plan_changes.fire(services, change_id, cause_id=f"sweep:{change_id}")
+        result = await plan_changes.fire(
+            services, change_id, cause=("sweep", f"sweep_plan_changes:{change_id}")
+        )
         await after_fire(services, result)
         fired += result.outcome == "applied"
     if fired:

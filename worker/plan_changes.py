@@ -47,6 +47,8 @@ log = get_logger("plan_changes")
 ACTIVE = ("pending", "waiting_payment", "firing")
 KEY_PREFIX = "plan-change:"
 FIRE_JOB = "fire_plan_change"
+LIVE_STATUSES = frozenset({"trialing", "active", "past_due", "unpaid", "paused", "incomplete"})
+Cause = tuple[str, str]  # the audit log's (cause_kind, cause_id)
 
 _COLUMNS = (
     "change_id, workspace_id, kind, status, from_plan, from_interval, from_seats, to_plan, "
@@ -209,15 +211,10 @@ async def evaluate(
     """The decision without acting (dry run): no lock, nothing written."""
     now = services.clock()
     async with services.pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT workspace_id, customer_id, version, view FROM workspaces WHERE workspace_id = $1",
-            workspace_id,
-        )
-        if row is None:
-            raise PlanChangeError(
-                404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}"
-            )
-        state, _stored = await store._load_state(conn, row, None)
+        loaded = await store.load_workspace(conn, workspace_id)
+    if loaded is None:
+        raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+    state, _stored = loaded
     view = derive_view(state, services.catalog, now)
     return decide(view, request, now, services.catalog), view
 
@@ -400,15 +397,16 @@ class FireResult:
     error: str | None = None
 
 
-async def fire(services: Services, change_id: str, *, cause_id: str) -> FireResult:
-    """Fire one change if it is due and nobody else holds it. Safe to call any number of times."""
-    claimed = await _claim(services, change_id, cause_id)
+async def fire(services: Services, change_id: str, *, cause: Cause) -> FireResult:
+    """Fire one change if it is due and nobody else holds it. Safe to call any number of times.
+    ``cause`` is the audit's (cause_kind, cause_id): ('job' | 'sweep', …)."""
+    claimed = await _claim(services, change_id, cause)
     if claimed.outcome != "claimed_by_us":
         return claimed
-    return await send(services, change_id, cause_id=cause_id)
+    return await send(services, change_id, cause=cause)
 
 
-async def _claim(services: Services, change_id: str, cause_id: str) -> FireResult:
+async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult:
     now = services.clock()
     catalog = services.catalog
     async with services.pool.acquire() as conn, conn.transaction():
@@ -450,18 +448,23 @@ async def _claim(services: Services, change_id: str, cause_id: str) -> FireResul
                 if row["status"] == "waiting_payment":
                     return FireResult(change_id, "waiting_payment")
                 _new, c = await _set_status(
-                    conn, row, stored_view, "waiting_payment", cause_kind="job", cause_id=cause_id, now=now
+                    conn, row, stored_view, "waiting_payment", cause_kind=cause[0], cause_id=cause[1], now=now
                 )
                 return FireResult(change_id, "waiting_payment", [c])
-            if recheck.kind not in (IMMEDIATE, AT_PERIOD_END) or view.subscription_id is None:
-                reason = f"{recheck.kind}: {', '.join(recheck.reasons) or 'no subscription'}"
+            live = view.subscription_id is not None and view.status in LIVE_STATUSES
+            if recheck.kind not in (IMMEDIATE, AT_PERIOD_END) or not live:
+                reason = (
+                    f"{recheck.kind}: {', '.join(recheck.reasons)}"
+                    if live
+                    else f"no live subscription (status {view.status})"
+                )
                 _new, c = await _set_status(
                     conn,
                     row,
                     stored_view,
                     "failed",
-                    cause_kind="job",
-                    cause_id=cause_id,
+                    cause_kind=cause[0],
+                    cause_id=cause[1],
                     now=now,
                     error=reason,
                 )
@@ -484,7 +487,7 @@ def _decision_of(data: dict[str, Any]) -> Decision:
     return load(Decision, data)
 
 
-async def send(services: Services, change_id: str, *, cause_id: str) -> FireResult:
+async def send(services: Services, change_id: str, *, cause: Cause) -> FireResult:
     """The Stripe call of a change this caller has claimed, then its outcome in one commit."""
     assert services.stripe is not None
     row = await get_change(services.pool, change_id)
@@ -506,15 +509,15 @@ async def send(services: Services, change_id: str, *, cause_id: str) -> FireResu
             )
             log.warning("plan_change_retry", change_id=change_id, error=error)
             return FireResult(change_id, "retry", error=error)
-        result = await _finish(services, change_id, "failed", cause_id, error=error)
+        result = await _finish(services, change_id, "failed", cause, error=error)
         log.warning("plan_change_failed", change_id=change_id, error=error)
         return result
     log.info("plan_change_sent", change_id=change_id, subscription_id=answer.get("id"))
-    return await _finish(services, change_id, "applied", cause_id)
+    return await _finish(services, change_id, "applied", cause)
 
 
 async def _finish(
-    services: Services, change_id: str, status: str, cause_id: str, *, error: str | None = None
+    services: Services, change_id: str, status: str, cause: Cause, *, error: str | None = None
 ) -> FireResult:
     now = services.clock()
     async with services.pool.acquire() as conn, conn.transaction():
@@ -530,7 +533,7 @@ async def _finish(
         if row["status"] != "firing":
             return FireResult(change_id, "not_active")
         _new, c = await _set_status(
-            conn, row, loaded[1], status, cause_kind="job", cause_id=cause_id, now=now, error=error
+            conn, row, loaded[1], status, cause_kind=cause[0], cause_id=cause[1], now=now, error=error
         )
     return FireResult(change_id, status, [c], error)
 

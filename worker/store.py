@@ -200,6 +200,17 @@ async def lock_workspace(
     return await _load_state(conn, row, touched_invoice)
 
 
+async def load_workspace(
+    conn: asyncpg.Connection, workspace_id: str
+) -> tuple[WorkspaceState, WorkspaceView] | None:
+    """Like ``lock_workspace`` without the lock: for reads that decide nothing durable (dry runs)."""
+    row = await conn.fetchrow(
+        "SELECT workspace_id, customer_id, version, view FROM workspaces WHERE workspace_id = $1",
+        workspace_id,
+    )
+    return None if row is None else await _load_state(conn, row, None)
+
+
 async def _load_state(
     conn: asyncpg.Connection, row: asyncpg.Record, touched_invoice: str | None
 ) -> tuple[WorkspaceState, WorkspaceView]:
