@@ -373,3 +373,34 @@ async def test_without_a_stripe_key_acting_fails_clearly(settings: Settings):
         assert (status, answer["error"]["code"]) == (503, "stripe_not_configured")
         status, answer = await svc.api("POST", "/v1/workspaces/ws_unknown_x/plan-changes", json=body)
         assert (status, answer["error"]["code"]) == (404, "workspace_not_found")
+
+
+async def test_the_confirming_webhook_is_the_earliest_whatever_the_arrival_order(world: World):
+    status, body = await world.request(plan="enterprise", interval="annual", seats=6)
+    assert status == 200, body
+    change_id, key = body["plan_change"]["change_id"], body["plan_change"]["idempotency_key"]
+    t = ts(world.clock.now)
+    items = [("price_enterprise_annual", 6)]
+    early = world.sub_event("updated", t, items, request_idempotency_key=key)
+    late = world.sub_event("updated", t + 5, items, request_idempotency_key=key)
+    await world.deliver(late)  # Stripe's events arrive in any order
+    await world.deliver(early)
+    row = await world.row(change_id)
+    assert (row["confirmed_event_id"], row["status"]) == (early["id"], "applied")
+    state = await world.svc.workspace(world.ws)
+    assert (state["plan"], state["interval"], state["seats"]) == ("enterprise", "annual", 6)
+
+
+async def test_immediate_change_when_stripe_fails(world: World):
+    world.server.fail_next(status=400, error_type="invalid_request_error", message="No such price")
+    status, body = await world.request(plan="enterprise", interval="annual")
+    assert (status, body["error"]["code"]) == (502, "stripe_rejected")
+    assert body["error"]["plan_change"]["status"] == "failed"
+
+    world.server.fail_next(3, status=503)  # the SDK's 2 retries and the first try: all transient
+    status, body = await world.request(plan="enterprise", interval="annual")
+    assert status == 202 and body["plan_change"]["status"] == "firing", body
+    await sweep_plan_changes(world.ctx)  # the same request again, now answered
+    await world.applied(body["plan_change"]["change_id"])
+    keys = [c.idempotency_key for c in world.server.calls("POST")]
+    assert keys[1:] == [f"plan-change:{body['plan_change']['change_id']}"] * 4

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from handlers.codec import load, to_jsonable
 from handlers.events import EventMeta
@@ -196,6 +197,21 @@ async def _set_status(
 # ---------------------------------------------------------------- requests (internal API)
 
 
+async def _lock_timeout(services: Services, conn: asyncpg.Connection) -> None:
+    await conn.execute(f"SET LOCAL lock_timeout = {int(services.settings.lock_timeout_ms)}")
+
+
+async def _lock_workspace(
+    services: Services, conn: asyncpg.Connection, workspace_id: str
+) -> tuple[WorkspaceState, WorkspaceView]:
+    """Lock the workspace row (always before any plan-change row: one lock order everywhere)."""
+    await _lock_timeout(services, conn)
+    loaded = await store.lock_workspace(conn, workspace_id)
+    if loaded is None:
+        raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+    return loaded
+
+
 @dataclass
 class RequestOutcome:
     decision: Decision
@@ -226,12 +242,7 @@ async def request_change(
     now = services.clock()
     catalog = services.catalog
     async with services.pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = {int(services.settings.lock_timeout_ms)}")
-        loaded = await store.lock_workspace(conn, workspace_id)
-        if loaded is None:
-            raise PlanChangeError(
-                404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}"
-            )
+        loaded = await _lock_workspace(services, conn, workspace_id)
         state, stored_view = loaded
         view = derive_view(state, catalog, now)
         decision = decide(view, request, now, catalog)
@@ -351,12 +362,7 @@ async def cancel_change(
 ) -> tuple[dict[str, Any], Committed]:
     now = services.clock()
     async with services.pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = {int(services.settings.lock_timeout_ms)}")
-        loaded = await store.lock_workspace(conn, workspace_id)
-        if loaded is None:
-            raise PlanChangeError(
-                404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}"
-            )
+        loaded = await _lock_workspace(services, conn, workspace_id)
         _state, stored_view = loaded
         row = await active_change(conn, workspace_id)
         if row is None:
@@ -410,7 +416,7 @@ async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult
     now = services.clock()
     catalog = services.catalog
     async with services.pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = {int(services.settings.lock_timeout_ms)}")
+        await _lock_timeout(services, conn)
         workspace_id = await conn.fetchval(
             "SELECT workspace_id FROM plan_changes WHERE change_id = $1", change_id
         )
@@ -521,7 +527,7 @@ async def _finish(
 ) -> FireResult:
     now = services.clock()
     async with services.pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = {int(services.settings.lock_timeout_ms)}")
+        await _lock_timeout(services, conn)
         workspace_id = await conn.fetchval(
             "SELECT workspace_id FROM plan_changes WHERE change_id = $1", change_id
         )
@@ -568,13 +574,17 @@ async def waiting_changes(services: Services, workspace_id: str) -> list[str]:
 async def enqueue_fire(services: Services, change_id: str, *, defer_until: datetime | None, tag: str) -> None:
     """Queue a firing attempt. The job id carries ``tag`` so a release does not collide with the
     deferred job of the same change (which stays in Redis until its time and then finds nothing)."""
-    await services.redis.enqueue_job(
-        FIRE_JOB,
-        change_id,
-        _job_id=f"{services.settings.redis_prefix}:pc:{change_id}:{tag}",
-        _queue_name=services.settings.queue_name,
-        _defer_until=defer_until,
-    )
+    try:
+        await services.redis.enqueue_job(
+            FIRE_JOB,
+            change_id,
+            _job_id=f"{services.settings.redis_prefix}:pc:{change_id}:{tag}",
+            _queue_name=services.settings.queue_name,
+            _defer_until=defer_until,
+        )
+    except (OSError, RedisError) as exc:
+        # The change is durable in Postgres; the cron sweep fires it when it is due.
+        log.warning("plan_change_not_enqueued", change_id=change_id, error=f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------- confirmation by webhook
