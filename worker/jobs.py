@@ -134,6 +134,12 @@ async def sweep_inbox(ctx: dict[str, Any]) -> int:
     return count
 
 
+async def _sweep_dunning(ctx: dict[str, Any]) -> int:
+    from worker.dunning_jobs import sweep_dunning  # it routes its changes through after_commit here
+
+    return await sweep_dunning(ctx)
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -149,6 +155,13 @@ def build_worker(services: Services, *, handle_signals: bool = True, burst: bool
                 name=f"{settings.redis_prefix}:sweep_inbox",
                 second=set(range(0, 60, 10)),
                 # arq sizes every in-progress key by the longest timeout: keep this one short.
+                timeout=settings.job_timeout_seconds,
+            ),
+            cron(
+                _sweep_dunning,
+                name=f"{settings.redis_prefix}:sweep_dunning",
+                minute=set(range(0, 60, 5)),
+                second=20,
                 timeout=settings.job_timeout_seconds,
             ),
         ],
