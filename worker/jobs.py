@@ -75,9 +75,13 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
         services, result.workspace_id, result.version, result.changes, result.effects, event_id
     )
     if result.newly_mapped_customer:
-        # Events that arrived before we knew this customer need not wait for their backoff.
-        for waiting in await store.unmatched_for_customer(services.pool, result.newly_mapped_customer):
-            await services.queue.enqueue_event(waiting)
+        # Events that arrived before we knew this customer need not wait for their backoff
+        # (if this fails, the inbox sweep still retries them on their backoff schedule).
+        try:
+            for waiting in await store.unmatched_for_customer(services.pool, result.newly_mapped_customer):
+                await services.queue.enqueue_event(waiting)
+        except Exception as exc:
+            log.warning("unmatched_requeue_failed", customer_id=result.newly_mapped_customer, error=repr(exc))
     metrics.JOB_DURATION.labels(handler=result.event_type or "unknown", outcome=result.outcome).observe(
         time.perf_counter() - started
     )
