@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
 from handlers.dunning import evaluate_block, level_due_at
 from handlers.reducer import APPLIED
 from worker import jobs, store
@@ -43,7 +45,11 @@ async def sweep_dunning(ctx: dict[str, Any]) -> int:
             BATCH,
         )
         for row in rows:
-            changed += await _sweep_one(services, row["workspace_id"], cause_id)
+            try:
+                changed += await _sweep_one(services, row["workspace_id"], cause_id)
+            except asyncpg.LockNotAvailableError:
+                # An event holds the workspace; it re-evaluates the ladder itself, the next sweep too.
+                log.info("sweep_dunning_skipped", workspace_id=row["workspace_id"], reason="locked")
         if len(rows) < BATCH:
             break
         after = rows[-1]["workspace_id"]
