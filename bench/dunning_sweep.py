@@ -20,7 +20,7 @@ from tests import stripe_factory as sf
 from tests.helpers import make_settings
 from worker import store
 from worker.db import create_pool as create_pg_pool
-from worker.dunning_jobs import sweep_dunning
+from worker.dunning_jobs import BATCH, CANDIDATES, sweep_dunning
 from worker.migrate import migrate
 from worker.notifications import stream_name
 from worker.services import Services, load_catalog, redis_settings
@@ -76,6 +76,9 @@ async def main(n: int, admin_url: str, redis_url: str) -> None:
 
         await asyncio.gather(*(chain(ids) for ids in by_ws.values()))
         blocked = await services.pool.fetchval("SELECT count(*) FROM workspaces WHERE blocked")
+        await services.pool.execute("ANALYZE")
+        plan = await services.pool.fetch(f"EXPLAIN {CANDIDATES}", "", BATCH)
+        print("\n".join(r[0] for r in plan))
         ctx = {"services": services}
         started = time.perf_counter()
         unchanged = await sweep_dunning(ctx)

@@ -162,6 +162,11 @@ async def test_concurrent_consumption_is_serialised_and_the_ledger_is_the_balanc
     for e in entries:
         running += e["amount"]
         assert e["balance_after"] == running >= 0
+    # The same key sent concurrently still consumes once: the others answer the replay.
+    same = await asyncio.gather(*(_consume(service, ws, 100, "same") for _ in range(5)))
+    assert sorted(s for s, _ in same) == [200] * 4 + [201]
+    assert {b["balance"] for _, b in same} == {100}
+    assert (await service.workspace(ws))["ai_credit_balance"] == 100
     # Append-only at the database level.
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await pool.execute("UPDATE ai_credit_ledger SET amount = 1 WHERE workspace_id = $1", ws)

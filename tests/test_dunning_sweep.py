@@ -142,3 +142,20 @@ async def test_sweep_leaves_workspaces_without_unpaid_invoices_alone(
     await _sweep(service)
     state = await service.workspace(ws)
     assert (state["blocked"], state["version"]) == (False, version)
+
+
+async def test_sweep_walks_every_candidate_in_batches(
+    service: RunningService, clock: MovableClock, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("worker.dunning_jobs.BATCH", 2)
+    workspaces = []
+    for n in range(5):
+        ws, events = _history(f"batch{n}", outcome=None)
+        clock.now = sf.at(sf.T0)
+        await _deliver(service, clock, events)
+        workspaces.append(ws)
+    since = parse_datetime((await service.workspace(workspaces[0]))["block"]["since"])
+    clock.now = since + timedelta(days=31)
+    assert await _sweep(service) >= 5
+    levels = {(await service.workspace(ws))["dunning_level"] for ws in workspaces}
+    assert levels == {"suspended"}

@@ -79,12 +79,13 @@ async def put_usage(request: web.Request) -> web.Response:
         loaded = await store.lock_workspace(conn, workspace_id)
         assert loaded is not None
         state, stored = loaded
-        await conn.execute(
-            "UPDATE workspaces SET members = $2, storage_used_bytes = $3 WHERE workspace_id = $1",
-            workspace_id,
-            usage.members,
-            usage.storage_used_bytes,
-        )
+        if usage != state.usage:
+            await conn.execute(
+                "UPDATE workspaces SET members = $2, storage_used_bytes = $3 WHERE workspace_id = $1",
+                workspace_id,
+                usage.members,
+                usage.storage_used_bytes,
+            )
         outcome = await save_reevaluated(
             conn,
             replace(state, usage=usage),

@@ -22,6 +22,18 @@ from worker.services import Services
 
 log = get_logger("dunning")
 BATCH = 500
+# Workspaces whose level may move with time, by keyset pages over two partial indexes.
+CANDIDATES = """
+SELECT workspace_id FROM (
+    (SELECT DISTINCT workspace_id FROM invoices
+      WHERE status IN ('open', 'uncollectible') AND workspace_id > $1
+      ORDER BY workspace_id LIMIT $2)
+    UNION
+    (SELECT workspace_id FROM workspaces WHERE blocked AND workspace_id > $1
+      ORDER BY workspace_id LIMIT $2)
+) candidates
+ORDER BY workspace_id LIMIT $2
+"""
 
 
 async def sweep_dunning(ctx: dict[str, Any]) -> int:
@@ -30,20 +42,9 @@ async def sweep_dunning(ctx: dict[str, Any]) -> int:
     now = services.clock()
     cause_id = f"dunning-sweep:{now.isoformat()}"
     changed = 0
-    after = ""
+    after = ""  # keyset cursor: each branch walks its partial index from here
     while True:
-        rows = await services.pool.fetch(
-            """
-            SELECT workspace_id FROM (
-                SELECT workspace_id FROM invoices WHERE status IN ('open', 'uncollectible')
-                UNION
-                SELECT workspace_id FROM workspaces WHERE blocked
-            ) candidates
-            WHERE workspace_id > $1 ORDER BY workspace_id LIMIT $2
-            """,
-            after,
-            BATCH,
-        )
+        rows = await services.pool.fetch(CANDIDATES, after, BATCH)
         for row in rows:
             try:
                 changed += await _sweep_one(services, row["workspace_id"], cause_id)
