@@ -404,3 +404,17 @@ async def test_immediate_change_when_stripe_fails(world: World):
     await world.applied(body["plan_change"]["change_id"])
     keys = [c.idempotency_key for c in world.server.calls("POST")]
     assert keys[1:] == [f"plan-change:{body['plan_change']['change_id']}"] * 4
+
+
+async def test_firing_rechecks_seats_against_the_latest_reported_usage(world: World):
+    status, body = await world.request(plan="plus", interval="monthly", seats=5, member_count=4)
+    assert status == 201, body
+    change_id = body["plan_change"]["change_id"]
+    status, _ = await world.svc.api(
+        "PUT", f"/v1/workspaces/{world.ws}/usage", json={"members": 12, "storage_used_bytes": 10 * GB}
+    )
+    assert status == 200
+    world.clock.now = sf.at(ANNUAL_END) - timedelta(seconds=LEAD)
+    await sweep_plan_changes(world.ctx)
+    row = await wait_for(lambda: world.row(change_id), lambda r: r["status"] == "failed", what="failed")
+    assert "seats" in row["last_error"] and world.server.calls("POST") == []

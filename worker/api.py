@@ -94,6 +94,9 @@ def create_internal_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app.router.add_get("/v1/workspaces/{workspace_id}", get_workspace)
     app.router.add_get("/v1/events/{event_id}", get_event)
+    from worker import api_usage_credits  # imports this module's helpers
+
+    api_usage_credits.add_routes(app)
     from worker.api_plan_changes import add_routes as add_plan_change_routes  # imports this module
 
     add_plan_change_routes(app)

@@ -14,7 +14,7 @@ aborted deferred job at once); the job re-reads the row and finds nothing to do.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -448,7 +448,7 @@ async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult
             # First claim: re-check the policy against the state of now. Once parameters are fixed
             # (below) they are never recomputed: the call may already have reached Stripe.
             view = derive_view(state, catalog, now)
-            request = request_from_json(row["request"])
+            request = _with_reported_usage(request_from_json(row["request"]), state)
             recheck = decide(view, request, now, catalog)
             if recheck.kind == BLOCKED and set(recheck.reasons) == {OPEN_INVOICE}:
                 if row["status"] == "waiting_payment":
@@ -487,6 +487,17 @@ async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult
             now,
         )
     return FireResult(change_id, "claimed_by_us")
+
+
+def _with_reported_usage(request: ChangeRequest, state: WorkspaceState) -> ChangeRequest:
+    """At firing, seats and storage are checked against the latest usage the product reported
+    (PUT /usage), falling back to the counts given with the request."""
+    members, used = state.usage.members, state.usage.storage_used_bytes
+    return replace(
+        request,
+        member_count=request.member_count if members is None else members,
+        storage_used_bytes=request.storage_used_bytes if used is None else used,
+    )
 
 
 def _decision_of(data: dict[str, Any]) -> Decision:
