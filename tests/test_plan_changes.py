@@ -312,6 +312,8 @@ async def test_requests_that_cannot_act_change_nothing(world: World):
         ({"seats": 0}, "invalid_seats"),
         ({"seats": "5"}, "invalid_seats"),
         ({"seats": True}, "invalid_seats"),
+        ({"seats": 2**40}, "invalid_seats"),
+        ({"storage_used_bytes": 2**70}, "invalid_storage_used_bytes"),
         ({"requested_by_role": "owner"}, "invalid_requested_by_role"),
         ({"member_count": -1}, "invalid_member_count"),
         ({"storage_used_bytes": 1.5}, "invalid_storage_used_bytes"),

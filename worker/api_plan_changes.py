@@ -33,6 +33,10 @@ FIELDS = {
     "has_payment_method",
     "dry_run",
 }
+# Bounds that keep values inside their Postgres columns (seats: integer; bytes: bigint).
+MAX_SEATS = 1_000_000
+MAX_MEMBERS = 10**7
+MAX_BYTES = 2**62
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -46,14 +50,14 @@ def request_id_of(request: web.Request) -> str:
     return given
 
 
-def _int(body: dict[str, Any], name: str, minimum: int) -> int:
+def _int(body: dict[str, Any], name: str, minimum: int, maximum: int) -> int:
     value = body.get(name)
     if value is None:
         raise ApiError(400, f"missing_{name}", f"{name} is required")
     if not isinstance(value, int) or isinstance(value, bool):
         raise ApiError(400, f"invalid_{name}", f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ApiError(400, f"invalid_{name}", f"{name} must be >= {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {value}")
     return value
 
 
@@ -98,7 +102,7 @@ def parse_change_request(body: Any, catalog: Catalog) -> tuple[ChangeRequest, bo
                 "interval_not_offered",
                 f"plan {plan!r} is offered {', '.join(sorted(target.prices))}, not {interval}",
             )
-    seats = _int(body, "seats", 1)
+    seats = _int(body, "seats", 1, MAX_SEATS)
     role = body.get("requested_by_role")
     if role is None:
         raise ApiError(400, "missing_requested_by_role", "requested_by_role is required")
@@ -106,8 +110,8 @@ def parse_change_request(body: Any, catalog: Catalog) -> tuple[ChangeRequest, bo
         raise ApiError(
             400, "invalid_requested_by_role", f"requested_by_role must be one of {', '.join(sorted(ROLES))}"
         )
-    member_count = _int(body, "member_count", 0)
-    storage = _int(body, "storage_used_bytes", 0)
+    member_count = _int(body, "member_count", 0, MAX_MEMBERS)
+    storage = _int(body, "storage_used_bytes", 0, MAX_BYTES)
     has_pm = _bool(body, "has_payment_method")
     dry_run = bool(_bool(body, "dry_run"))
     return ChangeRequest(plan, interval, seats, role, member_count, storage, has_pm), dry_run
