@@ -23,10 +23,27 @@ log = get_logger("plan_change_jobs")
 
 async def fire_plan_change(ctx: dict[str, Any], change_id: str) -> str:
     """Fire one change if it is (still) due; a cancelled or superseded one is left alone."""
+    from worker.jobs import backoff_seconds  # jobs imports this module for build_worker
+
     services: Services = ctx["services"]
     job_try: int = ctx.get("job_try", 1)
     started = time.perf_counter()
-    result = await plan_changes.fire(services, change_id, cause=("job", f"fire_plan_change:{change_id}"))
+    try:
+        result = await plan_changes.fire(services, change_id, cause=("job", f"fire_plan_change:{change_id}"))
+    except Exception as exc:
+        # arq treats a plain exception as final; a claim left behind is re-tried by the sweep once
+        # stale, with the same idempotency key.
+        log.warning(
+            "job_finished",
+            job=plan_changes.FIRE_JOB,
+            change_id=change_id,
+            outcome="retry" if job_try < services.settings.max_tries else "error",
+            attempt=job_try,
+            error=f"{type(exc).__name__}: {exc}"[:500],
+        )
+        if job_try < services.settings.max_tries:
+            raise Retry(defer=timedelta(seconds=backoff_seconds(job_try))) from exc
+        return "error"
     await after_fire(services, result)
     log.info(
         "job_finished",
@@ -37,7 +54,7 @@ async def fire_plan_change(ctx: dict[str, Any], change_id: str) -> str:
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
     )
     if result.outcome == "retry" and job_try < services.settings.max_tries:
-        raise Retry(defer=timedelta(seconds=min(2 ** (job_try - 1), 300)))
+        raise Retry(defer=timedelta(seconds=backoff_seconds(job_try)))
     return result.outcome
 
 
@@ -46,9 +63,15 @@ async def sweep_plan_changes(ctx: dict[str, Any]) -> int:
     services: Services = ctx["services"]
     fired = 0
     for change_id in await plan_changes.due_changes(services):
-        result = await plan_changes.fire(
-            services, change_id, cause=("sweep", f"sweep_plan_changes:{change_id}")
-        )
+        try:
+            result = await plan_changes.fire(
+                services, change_id, cause=("sweep", f"sweep_plan_changes:{change_id}")
+            )
+        except Exception as exc:  # one change must not stop the others; the next sweep retries
+            log.warning(
+                "sweep_plan_changes_error", change_id=change_id, error=f"{type(exc).__name__}: {exc}"[:500]
+            )
+            continue
         await after_fire(services, result)
         fired += result.outcome == "applied"
     if fired:

@@ -256,7 +256,7 @@ async def request_change(
                 f"the change cannot be made: {decision.kind} ({', '.join(decision.reasons)})",
                 decision=decision_json(decision),
             )
-        if decision.kind == IMMEDIATE and (view.subscription_id is None or view.status == "free"):
+        if decision.kind == IMMEDIATE and (view.subscription_id is None or view.status not in LIVE_STATUSES):
             raise PlanChangeError(
                 409,
                 "checkout_required",
