@@ -238,7 +238,7 @@ async def test_transient_stripe_errors_are_retried_with_the_same_key(world: Worl
     world.clock.now = sf.at(ANNUAL_END)
     world.server.fail_next(3, status=503)  # the SDK's own 2 retries, then ours
     result = await plan_changes.fire(world.svc.services, change_id, cause=("job", "t1"))
-    assert result.outcome == "retry" and (await world.row(change_id))["status"] == "firing"
+    assert result.outcome == "retry"  # the claim is released; the worker's cron may already retry
     await sweep_plan_changes(world.ctx)
     await world.applied(change_id)
     keys = {c.idempotency_key for c in world.server.calls("POST")}
@@ -401,7 +401,7 @@ async def test_immediate_change_when_stripe_fails(world: World):
 
     world.server.fail_next(3, status=503)  # the SDK's 2 retries and the first try: all transient
     status, body = await world.request(plan="enterprise", interval="annual")
-    assert status == 202 and body["plan_change"]["status"] == "firing", body
+    assert status == 202 and body["plan_change"]["status"] in ("firing", "applied"), body  # (cron)
     await sweep_plan_changes(world.ctx)  # the same request again, now answered
     await world.applied(body["plan_change"]["change_id"])
     keys = [c.idempotency_key for c in world.server.calls("POST")]
