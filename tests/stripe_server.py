@@ -10,7 +10,7 @@ Failures can be injected with ``fail_next``. Only what the worker calls is imple
     POST   /v1/subscriptions/{id}          (items, quantity, proration_behavior, cancel_at_period_end, …)
     DELETE /v1/subscriptions/{id}          (cancel now)
     GET    /v1/invoices?customer=&status=&subscription=
-    GET    /v1/subscriptions?customer=
+    GET    /v1/subscriptions?customer=&status=   (status=all: any status, as Stripe)
     GET    /v1/events?created[gte]=&starting_after=&limit=&types[]=
 """
 
@@ -222,7 +222,7 @@ class StripeServer:
         else:
             items = [o for o in self.objects.values() if o.get("object") == resource.rstrip("s")]
             for name in ("customer", "status", "subscription"):
-                if name in params:
+                if name in params and not (name == "status" and params[name] == "all"):
                     items = [o for o in items if o.get(name) == params[name]]
             items.sort(key=lambda o: (o.get("created", 0), o["id"]), reverse=True)
         if "starting_after" in params:

@@ -85,7 +85,21 @@ class EventProcessor:
             workspace_id = workspace_hint(event) or await store.workspace_for_customer(conn, customer_id)
             if workspace_id is None:
                 attempt = row["attempts"]
-                delay = self.unmatched_backoff[min(attempt, len(self.unmatched_backoff) - 1)]
+                reason = "no workspace: no metadata.workspace_id and the customer is not mapped yet"
+                if attempt >= len(self.unmatched_backoff):
+                    # The backoff is used up: park it where operators look, with the reason.
+                    await store.finish_event(
+                        conn,
+                        event_id,
+                        status="dead",
+                        outcome="unmatched",
+                        workspace_id=None,
+                        customer_id=customer_id,
+                        now=now,
+                        error=f"unmatched after {attempt + 1} tries: {reason}",
+                    )
+                    return ProcessResult(event_id, "dead", "unmatched", row["type"])
+                delay = self.unmatched_backoff[attempt]
                 await store.finish_event(
                     conn,
                     event_id,
@@ -94,7 +108,7 @@ class EventProcessor:
                     workspace_id=None,
                     customer_id=customer_id,
                     now=now,
-                    error="no workspace: no metadata.workspace_id and the customer is not mapped yet",
+                    error=reason,
                     next_retry_at=now + timedelta(seconds=delay),
                 )
                 return ProcessResult(event_id, "unmatched", "unmatched", row["type"])

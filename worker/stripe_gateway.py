@@ -39,6 +39,48 @@ class StripeGateway:
 
     # ------------------------------------------------------------------ reads (reconcile, backfill)
 
+    async def customer_objects(self, customer_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Stripe's current truth for one customer: every subscription (any status) and every
+        open invoice, as plain dicts. Raises stripe errors (``is_transient`` tells which)."""
+        await self.client.v1.customers.retrieve_async(customer_id)  # 404s for an unknown customer
+        subs = await self._all(
+            self.client.v1.subscriptions.list_async, {"customer": customer_id, "status": "all"}
+        )
+        invoices = await self._all(
+            self.client.v1.invoices.list_async, {"customer": customer_id, "status": "open"}
+        )
+        return subs, invoices
+
+    async def events_page(
+        self, created_gte: int, starting_after: str | None, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of Stripe's events API, newest first: (events, has_more)."""
+        params: dict[str, Any] = {"created": {"gte": created_gte}, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self.client.v1.events.list_async(params)
+        return [to_dict(e) for e in page.data], bool(page.has_more)
+
+    @staticmethod
+    async def _all(list_call: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            page = await list_call(
+                {**params, "limit": 100, **({"starting_after": out[-1]["id"]} if out else {})}
+            )
+            out.extend(to_dict(o) for o in page.data)
+            if not page.has_more or not page.data:
+                return out
+
+
+def gateway_for(settings: Any) -> StripeGateway:
+    """The gateway of ``settings``; without STRIPE_API_KEY reads are impossible (503, named)."""
+    from worker.http_errors import ApiError
+
+    if not settings.stripe_api_key:
+        raise ApiError(503, "stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
+    return StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base)
+
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying later: network trouble, rate limits, Stripe-side 5xx and lock conflicts."""
