@@ -58,6 +58,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "5,30,120,600,3600",
         "Backoff of unmatched events; once it is used up they are dead-lettered.",
     ),
+    EnvVar("BW_SWEEP_INTERVAL_SECONDS", "10", "How often the inbox sweep runs (a divisor of 60)."),
     EnvVar("BW_SWEEP_BATCH_SIZE", "1000", "Most inbox events one sweep run re-enqueues."),
     EnvVar("BW_REQUEST_TIMEOUT_SECONDS", "30", "Time limit of one HTTP request on either port (408 above)."),
     EnvVar("BW_MAX_HEADER_BYTES", "8190", "Longest request line / header field accepted (431 / 400 above)."),
@@ -67,6 +68,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
 )
 
 _DEFAULTS = {v.name: v.default for v in ENV_VARS}
+
+
+def _divisor_of_60(seconds: int) -> int:
+    """arq cron fires on wall-clock seconds: only divisors of 60 give even intervals."""
+    if 60 % seconds:
+        raise ConfigError(f"BW_SWEEP_INTERVAL_SECONDS must divide 60 (1, 2, 3, 5, 10, …), got {seconds}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class Settings:
     lock_timeout_ms: int
     sweep_received_after_seconds: int
     unmatched_retry_seconds: tuple[int, ...]
+    sweep_interval_seconds: int
     sweep_batch_size: int
     request_timeout_seconds: int
     max_header_bytes: int
@@ -169,6 +178,7 @@ class Settings:
             lock_timeout_ms=integer("BW_LOCK_TIMEOUT_MS", 1),
             sweep_received_after_seconds=integer("BW_SWEEP_RECEIVED_AFTER_SECONDS", 1),
             unmatched_retry_seconds=backoff,
+            sweep_interval_seconds=_divisor_of_60(integer("BW_SWEEP_INTERVAL_SECONDS", 1)),
             sweep_batch_size=integer("BW_SWEEP_BATCH_SIZE", 1),
             request_timeout_seconds=integer("BW_REQUEST_TIMEOUT_SECONDS", 1),
             max_header_bytes=integer("BW_MAX_HEADER_BYTES", 1024),

@@ -156,7 +156,7 @@ def build_worker(services: Services, *, handle_signals: bool = True, burst: bool
             cron(
                 sweep_inbox,
                 name=f"{settings.redis_prefix}:sweep_inbox",
-                second=set(range(0, 60, 10)),
+                second=set(range(0, 60, settings.sweep_interval_seconds)),
                 # arq sizes every in-progress key by the longest timeout: keep this one short.
                 timeout=settings.job_timeout_seconds,
             ),

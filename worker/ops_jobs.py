@@ -24,6 +24,8 @@ async def backfill_job(ctx: dict[str, Any], run_id: int) -> str:
     gateway = gateway_for(services.settings)
     try:
         run = await backfill.run_pages(services, gateway, run_id, max_pages=PAGES_PER_JOB)
+    except Exception:  # the run row holds the error; an operator resumes it (API or CLI)
+        return "failed"
     finally:
         await gateway.close()
     if run["status"] == "running":

@@ -6,6 +6,7 @@ a crash between the call and our commit repeats the same request instead of maki
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import stripe
@@ -59,7 +60,7 @@ class StripeGateway:
         if starting_after:
             params["starting_after"] = starting_after
         page = await self.client.v1.events.list_async(params)
-        return [to_dict(e) for e in page.data], bool(page.has_more)
+        return _raw_data(page), bool(page.has_more)
 
     @staticmethod
     async def _all(list_call: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -68,7 +69,7 @@ class StripeGateway:
             page = await list_call(
                 {**params, "limit": 100, **({"starting_after": out[-1]["id"]} if out else {})}
             )
-            out.extend(to_dict(o) for o in page.data)
+            out.extend(_raw_data(page))
             if not page.has_more or not page.data:
                 return out
 
@@ -80,6 +81,12 @@ def gateway_for(settings: Any) -> StripeGateway:
     if not settings.stripe_api_key:
         raise ApiError(503, "stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
     return StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base)
+
+
+def _raw_data(page: Any) -> list[dict[str, Any]]:
+    """A list page's objects exactly as Stripe sent them (the SDK's objects turn decimals into
+    Decimal, which is neither JSON nor what a webhook would have carried)."""
+    return list(json.loads(page.last_response.body)["data"])
 
 
 def is_transient(exc: BaseException) -> bool:
