@@ -166,7 +166,7 @@ async def test_backfill_imports_only_missing_events_and_resumes_after_a_failure(
         failed = await wait_for(run_state, lambda r: r["status"] == "failed", what="the injected failure")
         assert failed["seen"] == 200 and failed["cursor"] is not None
         resume_from = len(stripe_server.calls("GET", r"/v1/events"))
-        status, resumed = await svc.api("POST", "/v1/backfill", json={"run_id": run["run_id"]})
+        status, _ = await svc.api("POST", "/v1/backfill", json={"run_id": run["run_id"]})
         assert status == 202
         done = await wait_for(run_state, lambda r: r["status"] == "done", timeout=60, what="backfill done")
         assert done["seen"] == len(events)

@@ -103,7 +103,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return reject(400, code, message)
     try:
         raw = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
         return reject(400, "invalid_json", "the body is not valid JSON")
     try:
         validate_event_envelope(raw)
