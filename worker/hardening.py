@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
@@ -37,8 +38,11 @@ class _JsonErrorHandler(RequestHandler):
             self.log_exception("request failed", exc_info=exc)
             resp = error(500, "internal_error", "internal error")
         else:
-            if "header" in (message or "").lower() or "field" in (message or "").lower():
-                status = 431
+            if isinstance(exc, LineTooLong):
+                line = exc.args[0] if exc.args else b""
+                # The parser names the line it gave up on: a path for the request line.
+                head = bytes(line[:8]) if isinstance(line, bytes | bytearray) else str(line).encode()
+                status = 414 if head.startswith((b"/", b"http")) else 431
             resp = error(status, _PARSER_CODES.get(status, "bad_request"), "the request cannot be parsed")
         resp.force_close()
         return resp
