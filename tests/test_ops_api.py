@@ -437,3 +437,32 @@ async def test_a_running_service_never_logs_secrets(settings: Settings):
     assert "webhook_received" in output  # the run did log
     for secret in (SECRET_A, "whsec_", TOKEN, "sk_test_secretkey123456"):
         assert secret not in output, secret
+
+
+async def test_plan_change_gauges_read_the_table_once_it_exists(settings: Settings):
+    """A temporary table shadows any real one, so this holds before and after issue 3's migration."""
+    from datetime import UTC, datetime, timedelta
+
+    import asyncpg
+
+    from worker.observability import _plan_changes
+
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "CREATE TEMP TABLE plan_changes (status text NOT NULL, fire_at timestamptz NOT NULL)"
+        )
+        assert await _plan_changes(conn, now) == {"overdue": 0}
+        await conn.executemany(
+            "INSERT INTO plan_changes VALUES ($1, $2)",
+            [
+                ("pending", now + timedelta(days=3)),
+                ("pending", now - timedelta(hours=2)),  # overdue
+                ("firing", now - timedelta(minutes=5)),  # due, not yet overdue
+                ("applied", now - timedelta(days=9)),  # finished: not counted
+            ],
+        )
+        assert await _plan_changes(conn, now) == {"pending": 2, "firing": 1, "overdue": 1}
+    finally:
+        await conn.close()

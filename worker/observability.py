@@ -9,6 +9,7 @@ histograms are per process: the receiver+API process counts webhooks, workers co
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -43,12 +44,7 @@ async def refresh_gauges(services: Services) -> None:
             "SELECT coalesce(dunning_level, 'unknown') AS level, count(*) AS n FROM workspaces "
             "WHERE blocked GROUP BY 1"
         )
-        plan_changes = []
-        if await conn.fetchval("SELECT to_regclass('plan_changes') IS NOT NULL"):
-            # Issue 3's table; read only once it exists.
-            plan_changes = await conn.fetch(
-                "SELECT status, count(*) AS n FROM plan_changes WHERE status = 'pending' GROUP BY status"
-            )
+        plan_changes = await _plan_changes(conn, now)
     for status in _INBOX_STATUSES:
         metrics.INBOX_EVENTS.labels(status=status).set(counts.get(status, 0))
     metrics.DEAD_LETTERS.set(counts["dead"])
@@ -56,11 +52,28 @@ async def refresh_gauges(services: Services) -> None:
     metrics.BLOCKED_WORKSPACES.clear()
     for row in blocked:
         metrics.BLOCKED_WORKSPACES.labels(level=row["level"]).set(row["n"])
-    metrics.PENDING_PLAN_CHANGES.clear()
-    metrics.PENDING_PLAN_CHANGES.labels(status="pending").set(0)
-    for row in plan_changes:
-        metrics.PENDING_PLAN_CHANGES.labels(status=row["status"]).set(row["n"])
+    for status in PLAN_CHANGE_STATUSES:
+        metrics.PENDING_PLAN_CHANGES.labels(status=status).set(plan_changes.get(status, 0))
     metrics.QUEUE_DEPTH.set(await services.queue.depth())
+
+
+# Active plan changes by status, plus `overdue`: active and due (fire_at) more than an hour ago.
+PLAN_CHANGE_STATUSES = ("pending", "waiting_payment", "firing", "overdue")
+OVERDUE_AFTER = timedelta(hours=1)
+
+
+async def _plan_changes(conn: Any, now: datetime) -> dict[str, int]:
+    """Reads 0 until the plan-changes table exists (it comes with its own migration)."""
+    if not await conn.fetchval("SELECT to_regclass('plan_changes') IS NOT NULL"):
+        return {}
+    rows = await conn.fetch(
+        "SELECT status, count(*) AS n, count(*) FILTER (WHERE fire_at < $1) AS overdue FROM plan_changes "
+        "WHERE status IN ('pending', 'waiting_payment', 'firing') GROUP BY status",
+        now - OVERDUE_AFTER,
+    )
+    counts = {r["status"]: r["n"] for r in rows}
+    counts["overdue"] = sum(r["overdue"] for r in rows)
+    return counts
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
