@@ -17,7 +17,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ import pytest
 
 from tests import stripe_factory as sf
 from tests.helpers import RunningService, make_settings, running_service, wait_for
+from tests.invariants import assert_applied_exactly_once
 from tests.services import free_port
-from tests.test_crash_safety import _oracle
 from worker.config import Settings
 from worker.migrate import migrate
 
@@ -133,31 +132,7 @@ async def _deliver(svc: RunningService, event: dict[str, Any], deadline: float =
 
 
 async def _assert_exactly_once(svc: RunningService, histories: dict[str, list[dict[str, Any]]]) -> None:
-    ids = list({e["id"] for events in histories.values() for e in events})
-    pool = svc.services.pool
-    marks = await pool.fetch(
-        "SELECT status, attempts FROM webhook_events WHERE event_id = ANY($1::text[])", ids
-    )
-    assert len(marks) == len(ids)
-    assert {r["status"] for r in marks} == {"processed"}
-    # One processed mark each: a duplicate run finds the event final and writes nothing.
-    assert {r["attempts"] for r in marks} == {1}
-    duplicated = await pool.fetchval(
-        "SELECT count(*) FROM (SELECT 1 FROM audit_log WHERE cause_id = ANY($1::text[]) "
-        "GROUP BY workspace_id, cause_id HAVING count(*) > 1) d",
-        ids,
-    )
-    assert duplicated == 0
-    now = datetime.now(UTC)
-    for workspace_id, events in histories.items():
-        row = await pool.fetchrow(
-            "SELECT view, version, (SELECT count(*) FROM audit_log a WHERE a.workspace_id = w.workspace_id) "
-            "AS audits FROM workspaces w WHERE workspace_id = $1",
-            workspace_id,
-        )
-        unique = list({e["id"]: e for e in events}.values())
-        assert row["view"] == _oracle(workspace_id, unique, now), workspace_id
-        assert row["audits"] == row["version"]
+    await assert_applied_exactly_once(svc.services.pool, histories)
 
 
 def _all_ids(histories: dict[str, list[dict[str, Any]]]) -> list[str]:
