@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 # Modules whose PATHS are merged; a missing module (not merged yet) is skipped.
-_MODULES = ("worker.api_ops", "worker.api_plan_changes", "worker.api_usage")
+_MODULES = ("worker.api_ops", "worker.api_plan_changes", "worker.api_usage_credits")
 
 _ERR = {"$ref": "#/components/responses/Error"}
 _OBJ = {"content": {"application/json": {"schema": {"type": "object"}}}}
