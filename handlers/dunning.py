@@ -64,3 +64,11 @@ def next_escalation(invoices: Iterable[InvoiceRecord], policy: Policy) -> dateti
     times = [since + timedelta(days=lvl.after_days) for lvl in policy.dunning]
     later = [t for t in times if t > since]
     return min(later) if later else None
+
+
+def level_due_at(block: Block, policy: Policy) -> datetime:
+    """The moment ``block``'s level became due: the audit's effective time for a time-driven change."""
+    for level in policy.dunning:
+        if level.name == block.level:
+            return block.since + timedelta(days=level.after_days)
+    return block.since

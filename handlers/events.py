@@ -123,6 +123,7 @@ class CheckoutCompleted:
     payment_status: str
     price_quantities: tuple[tuple[str, int], ...]  # (price id, quantity) of the line items
     workspace_id: str | None
+    invoice_id: str | None = None  # the invoice the session created (invoice_creation), if any
 
 
 @dataclass(frozen=True)

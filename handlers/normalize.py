@@ -345,6 +345,7 @@ def _checkout(meta: EventMeta, session: _Reader) -> CheckoutCompleted:
         payment_status=session.req_str("payment_status"),
         price_quantities=tuple(pairs),
         workspace_id=_workspace(metadata) or reference or None,
+        invoice_id=session.opt_id("invoice"),
     )
 
 

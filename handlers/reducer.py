@@ -9,6 +9,7 @@ from typing import Any
 
 from handlers.catalog import Catalog
 from handlers.codec import to_jsonable
+from handlers.credits import CreditEntry, credit_grants, grant
 from handlers.events import (
     BillingEvent,
     CheckoutCompleted,
@@ -52,6 +53,7 @@ class Outcome:
     subscription: SubscriptionRecord | None = None  # record the shell must upsert
     invoice: InvoiceRecord | None = None
     effects: tuple[Effect, ...] = ()
+    credit_entries: tuple[CreditEntry, ...] = ()  # new AI-credit ledger rows the shell must insert
 
 
 def apply_event(state: WorkspaceState, event: BillingEvent, now: datetime, catalog: Catalog) -> Outcome:
@@ -60,7 +62,9 @@ def apply_event(state: WorkspaceState, event: BillingEvent, now: datetime, catal
         return _subscription(state, before, event, now, catalog)
     if isinstance(event, InvoiceObserved):
         return _invoice(state, before, event, now, catalog)
-    if isinstance(event, CheckoutCompleted | IgnoredEvent):
+    if isinstance(event, CheckoutCompleted):
+        return _checkout(state, before, event, now, catalog)
+    if isinstance(event, IgnoredEvent):
         return Outcome(IGNORED, state, before, {})
     raise TypeError(f"unhandled event {type(event).__name__}")
 
@@ -69,6 +73,21 @@ def reevaluate(state: WorkspaceState, stored: WorkspaceView, now: datetime, cata
     """Recompute the view at ``now`` (the dunning sweep): a time-driven change with no event."""
     view = derive_view(state, catalog, now)
     return _finish(state, stored, view, None, None)
+
+
+def _checkout(
+    state: WorkspaceState, before: WorkspaceView, event: CheckoutCompleted, now: datetime, catalog: Catalog
+) -> Outcome:
+    """A paid one-time Checkout may buy credit packs; anything else is for subscription events."""
+    candidates = credit_grants(event, catalog)
+    if not candidates:
+        return Outcome(IGNORED, state, before, {})
+    state = replace(state, customer_id=state.customer_id or event.customer_id)
+    state, granted = grant(state, candidates)
+    if not granted:
+        return Outcome(STALE, state, before, {})
+    outcome = _finish(state, before, derive_view(state, catalog, now), None, None)
+    return replace(outcome, credit_entries=granted)
 
 
 def _subscription(
@@ -112,7 +131,9 @@ def _invoice(
             to_jsonable(current.last_failed_at if current else None),
             to_jsonable(merged.last_failed_at),
         )
-    return _finish(state, before, derive_view(state, catalog, now), None, merged, changes)
+    state, granted = grant(state, credit_grants(event, catalog))
+    outcome = _finish(state, before, derive_view(state, catalog, now), None, merged, changes)
+    return replace(outcome, credit_entries=granted)
 
 
 def _merge_invoice(a: InvoiceRecord, b: InvoiceRecord) -> InvoiceRecord:

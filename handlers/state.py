@@ -84,10 +84,24 @@ class WorkspaceView:
     storage_quota_bytes: int
     block: Block | None
     unknown_price_ids: tuple[str, ...] = ()
+    # Usage the product reported and the warnings derived from it (None: never reported).
+    members: int | None = None
+    over_seat_limit: bool = False
+    storage_used_bytes: int | None = None
+    over_storage_quota: bool = False
+    ai_credit_balance: int = 0  # the AI-credit ledger sum (minor credits, never negative)
 
     @property
     def blocked(self) -> bool:
         return self.block is not None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the product reports about a workspace: an input of the view, never derived."""
+
+    members: int | None = None
+    storage_used_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,10 @@ class WorkspaceState:
     # The invoices the shell loaded: every unpaid one plus any the event touches.
     invoices: Mapping[str, InvoiceRecord] = field(default_factory=dict)
     version: int = 0
+    usage: Usage = field(default_factory=Usage)
+    credit_balance: int = 0  # the ledger sum, loaded under the workspace row lock
+    # Ledger source keys the shell found already granted, among those the current event could grant.
+    credit_keys: frozenset[str] = frozenset()
 
     @classmethod
     def new(cls, workspace_id: str) -> WorkspaceState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from handlers.catalog import Catalog
@@ -36,6 +37,24 @@ def plan_item(record: SubscriptionRecord, catalog: Catalog) -> SubscriptionItem 
 
 
 def derive_view(state: WorkspaceState, catalog: Catalog, now: datetime) -> WorkspaceView:
+    return with_usage(_plan_view(state, catalog, now), state)
+
+
+def with_usage(view: WorkspaceView, state: WorkspaceState) -> WorkspaceView:
+    """Usage warnings and the credit balance are derived like the rest of the view, never patched.
+    ``seats`` is already the plan's seat limit on Free."""
+    members, used = state.usage.members, state.usage.storage_used_bytes
+    return replace(
+        view,
+        members=members,
+        over_seat_limit=members is not None and members > view.seats,
+        storage_used_bytes=used,
+        over_storage_quota=used is not None and used > view.storage_quota_bytes,
+        ai_credit_balance=state.credit_balance,
+    )
+
+
+def _plan_view(state: WorkspaceState, catalog: Catalog, now: datetime) -> WorkspaceView:
     block = evaluate_block(state.invoices.values(), catalog.policy, now)
     free = catalog.plans[catalog.free_plan]
     record = current_subscription(state)

@@ -471,10 +471,17 @@ def test_same_event_in_another_api_version_is_a_duplicate() -> None:
     assert state.version == 1
 
 
-def test_checkout_and_unknown_types_are_ignored() -> None:
+def test_subscription_checkout_and_unknown_types_are_ignored() -> None:
+    # A subscription-mode Checkout is told by its subscription events; packs are in test_credits.
     checkout = normalize(
         sf.checkout_completed_event(
-            api_version=sf.ENDIVE, created=T0, session_id="cs_1", customer=CUS, workspace_id=WS
+            api_version=sf.ENDIVE,
+            created=T0,
+            session_id="cs_1",
+            customer=CUS,
+            workspace_id=WS,
+            mode="subscription",
+            price_quantities=(("price_plus_monthly", 3),),
         )
     )
     other = IgnoredEvent(EventMeta("evt_other", "customer.created", at(0)))

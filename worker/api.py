@@ -100,5 +100,8 @@ def create_internal_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app.router.add_get("/v1/workspaces/{workspace_id}", get_workspace)
     app.router.add_get("/v1/events/{event_id}", get_event)
+    from worker import api_usage_credits  # imports this module's helpers
+
+    api_usage_credits.add_routes(app)
     api_ops.add_routes(app)
     return app

@@ -78,9 +78,13 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
         services, result.workspace_id, result.version, result.changes, result.effects, event_id
     )
     if result.newly_mapped_customer:
-        # Events that arrived before we knew this customer need not wait for their backoff.
-        for waiting in await store.unmatched_for_customer(services.pool, result.newly_mapped_customer):
-            await services.queue.enqueue_event(waiting)
+        # Events that arrived before we knew this customer need not wait for their backoff
+        # (if this fails, the inbox sweep still retries them on their backoff schedule).
+        try:
+            for waiting in await store.unmatched_for_customer(services.pool, result.newly_mapped_customer):
+                await services.queue.enqueue_event(waiting)
+        except Exception as exc:
+            log.warning("unmatched_requeue_failed", customer_id=result.newly_mapped_customer, error=repr(exc))
     metrics.JOB_DURATION.labels(handler=result.event_type or "unknown", outcome=result.outcome).observe(
         time.perf_counter() - started
     )
@@ -138,6 +142,12 @@ async def sweep_inbox(ctx: dict[str, Any]) -> int:
     return count
 
 
+async def _sweep_dunning(ctx: dict[str, Any]) -> int:
+    from worker.dunning_jobs import sweep_dunning  # it routes its changes through after_commit here
+
+    return await sweep_dunning(ctx)
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -158,6 +168,13 @@ def build_worker(services: Services, *, handle_signals: bool = True, burst: bool
                 name=f"{settings.redis_prefix}:sweep_inbox",
                 second=set(range(0, 60, settings.sweep_interval_seconds)),
                 # arq sizes every in-progress key by the longest timeout: keep this one short.
+                timeout=settings.job_timeout_seconds,
+            ),
+            cron(
+                _sweep_dunning,
+                name=f"{settings.redis_prefix}:sweep_dunning",
+                minute=set(range(0, 60, 5)),
+                second=20,
                 timeout=settings.job_timeout_seconds,
             ),
         ],

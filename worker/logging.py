@@ -1,6 +1,6 @@
 """structlog JSON logs with stable keys; secrets never reach a log line.
 
-Keys every line may carry: ``ts``, ``level``, ``logger``, ``msg`` and, per webhook or job,
+Keys every line may carry: ``ts``, ``level``, ``component``, ``msg`` and, per webhook or job,
 ``event_id``, ``event_type``, ``workspace_id``, ``outcome``, ``duration_ms``, ``attempt``.
 The full reference is docs/logging.md.
 """
@@ -51,5 +51,5 @@ def configure(level: str = "info", stream: Any = None) -> None:
 
 
 def get_logger(name: str) -> Any:
-    """A logger whose lines carry ``logger=<name>``."""
-    return structlog.get_logger().bind(logger=name)
+    """A logger whose lines carry ``component=<name>``; lazy, so it follows a later ``configure``."""
+    return structlog.get_logger(component=name)

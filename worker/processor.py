@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from handlers.catalog import Catalog
+from handlers.credits import credit_grants
 from handlers.events import IgnoredEvent, InvoiceObserved, customer_of, workspace_hint
 from handlers.normalize import PayloadError, normalize
 from handlers.reducer import APPLIED, Effect, apply_event, view_diff
-from worker import store
+from worker import credits_store, store
 
 # Inbox statuses after which an event is never applied again.
 FINAL_STATUSES = frozenset({"processed", "ignored", "dead"})
@@ -112,6 +113,7 @@ class EventProcessor:
             loaded = await store.lock_workspace(conn, workspace_id, touched)
             assert loaded is not None  # ensured above, in this transaction
             state, stored_view = loaded
+            state = await credits_store.with_granted_keys(conn, state, credit_grants(event, self.catalog))
             outcome = apply_event(state, event, now, self.catalog)
             # The audit diff is against what was stored, which may predate a time-driven change.
             changes = {**outcome.changes, **view_diff(stored_view, outcome.view)}
@@ -120,6 +122,9 @@ class EventProcessor:
                     await store.save_subscription(conn, workspace_id, outcome.subscription)
                 if outcome.invoice is not None:
                     await store.save_invoice(conn, workspace_id, outcome.invoice)
+                await credits_store.append_entries(
+                    conn, workspace_id, outcome.credit_entries, cause_kind="event", cause_id=event_id, now=now
+                )
                 await store.save_workspace(conn, outcome.state, outcome.view, now)
                 await store.append_audit(
                     conn,

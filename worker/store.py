@@ -18,6 +18,7 @@ from handlers.events import InvoiceSnapshot, SubscriptionSnapshot
 from handlers.state import (
     InvoiceRecord,
     SubscriptionRecord,
+    Usage,
     WorkspaceState,
     WorkspaceView,
 )
@@ -192,7 +193,8 @@ async def lock_workspace(
     """Lock the workspace row and load its observations: every subscription, every unpaid invoice
     and the invoice the event touches. Returns the state and the stored view."""
     row = await conn.fetchrow(
-        "SELECT workspace_id, customer_id, version, view FROM workspaces WHERE workspace_id = $1 FOR UPDATE",
+        "SELECT workspace_id, customer_id, version, view, members, storage_used_bytes, ai_credit_balance "
+        "FROM workspaces WHERE workspace_id = $1 FOR UPDATE",
         workspace_id,
     )
     if row is None:
@@ -221,6 +223,8 @@ async def _load_state(
         subscriptions={r.snapshot.subscription_id: r for r in map(_subscription_record, subs)},
         invoices={r.snapshot.invoice_id: r for r in map(_invoice_record, invs)},
         version=row["version"],
+        usage=Usage(row["members"], row["storage_used_bytes"]),
+        credit_balance=row["ai_credit_balance"],
     )
     return state, load(WorkspaceView, row["view"])
 

@@ -1,0 +1,122 @@
+"""AI credits: which ledger entries an event grants, and whether a consumption fits the balance.
+
+The ledger is append-only and every entry has a unique source key, so a purchase seen through
+several events (duplicates, replays, ``checkout.session.completed`` *and* the paid invoice of the
+same purchase) grants once. Key rules:
+
+* pack bought through an invoice (a paid one-off invoice, or a Checkout session that created one):
+  ``pack:invoice:<invoice id>:<price>`` — the checkout event and the invoice events share it;
+* pack bought through a Checkout session without an invoice: ``pack:checkout:<session id>:<price>``;
+* plan credits: ``cycle:<invoice id>`` for a paid subscription_create / subscription_cycle invoice;
+* consumption: ``consume:<workspace id>:<idempotency key>``.
+
+Proration lines are money on invoices and never become AI credits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from handlers.catalog import Catalog
+from handlers.events import BillingEvent, CheckoutCompleted, InvoiceObserved
+from handlers.state import WorkspaceState
+
+CYCLE_BILLING_REASONS = frozenset({"subscription_create", "subscription_cycle"})
+PACK, CYCLE, CONSUME = "pack", "cycle", "consume"
+
+
+@dataclass(frozen=True)
+class CreditEntry:
+    """One ledger row: positive grants, negative consumption."""
+
+    source_key: str
+    amount: int
+    kind: str  # pack | cycle | consume
+    reference: str  # the Stripe object or request it came from
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class InsufficientCredits:
+    balance: int
+    requested: int
+
+
+def credit_grants(event: BillingEvent, catalog: Catalog) -> tuple[CreditEntry, ...]:
+    """Every grant this event entitles to, whether or not it was already granted."""
+    if isinstance(event, CheckoutCompleted):
+        if event.mode != "payment" or event.payment_status != "paid":
+            return ()
+        if event.invoice_id:
+            prefix, ref = f"pack:invoice:{event.invoice_id}", event.invoice_id
+        else:
+            prefix, ref = f"pack:checkout:{event.session_id}", event.session_id
+        return _packs(event.price_quantities, catalog, prefix, ref)
+    if isinstance(event, InvoiceObserved) and event.invoice.status == "paid":
+        inv = event.invoice
+        regular = [line for line in inv.lines if not line.proration and line.price_id]
+        grants = list(
+            _packs(
+                ((line.price_id or "", line.quantity) for line in regular),
+                catalog,
+                f"pack:invoice:{inv.invoice_id}",
+                inv.invoice_id,
+            )
+        )
+        if inv.billing_reason in CYCLE_BILLING_REASONS and inv.amount_paid > 0:
+            plans = {ref.plan for line in regular if (ref := catalog.price(line.price_id)) and ref.plan}
+            credits = max((catalog.plans[p].ai_credits_per_cycle for p in plans), default=0)
+            if credits > 0:
+                grants.append(CreditEntry(f"cycle:{inv.invoice_id}", credits, CYCLE, inv.invoice_id))
+        return tuple(grants)
+    return ()
+
+
+def _packs(
+    pairs: Iterable[tuple[str, int]], catalog: Catalog, prefix: str, reference: str
+) -> tuple[CreditEntry, ...]:
+    """One entry per pack price (quantities of one price summed), so the key is stable."""
+    totals: dict[str, int] = {}
+    for price_id, quantity in pairs:
+        pack = catalog.credit_pack(price_id)
+        if pack is not None and quantity > 0:
+            totals[price_id] = totals.get(price_id, 0) + quantity * pack.credits
+    return tuple(
+        CreditEntry(f"{prefix}:{p}", amount, PACK, reference) for p, amount in sorted(totals.items())
+    )
+
+
+def grant(
+    state: WorkspaceState, candidates: Iterable[CreditEntry]
+) -> tuple[WorkspaceState, tuple[CreditEntry, ...]]:
+    """Apply the grants whose source key is not in the ledger yet."""
+    new = tuple(e for e in candidates if e.source_key not in state.credit_keys)
+    if not new:
+        return state, ()
+    return replace(
+        state,
+        credit_balance=state.credit_balance + sum(e.amount for e in new),
+        credit_keys=state.credit_keys | {e.source_key for e in new},
+    ), new
+
+
+def consume_key(workspace_id: str, idempotency_key: str) -> str:
+    return f"{CONSUME}:{workspace_id}:{idempotency_key}"
+
+
+def consume(
+    state: WorkspaceState, amount: int, idempotency_key: str, reason: str | None
+) -> tuple[WorkspaceState, CreditEntry] | InsufficientCredits:
+    """Spend ``amount`` credits, or refuse (and change nothing) when the balance is short."""
+    if amount <= 0:
+        raise ValueError("amount must be positive")
+    if amount > state.credit_balance:
+        return InsufficientCredits(state.credit_balance, amount)
+    key = consume_key(state.workspace_id, idempotency_key)
+    entry = CreditEntry(key, -amount, CONSUME, idempotency_key, reason)
+    return replace(
+        state,
+        credit_balance=state.credit_balance - amount,
+        credit_keys=state.credit_keys | {key},
+    ), entry

@@ -1,0 +1,79 @@
+"""Shared pieces of the usage, credits and dunning service tests: a movable clock, ids, the
+change stream, and a recorder of what reaches ``worker.jobs.after_commit``."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.helpers import RunningService
+from worker import jobs
+from worker.notifications import stream_name
+
+
+@dataclass
+class MovableClock:
+    """The service's injected clock; a test moves it instead of sleeping."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def ids(tag: str) -> dict[str, str]:
+    u = uuid.uuid4().hex[:10]
+    return {"workspace_id": f"ws_{tag}_{u}", "customer": f"cus_{tag}{u}", "sub_id": f"sub_{tag}{u}"}
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def changes_of(svc: RunningService, workspace_id: str) -> list[dict[str, Any]]:
+    """The change notifications of one workspace, oldest first."""
+    entries = await svc.services.redis.xrange(stream_name(svc.services.settings.redis_prefix))
+    out = []
+    for _, fields in entries:
+        decoded = {text(k): text(v) for k, v in fields.items()}
+        if decoded["workspace_id"] == workspace_id:
+            decoded["version"] = int(decoded["version"])
+            decoded["changed"] = json.loads(decoded["changed"])
+            out.append(decoded)
+    return out
+
+
+@dataclass
+class AfterCommitRecorder:
+    """Wraps the real ``after_commit`` (it still publishes) and remembers each call."""
+
+    calls: list[tuple[str | None, int | None, tuple[Any, ...], str]] = field(default_factory=list)
+
+    def effects_for(self, workspace_id: str) -> list[Any]:
+        return [e for ws, _, effects, _ in self.calls if ws == workspace_id for e in effects]
+
+
+@pytest.fixture
+def after_commit_calls(monkeypatch: pytest.MonkeyPatch) -> AfterCommitRecorder:
+    recorder = AfterCommitRecorder()
+    real = jobs.after_commit
+
+    async def recording(
+        services: Any,
+        workspace_id: str | None,
+        version: int | None,
+        changes: Mapping[str, Any],
+        effects: Sequence[Any],
+        cause: str,
+    ) -> None:
+        recorder.calls.append((workspace_id, version, tuple(effects), cause))
+        await real(services, workspace_id, version, changes, effects, cause)
+
+    monkeypatch.setattr(jobs, "after_commit", recording)
+    return recorder

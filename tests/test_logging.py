@@ -1,0 +1,69 @@
+"""Operations read JSON log lines: one per webhook and per job, with stable keys, no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+
+import pytest
+import structlog
+
+from tests import stripe_factory as sf
+from tests.helpers import SECRET_A, TOKEN, running_service
+from worker.config import Settings
+from worker.logging import configure
+
+
+@pytest.fixture
+def log_lines():
+    buffer = io.StringIO()
+    configure("info", stream=buffer)
+    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
+    structlog.reset_defaults()
+    logging.basicConfig(force=True, level=logging.WARNING)
+
+
+async def test_one_json_line_per_webhook_and_per_job(settings: Settings, log_lines):
+    u = uuid.uuid4().hex[:10]
+    event = sf.history_lifecycle(workspace_id=f"ws_log_{u}", customer=f"cus_log{u}", sub_id=f"sub_log{u}")[0]
+    async with running_service(settings) as svc:
+        assert (await svc.post_event(event))[0] == 200
+        await svc.wait_processed([event["id"]])
+        await svc.post_raw("{}", {"Stripe-Signature": "t=1,v1=deadbeef"})
+    lines = [line for line in log_lines() if line.get("event_id") == event["id"]]
+    received = [line for line in lines if line["msg"] == "webhook_received"]
+    finished = [line for line in lines if line["msg"] == "job_finished"]
+    assert len(received) == 1 and len(finished) == 1
+    for line in (*received, *finished):
+        assert {
+            "ts",
+            "level",
+            "component",
+            "msg",
+            "event_id",
+            "event_type",
+            "outcome",
+            "duration_ms",
+        } <= line.keys()
+    assert finished[0]["workspace_id"] == f"ws_log_{u}"
+    assert (finished[0]["outcome"], finished[0]["attempt"]) == ("applied", 1)
+    rejected = [line for line in log_lines() if line["msg"] == "webhook_rejected"]
+    assert rejected and rejected[-1]["code"] == "signature_mismatch"
+    everything = json.dumps(log_lines())
+    assert SECRET_A not in everything and TOKEN not in everything and "whsec_" not in everything
+
+
+def test_secrets_are_masked_wherever_they_appear():
+    buffer = io.StringIO()
+    configure("info", stream=buffer)
+    try:
+        structlog.get_logger().info(
+            "oops", detail="key whsec_abc123 and sk_live_XYZ", token="t0ken", api_key="k"
+        )
+    finally:
+        structlog.reset_defaults()
+    line = json.loads(buffer.getvalue())
+    assert line["detail"] == "key whsec_[redacted] and sk_live_[redacted]"
+    assert line["token"] == line["api_key"] == "[redacted]"
