@@ -97,11 +97,20 @@ async def reconcile_workspace(
                 effective_at=observed_at,
             )
             state, stored_view = outcome.state, outcome.view
-            applied.append({"object": _object_id(event), "version": state.version, "changes": changes})
+            applied.append(
+                {
+                    "object": _object_id(event),
+                    "version": state.version,
+                    "changes": changes,
+                    "effects": outcome.effects,
+                }
+            )
         if applied:
             await store.save_workspace(conn, state, stored_view, now)
     for item in applied:
-        await after_commit(services, workspace_id, item["version"], item["changes"], (), cause_id)
+        await after_commit(
+            services, workspace_id, item["version"], item["changes"], item["effects"], cause_id
+        )
     log.info("workspace_reconciled", workspace_id=workspace_id, applied=len(applied), fetched=len(events))
     return {
         "workspace_id": workspace_id,

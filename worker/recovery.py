@@ -9,7 +9,6 @@ the processor then decides from Postgres: a replay of something the state alread
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from handlers.codec import to_jsonable
@@ -87,7 +86,3 @@ async def list_dead_letters(
         limit,
     )
     return [to_jsonable(dict(r)) for r in rows]
-
-
-def age_seconds(now: datetime, then: datetime | None) -> float:
-    return 0.0 if then is None else max((now - then).total_seconds(), 0.0)
