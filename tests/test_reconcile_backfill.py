@@ -4,6 +4,7 @@ the inbox), against the local Stripe-playing server."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from tests import stripe_factory as sf
 from tests.helpers import RunningService, running_service, wait_for
 from tests.stripe_server import StripeServer
+from tests.test_recovery import run_cli
 from worker.config import Settings
 
 DAY = 86_400
@@ -197,3 +199,27 @@ async def test_backfill_imports_only_missing_events_and_resumes_after_a_failure(
         assert (status, body["error"]["code"]) == (400, "since_out_of_range")
         status, body = await svc.api("POST", "/v1/backfill", json={"since": "yesterday"})
         assert (status, body["error"]["code"]) == (400, "invalid_since")
+
+
+async def test_cli_reconciles_and_backfills(stripe_settings: Settings, stripe_server: StripeServer):
+    ids = _ids("rcli")
+    now = int(time.time())
+    env = {"STRIPE_API_KEY": stripe_server.api_key, "STRIPE_API_BASE": stripe_server.url}
+    history = sf.history_lifecycle(**ids, start=now - 20 * DAY, trial_days=3)
+    events = [e for e in history if e["created"] <= now]
+    stripe_server.events = list(events)
+    async with running_service(stripe_settings) as svc:
+        done = await run_cli(stripe_settings, "backfill", "--since", str(now - 21 * DAY), **env)
+        assert done.returncode == 0, done.stderr
+        run = json.loads(done.stdout)
+        assert (run["status"], run["inserted"]) == ("done", len(events))
+        await svc.wait_processed([e["id"] for e in events])
+        stripe_server.put({"id": ids["customer"], "object": "customer"})
+        stripe_server.put(_sub_event(ids, now - DAY, seats=11, status="past_due")["data"]["object"])
+        result = await run_cli(stripe_settings, "reconcile", ids["workspace_id"], **env)
+        assert result.returncode == 0, result.stderr
+        assert [a["object"] for a in json.loads(result.stdout)["applied"]] == [ids["sub_id"]]
+        state = await svc.workspace(ids["workspace_id"])
+        assert (state["seats"], state["status"]) == (11, "past_due")
+        too_old = await run_cli(stripe_settings, "backfill", "--since", str(now - 40 * DAY), **env)
+        assert too_old.returncode == 1 and "since_out_of_range" in too_old.stderr

@@ -3,11 +3,13 @@ with their reason, and replays of old events are no-ops unless something changed
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import subprocess
 import sys
 import uuid
+from asyncio.subprocess import PIPE
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +124,16 @@ async def test_sweep_enqueues_events_redis_never_got(fast_settings: Settings):
         assert (await svc.workspace(ids["workspace_id"]))["status"] == "trialing"
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(settings: Settings, *args: str, **extra_env: str) -> CliResult:
+    """``billing-worker ARGS`` as a real process against the test's services (the event loop
+    keeps serving in-process servers meanwhile)."""
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url or "",
@@ -130,15 +141,14 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         "BW_REDIS_PREFIX": settings.redis_prefix,
         "BW_LOG_LEVEL": "warning",
         "PYTHONPATH": str(ROOT),
+        **extra_env,
     }
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker.cli", *args, env=env, cwd=ROOT, stdout=PIPE, stderr=PIPE
     )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())
 
 
 async def test_cli_lists_and_retries_dead_letters(fast_settings: Settings):
@@ -147,16 +157,16 @@ async def test_cli_lists_and_retries_dead_letters(fast_settings: Settings):
     async with running_service(fast_settings) as svc:
         assert (await svc.post_event(orphan))[0] == 200
         await wait_for(lambda: svc.event_status(orphan["id"]), lambda s: s == "dead", timeout=20, what="dead")
-        listed = _cli(fast_settings, "dead-letters", "--type", "invoice.payment_failed")
+        listed = await run_cli(fast_settings, "dead-letters", "--type", "invoice.payment_failed")
         assert listed.returncode == 0, listed.stderr
         rows = json.loads(listed.stdout)
         assert [r["last_error"][:15] for r in rows if r["event_id"] == orphan["id"]] == ["unmatched after"]
-        retried = _cli(fast_settings, "retry", orphan["id"])
+        retried = await run_cli(fast_settings, "retry", orphan["id"])
         assert retried.returncode == 0, retried.stderr
         assert json.loads(retried.stdout)["previous_status"] == "dead"
         # Still no workspace: it walks the backoff again and ends dead again, with a fresh budget.
         await wait_for(
             lambda: svc.event_status(orphan["id"]), lambda s: s == "dead", timeout=20, what="dead again"
         )
-        missing = _cli(fast_settings, "retry", "evt_nosuchevent")
+        missing = await run_cli(fast_settings, "retry", "evt_nosuchevent")
         assert missing.returncode == 1 and "no inbox event" in missing.stderr
