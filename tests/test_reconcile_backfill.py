@@ -15,6 +15,7 @@ from tests import stripe_factory as sf
 from tests.helpers import RunningService, running_service, wait_for
 from tests.stripe_server import StripeServer
 from tests.test_recovery import run_cli
+from worker.backfill import BACKFILL_LOCK
 from worker.config import Settings
 
 DAY = 86_400
@@ -214,6 +215,12 @@ async def test_cli_reconciles_and_backfills(stripe_settings: Settings, stripe_se
         run = json.loads(done.stdout)
         assert (run["status"], run["inserted"]) == ("done", len(events))
         await svc.wait_processed([e["id"] for e in events])
+        # One reader per run: while another process holds the run, a resume is refused.
+        async with svc.services.pool.acquire() as holder:
+            await holder.execute("SELECT pg_advisory_lock($1, $2)", BACKFILL_LOCK, run["run_id"])
+            busy = await run_cli(stripe_settings, "backfill", "--resume", str(run["run_id"]), **env)
+            await holder.execute("SELECT pg_advisory_unlock($1, $2)", BACKFILL_LOCK, run["run_id"])
+        assert busy.returncode == 1 and "backfill_busy" in busy.stderr
         stripe_server.put({"id": ids["customer"], "object": "customer"})
         stripe_server.put(_sub_event(ids, now - DAY, seats=11, status="past_due")["data"]["object"])
         result = await run_cli(stripe_settings, "reconcile", ids["workspace_id"], **env)

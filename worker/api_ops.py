@@ -6,6 +6,7 @@ Each trigger exists in the CLI too (``billing-worker retry|dead-letters|reconcil
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,10 +17,10 @@ from worker import backfill, metrics, recovery
 from worker.api import event_id_of, workspace_id_of
 from worker.http_errors import ApiError, error
 from worker.observability import metrics_handler, readyz_handler
-from worker.ops_jobs import BACKFILL
+from worker.ops_jobs import enqueue_backfill
 from worker.reconcile import reconcile_workspace
 from worker.services import SERVICES
-from worker.stripe_gateway import gateway_for, is_transient
+from worker.stripe_gateway import gateway_for, is_transient, require_api_key
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
 
@@ -111,8 +112,7 @@ async def start_backfill(request: web.Request) -> web.Response:
     """Start a run (``{"since": …}``) or resume one (``{"run_id": …}``); a job does the reading."""
     services = request.app[SERVICES]
     body = await _json_object(request)
-    if not services.settings.stripe_api_key:
-        raise ApiError(503, "stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
+    require_api_key(services.settings)
     if "run_id" in body:
         run_id = body["run_id"]
         if isinstance(run_id, bool) or not isinstance(run_id, int) or run_id < 1:
@@ -121,12 +121,7 @@ async def start_backfill(request: web.Request) -> web.Response:
             raise ApiError(404, "backfill_not_found", f"no backfill run {run_id}")
     else:
         run_id = await backfill.start_run(services.pool, _since(body.get("since")), services.clock())
-    await services.redis.enqueue_job(
-        BACKFILL,
-        run_id,
-        _queue_name=services.settings.queue_name,
-        _job_id=f"{services.settings.redis_prefix}:backfill:{run_id}",
-    )
+    await enqueue_backfill(services, run_id, f"request:{uuid.uuid4().hex}")
     return web.json_response(await backfill.get_run(services.pool, run_id), status=202)
 
 

@@ -28,6 +28,7 @@ from worker.stripe_gateway import StripeGateway
 log = get_logger("backfill")
 
 HORIZON = timedelta(days=30)  # Stripe's events API retention
+BACKFILL_LOCK = 0x6266  # "bf": first key of the per-run advisory lock (the run id is the second)
 
 
 async def start_run(pool: asyncpg.Pool, since: datetime, now: datetime) -> int:
@@ -44,11 +45,31 @@ async def get_run(pool: asyncpg.Pool, run_id: int) -> dict[str, Any] | None:
     return None if row is None else to_jsonable(dict(row))
 
 
+class BackfillBusy(ApiError):
+    """Another process is reading this run right now."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(409, "backfill_busy", f"backfill run {run_id} is being read by another process")
+
+
 async def run_pages(
     services: Services, gateway: StripeGateway, run_id: int, *, max_pages: int | None = None
 ) -> dict[str, Any]:
     """Read pages from the stored cursor on; stops when done or after ``max_pages`` (then the
-    run stays ``running`` and the caller continues it). Stripe errors mark the run ``failed``."""
+    run stays ``running`` and the caller continues it). Stripe errors mark the run ``failed``.
+    One reader per run at a time (a session advisory lock): a second one gets ``BackfillBusy``."""
+    async with services.pool.acquire() as lock:
+        if not await lock.fetchval("SELECT pg_try_advisory_lock($1, $2)", BACKFILL_LOCK, run_id):
+            raise BackfillBusy(run_id)
+        try:
+            return await _read(services, gateway, run_id, max_pages)
+        finally:
+            await lock.execute("SELECT pg_advisory_unlock($1, $2)", BACKFILL_LOCK, run_id)
+
+
+async def _read(
+    services: Services, gateway: StripeGateway, run_id: int, max_pages: int | None
+) -> dict[str, Any]:
     pool = services.pool
     run = await pool.fetchrow(
         "UPDATE backfill_runs SET status = 'running', last_error = NULL WHERE run_id = $1 "
