@@ -4,6 +4,7 @@ with their reason, and replays of old events are no-ops unless something changed
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -170,3 +171,29 @@ async def test_cli_lists_and_retries_dead_letters(fast_settings: Settings):
         )
         missing = await run_cli(fast_settings, "retry", "evt_nosuchevent")
         assert missing.returncode == 1 and "no inbox event" in missing.stderr
+
+
+async def test_a_handler_failing_max_tries_is_dead_lettered_with_error_and_traceback(fast_settings: Settings):
+    """A workspace row held locked by someone else: every try times out, then the event is parked
+    with the last error; once the lock is gone an operator retry applies it."""
+    ids = _ids("mxt")
+    first, second = sf.history_lifecycle(**ids)[:2]
+    settings = dataclasses.replace(fast_settings, max_tries=2, lock_timeout_ms=100)
+    async with running_service(settings) as svc:
+        assert (await svc.post_event(first))[0] == 200
+        await svc.wait_processed([first["id"]])
+        async with svc.services.pool.acquire() as holder, holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM workspaces WHERE workspace_id = $1 FOR UPDATE", ids["workspace_id"]
+            )
+            assert (await svc.post_event(second))[0] == 200
+            await wait_for(
+                lambda: svc.event_status(second["id"]), lambda s: s == "dead", timeout=20, what="dead"
+            )
+        _, row = await svc.api("GET", f"/v1/events/{second['id']}")
+        assert row["attempts"] == 2
+        assert row["last_error"].startswith("transient: Traceback")
+        assert "LockNotAvailableError" in row["last_error"]
+        status, _ = await svc.api("POST", f"/v1/events/{second['id']}/retry")
+        assert status == 202
+        await wait_for(lambda: svc.event_status(second["id"]), lambda s: s == "processed", what="processed")
