@@ -10,7 +10,7 @@ Failures can be injected with ``fail_next``. Only what the worker calls is imple
     POST   /v1/subscriptions/{id}          (items, quantity, proration_behavior, cancel_at_period_end, …)
     DELETE /v1/subscriptions/{id}          (cancel now)
     GET    /v1/invoices?customer=&status=&subscription=
-    GET    /v1/subscriptions?customer=
+    GET    /v1/subscriptions?customer=&status=   (status=all: any status, as Stripe)
     GET    /v1/events?created[gte]=&starting_after=&limit=&types[]=
 """
 
@@ -49,6 +49,7 @@ class _Failure:
     error_type: str
     message: str
     path_pattern: str | None
+    skip: int = 0  # matching requests to let through first
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -124,9 +125,11 @@ class StripeServer:
         error_type: str = "api_error",
         message: str = "injected failure",
         path: str | None = None,
+        after: int = 0,
     ) -> None:
-        """The next ``count`` requests (matching ``path`` regex, if given) fail with ``status``."""
-        self._failures.extend(_Failure(status, error_type, message, path) for _ in range(count))
+        """The next ``count`` requests (matching ``path`` regex, if given) fail with ``status``,
+        once ``after`` matching requests have succeeded."""
+        self._failures.extend(_Failure(status, error_type, message, path, after) for _ in range(count))
 
     def applied(self, method: str | None = None, path: str | None = None) -> list[Recorded]:
         """The calls that did something: not rejected, not replayed from the idempotency store."""
@@ -166,10 +169,15 @@ class StripeServer:
     async def _answer(self, request: web.Request, record: Recorded) -> web.Response:
         if record.authorization != f"Bearer {self.api_key}":
             return self._error(401, "invalid_request_error", "Invalid API Key provided")
-        for i, failure in enumerate(self._failures):
-            if failure.path_pattern is None or re.fullmatch(failure.path_pattern, request.path):
-                del self._failures[i]
-                return self._error(failure.status, failure.error_type, failure.message)
+        matching = [
+            f for f in self._failures if f.path_pattern is None or re.fullmatch(f.path_pattern, request.path)
+        ]
+        if matching and matching[0].skip > 0:
+            for failure in matching:
+                failure.skip -= 1
+        elif matching:
+            self._failures.remove(matching[0])
+            return self._error(matching[0].status, matching[0].error_type, matching[0].message)
         key = record.idempotency_key if request.method == "POST" else None
         if key is not None and key in self._idempotent:
             params, status, answer = self._idempotent[key]
@@ -240,7 +248,7 @@ class StripeServer:
         else:
             items = [o for o in self.objects.values() if o.get("object") == resource.rstrip("s")]
             for name in ("customer", "status", "subscription"):
-                if name in params:
+                if name in params and not (name == "status" and params[name] == "all"):
                     items = [o for o in items if o.get(name) == params[name]]
             items.sort(key=lambda o: (o.get("created", 0), o["id"]), reverse=True)
         if "starting_after" in params:

@@ -11,19 +11,14 @@ import signal
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from handlers.codec import to_jsonable
-from handlers.normalize import normalize
-from handlers.reducer import apply_event
-from handlers.state import WorkspaceState
 from tests import stripe_factory as sf
 from tests.helpers import RunningService, running_service, wait_for
+from tests.invariants import assert_applied_exactly_once
 from worker.config import Settings
-from worker.services import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKSPACES = 40
@@ -39,17 +34,6 @@ def _histories() -> dict[str, list[dict]]:
         )
         out[ids["workspace_id"]] = events
     return out
-
-
-def _oracle(workspace_id: str, events: list[dict], now: datetime) -> dict:
-    catalog = load_catalog(None)
-    state = WorkspaceState.new(workspace_id)
-    outcome = None
-    for raw in sorted(events, key=lambda e: (e["created"], e["id"])):
-        outcome = apply_event(state, normalize(raw), now, catalog)
-        state = outcome.state
-    assert outcome is not None
-    return to_jsonable(outcome.view)
 
 
 def _spawn_worker(settings: Settings) -> subprocess.Popen:
@@ -110,23 +94,4 @@ async def test_worker_killed_mid_stream_applies_every_event_exactly_once(setting
             second.terminate()
             second.wait(timeout=20)
 
-        marks = await svc.services.pool.fetch(
-            "SELECT status, attempts FROM webhook_events WHERE event_id = ANY($1::text[])", ids
-        )
-        assert len(marks) == len(ids)
-        assert {(r["status"], r["attempts"]) for r in marks} == {("processed", 1)}
-        duplicated = await svc.services.pool.fetchval(
-            "SELECT count(*) FROM (SELECT cause_id FROM audit_log WHERE cause_id = ANY($1::text[]) "
-            "GROUP BY workspace_id, cause_id HAVING count(*) > 1) d",
-            ids,
-        )
-        assert duplicated == 0
-        now = datetime.now(UTC)
-        for workspace_id, events in histories.items():
-            row = await svc.services.pool.fetchrow(
-                "SELECT view, version, (SELECT count(*) FROM audit_log a WHERE a.workspace_id = w.workspace_id) AS audits "
-                "FROM workspaces w WHERE workspace_id = $1",
-                workspace_id,
-            )
-            assert row["view"] == _oracle(workspace_id, events, now), workspace_id
-            assert row["audits"] == row["version"]  # one audit entry per version, none twice
+        await assert_applied_exactly_once(svc.services.pool, histories)

@@ -15,16 +15,21 @@ from aiohttp import web
 
 from handlers.codec import to_jsonable
 from worker import plan_changes, store
+from worker.hardening import request_timeout
 from worker.http_errors import ApiError, error, json_errors
 from worker.services import SERVICES, Services
 
 WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Probes and scrapers reach these without the token: they reveal counts, never billing data.
+UNAUTHENTICATED = frozenset({"/readyz", "/metrics"})
 
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in UNAUTHENTICATED and request.method == "GET":
+        return await handler(request)
     expected = request.app[SERVICES].settings.internal_token or ""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -90,14 +95,14 @@ async def get_event(request: web.Request) -> web.Response:
 
 
 def create_internal_app(services: Services) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors, bearer_auth])
+    # The route modules import this one's helpers, hence the local imports.
+    from worker import api_ops, api_plan_changes, api_usage_credits
+
+    app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors, request_timeout, bearer_auth])
     app[SERVICES] = services
     app.router.add_get("/v1/workspaces/{workspace_id}", get_workspace)
     app.router.add_get("/v1/events/{event_id}", get_event)
-    from worker import api_usage_credits  # imports this module's helpers
-
     api_usage_credits.add_routes(app)
-    from worker.api_plan_changes import add_routes as add_plan_change_routes  # imports this module
-
-    add_plan_change_routes(app)
+    api_plan_changes.add_routes(app)
+    api_ops.add_routes(app)
     return app

@@ -6,6 +6,7 @@ billing-worker receiver | api | worker             one role, against configured 
 billing-worker migrate                             apply pending SQL migrations
 billing-worker show WORKSPACE_ID                   a workspace's billing state (JSON)
 billing-worker event EVENT_ID                      an inbox row (JSON)
+billing-worker retry | dead-letters | reconcile | backfill   operations (see worker/cli_ops.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from handlers.catalog import CatalogError
+from worker import cli_ops
 from worker.config import ConfigError, Settings
 from worker.logging import configure, get_logger
 
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("workspace_id")
     event = sub.add_parser("event", help="print an inbox event's status")
     event.add_argument("event_id")
+    cli_ops.add_parsers(sub)
     return parser
 
 
@@ -141,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not settings.database_url:
             raise ConfigError("DATABASE_URL must be set for this command")
+        if args.command in cli_ops.COMMANDS:
+            _require(settings, [])
+            return asyncio.run(cli_ops.run(settings, args))
         if args.command == "migrate":
             from worker.migrate import migrate
 

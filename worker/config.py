@@ -53,12 +53,28 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("BW_POLL_DELAY_SECONDS", "0.05", "How often an idle worker polls Redis."),
     EnvVar("BW_LOCK_TIMEOUT_MS", "5000", "Wait for a workspace row lock before retrying later."),
     EnvVar("BW_SWEEP_RECEIVED_AFTER_SECONDS", "60", "Re-enqueue inbox events still `received` after this."),
-    EnvVar("BW_UNMATCHED_RETRY_SECONDS", "5,30,120,600,3600", "Backoff of unmatched events."),
+    EnvVar(
+        "BW_UNMATCHED_RETRY_SECONDS",
+        "5,30,120,600,3600",
+        "Backoff of unmatched events; once it is used up they are dead-lettered.",
+    ),
+    EnvVar("BW_SWEEP_INTERVAL_SECONDS", "10", "How often the inbox sweep runs (a divisor of 60)."),
+    EnvVar("BW_SWEEP_BATCH_SIZE", "1000", "Most inbox events one sweep run re-enqueues."),
+    EnvVar("BW_REQUEST_TIMEOUT_SECONDS", "30", "Time limit of one HTTP request on either port (408 above)."),
+    EnvVar("BW_MAX_HEADER_BYTES", "8190", "Longest request line / header field accepted (431 / 400 above)."),
+    EnvVar("BW_WORKER_METRICS_PORT", "9102", "Port of a worker process's own /metrics (0: none)."),
     EnvVar("BW_DB_POOL_SIZE", "20", "PostgreSQL connections per process."),
     EnvVar("BW_LOG_LEVEL", "info", "debug, info, warning or error."),
 )
 
 _DEFAULTS = {v.name: v.default for v in ENV_VARS}
+
+
+def _divisor_of_60(seconds: int) -> int:
+    """arq cron fires on wall-clock seconds: only divisors of 60 give even intervals."""
+    if 60 % seconds:
+        raise ConfigError(f"BW_SWEEP_INTERVAL_SECONDS must divide 60 (1, 2, 3, 5, 10, …), got {seconds}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,11 @@ class Settings:
     lock_timeout_ms: int
     sweep_received_after_seconds: int
     unmatched_retry_seconds: tuple[int, ...]
+    sweep_interval_seconds: int
+    sweep_batch_size: int
+    request_timeout_seconds: int
+    max_header_bytes: int
+    worker_metrics_port: int
     db_pool_size: int
     log_level: str
 
@@ -157,6 +178,11 @@ class Settings:
             lock_timeout_ms=integer("BW_LOCK_TIMEOUT_MS", 1),
             sweep_received_after_seconds=integer("BW_SWEEP_RECEIVED_AFTER_SECONDS", 1),
             unmatched_retry_seconds=backoff,
+            sweep_interval_seconds=_divisor_of_60(integer("BW_SWEEP_INTERVAL_SECONDS", 1)),
+            sweep_batch_size=integer("BW_SWEEP_BATCH_SIZE", 1),
+            request_timeout_seconds=integer("BW_REQUEST_TIMEOUT_SECONDS", 1),
+            max_header_bytes=integer("BW_MAX_HEADER_BYTES", 1024),
+            worker_metrics_port=integer("BW_WORKER_METRICS_PORT"),
             db_pool_size=integer("BW_DB_POOL_SIZE", 2),
             log_level=level,
         )

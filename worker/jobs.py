@@ -42,6 +42,9 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
     services: Services = ctx["services"]
     job_try: int = ctx.get("job_try", 1)
     started = time.perf_counter()
+    if job_try == 1 and ctx.get("enqueue_time") is not None:
+        lag = (services.clock() - ctx["enqueue_time"]).total_seconds()
+        metrics.INBOX_TO_JOB_LATENCY.observe(max(lag, 0.0))
     try:
         result = await services.processor.process(event_id)
     except Exception as exc:
@@ -127,10 +130,11 @@ async def sweep_inbox(ctx: dict[str, Any]) -> int:
         SELECT event_id FROM webhook_events
          WHERE (status = 'received' AND received_at < $1)
             OR (status IN ('unmatched', 'failed') AND next_retry_at <= $2)
-         ORDER BY received_at LIMIT 1000
+         ORDER BY received_at LIMIT $3
         """,
         now - timedelta(seconds=services.settings.sweep_received_after_seconds),
         now,
+        services.settings.sweep_batch_size,
     )
     count = 0
     for row in rows:
@@ -151,18 +155,21 @@ def _ms(started: float) -> float:
 
 
 def build_worker(services: Services, *, handle_signals: bool = True, burst: bool = False) -> Worker:
+    from worker.ops_jobs import ops_functions  # backfill imports the receiver, which imports jobs' deps
+
     settings = services.settings
     return Worker(
         functions=[
             func(process_event, name=PROCESS_EVENT, max_tries=settings.max_tries + 1),
             func(fire_plan_change, name="fire_plan_change", max_tries=settings.max_tries + 1),
+            *ops_functions(),
         ],
         cron_jobs=[
             # Cron job ids are global in arq; the prefix keeps deployments sharing a Redis apart.
             cron(
                 sweep_inbox,
                 name=f"{settings.redis_prefix}:sweep_inbox",
-                second=set(range(0, 60, 10)),
+                second=set(range(0, 60, settings.sweep_interval_seconds)),
                 # arq sizes every in-progress key by the longest timeout: keep this one short.
                 timeout=settings.job_timeout_seconds,
             ),

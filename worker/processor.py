@@ -86,19 +86,24 @@ class EventProcessor:
             workspace_id = workspace_hint(event) or await store.workspace_for_customer(conn, customer_id)
             if workspace_id is None:
                 attempt = row["attempts"]
-                delay = self.unmatched_backoff[min(attempt, len(self.unmatched_backoff) - 1)]
+                reason = "no workspace: no metadata.workspace_id and the customer is not mapped yet"
+                # Once the backoff is used up the event is parked where operators look, with why.
+                exhausted = attempt >= len(self.unmatched_backoff)
+                status = "dead" if exhausted else "unmatched"
                 await store.finish_event(
                     conn,
                     event_id,
-                    status="unmatched",
+                    status=status,
                     outcome="unmatched",
                     workspace_id=None,
                     customer_id=customer_id,
                     now=now,
-                    error="no workspace: no metadata.workspace_id and the customer is not mapped yet",
-                    next_retry_at=now + timedelta(seconds=delay),
+                    error=f"unmatched after {attempt + 1} tries: {reason}" if exhausted else reason,
+                    next_retry_at=None
+                    if exhausted
+                    else now + timedelta(seconds=self.unmatched_backoff[attempt]),
                 )
-                return ProcessResult(event_id, "unmatched", "unmatched", row["type"])
+                return ProcessResult(event_id, status, "unmatched", row["type"])
 
             await store.ensure_workspace(conn, workspace_id, self.catalog, now)
             new_mapping = None

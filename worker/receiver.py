@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from handlers.normalize import PayloadError, validate_event_envelope
 from worker import metrics, store
 from worker.db import is_transient
+from worker.hardening import request_timeout
 from worker.http_errors import error, json_errors
 from worker.logging import get_logger
 from worker.services import SERVICES, Services
@@ -102,7 +103,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return reject(400, code, message)
     try:
         raw = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
         return reject(400, "invalid_json", "the body is not valid JSON")
     try:
         validate_event_envelope(raw)
@@ -112,15 +113,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     fields.update(event_id=event_id, event_type=event_type)
 
     try:
-        is_new, status = await store.insert_event(
-            services.pool,
-            event_id=event_id,
-            event_type=event_type,
-            api_version=raw.get("api_version") if isinstance(raw.get("api_version"), str) else None,
-            created=datetime.fromtimestamp(raw["created"], UTC),
-            livemode=bool(raw.get("livemode", False)),
-            payload=text,
-        )
+        is_new, status = await store_in_inbox(services, raw, text)
     except Exception as exc:
         if not is_transient(exc):
             log.exception("webhook_store_failed", **fields)
@@ -152,6 +145,19 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     return web.json_response({"received": True, "duplicate": not is_new, "event_id": event_id})
 
 
+async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool, str]:
+    """Insert a verified, envelope-checked event into the inbox (the receiver and backfill)."""
+    return await store.insert_event(
+        services.pool,
+        event_id=raw["id"],
+        event_type=raw["type"],
+        api_version=raw.get("api_version") if isinstance(raw.get("api_version"), str) else None,
+        created=datetime.fromtimestamp(raw["created"], UTC),
+        livemode=bool(raw.get("livemode", False)),
+        payload=text,
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -162,7 +168,9 @@ def _ms(started: float) -> float:
 
 def create_receiver_app(services: Services) -> web.Application:
     # aiohttp's own cap sits just above ours so oversized bodies reach our 413 JSON answer.
-    app = web.Application(client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors, request_timeout]
+    )
     app[SERVICES] = services
     app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_get("/healthz", healthz)

@@ -16,19 +16,31 @@ from aiohttp import web
 from worker.api import create_internal_app
 from worker.clock import Clock, utcnow
 from worker.config import Settings
+from worker.hardening import harden
 from worker.jobs import build_worker
 from worker.logging import get_logger
 from worker.migrate import migrate
+from worker.observability import start_worker_metrics, warn_unless_noeviction
 from worker.receiver import create_receiver_app
-from worker.services import Services
+from worker.services import SERVICES, Services
 
 log = get_logger("runner")
 ROLES = ("receiver", "api", "worker")
 
 
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=10)
+    limit = app[SERVICES].settings.max_header_bytes
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=10,
+        keepalive_timeout=15,
+        max_line_size=limit,
+        max_field_size=limit,
+    )
     await runner.setup()
+    harden(runner)
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     return runner
@@ -68,6 +80,10 @@ async def serve(
             )
             log.info("internal_api_listening", host=settings.internal_host, port=settings.internal_port)
         if "worker" in roles:
+            await warn_unless_noeviction(services)
+            metrics_runner = await start_worker_metrics(services)
+            if metrics_runner is not None:
+                runners.append(metrics_runner)
             worker_task = asyncio.create_task(supervise_worker(services, stop))
         await stop.wait()
     finally:

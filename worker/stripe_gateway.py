@@ -6,6 +6,7 @@ a crash between the call and our commit repeats the same request instead of maki
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import stripe
@@ -47,6 +48,58 @@ class StripeGateway:
         return to_dict(sub)
 
     # ------------------------------------------------------------------ reads (reconcile, backfill)
+
+    async def customer_objects(self, customer_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Stripe's current truth for one customer: every subscription (any status) and every
+        open invoice, as plain dicts. Raises stripe errors (``is_transient`` tells which)."""
+        await self.client.v1.customers.retrieve_async(customer_id)  # 404s for an unknown customer
+        subs = await self._all(
+            self.client.v1.subscriptions.list_async, {"customer": customer_id, "status": "all"}
+        )
+        invoices = await self._all(
+            self.client.v1.invoices.list_async, {"customer": customer_id, "status": "open"}
+        )
+        return subs, invoices
+
+    async def events_page(
+        self, created_gte: int, starting_after: str | None, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of Stripe's events API, newest first: (events, has_more)."""
+        params: dict[str, Any] = {"created": {"gte": created_gte}, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self.client.v1.events.list_async(params)
+        return _raw_data(page), bool(page.has_more)
+
+    @staticmethod
+    async def _all(list_call: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            page = await list_call(
+                {**params, "limit": 100, **({"starting_after": out[-1]["id"]} if out else {})}
+            )
+            out.extend(_raw_data(page))
+            if not page.has_more or not page.data:
+                return out
+
+
+def gateway_for(settings: Any) -> StripeGateway:
+    """The gateway of ``settings``; without STRIPE_API_KEY reads are impossible (503, named)."""
+    require_api_key(settings)
+    return StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base)
+
+
+def require_api_key(settings: Any) -> None:
+    from worker.http_errors import ApiError
+
+    if not settings.stripe_api_key:
+        raise ApiError(503, "stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
+
+
+def _raw_data(page: Any) -> list[dict[str, Any]]:
+    """A list page's objects exactly as Stripe sent them (the SDK's objects turn decimals into
+    Decimal, which is neither JSON nor what a webhook would have carried)."""
+    return list(json.loads(page.last_response.body)["data"])
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -1,0 +1,51 @@
+"""arq jobs of the operations triggers: a backfill reads a bounded number of pages per job and
+enqueues its own continuation, so no single job outlives ``BW_JOB_TIMEOUT_SECONDS`` and a run
+survives worker restarts (its cursor is in Postgres)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.worker import func
+
+from worker import backfill
+from worker.logging import get_logger
+from worker.services import Services
+from worker.stripe_gateway import gateway_for
+
+log = get_logger("ops_jobs")
+
+BACKFILL = "backfill"
+PAGES_PER_JOB = 10
+
+
+async def backfill_job(ctx: dict[str, Any], run_id: int) -> str:
+    services: Services = ctx["services"]
+    gateway = gateway_for(services.settings)
+    try:
+        run = await backfill.run_pages(services, gateway, run_id, max_pages=PAGES_PER_JOB)
+    except backfill.BackfillBusy:  # another job is on it and will continue it
+        return "busy"
+    except Exception:  # the run row holds the error; an operator resumes it (API or CLI)
+        return "failed"
+    finally:
+        await gateway.close()
+    if run["status"] == "running":
+        await enqueue_backfill(services, run_id, f"page:{run['cursor']}")
+    return str(run["status"])
+
+
+async def enqueue_backfill(services: Services, run_id: int, step: str) -> None:
+    """Queue (a continuation of) a run. The id is unique per step, so a resume is never refused
+    because the previous job's keys are still being cleaned up."""
+    await services.redis.enqueue_job(
+        BACKFILL,
+        run_id,
+        _queue_name=services.settings.queue_name,
+        _job_id=f"{services.settings.redis_prefix}:backfill:{run_id}:{step}",
+    )
+
+
+def ops_functions() -> list[Any]:
+    # One try: a failed run is marked `failed` with its error and resumed by an operator.
+    return [func(backfill_job, name=BACKFILL, max_tries=1)]
