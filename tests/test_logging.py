@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from tests import stripe_factory as sf
-from tests.helpers import SECRET_A, TOKEN, running_service
+from tests.helpers import SECRET_A, TOKEN, running_service, wait_for
 from worker.config import Settings
 from worker.logging import configure
 
@@ -31,11 +31,21 @@ async def test_one_json_line_per_webhook_and_per_job(settings: Settings, log_lin
     async with running_service(settings) as svc:
         assert (await svc.post_event(event))[0] == 200
         await svc.wait_processed([event["id"]])
+
+        # The job logs after its commit (and after the notification): wait for the line itself.
+        async def job_lines() -> int:
+            return sum(
+                1
+                for line in log_lines()
+                if line.get("event_id") == event["id"] and line["msg"] == "job_finished"
+            )
+
+        await wait_for(job_lines, what="the job_finished line")
         await svc.post_raw("{}", {"Stripe-Signature": "t=1,v1=deadbeef"})
     lines = [line for line in log_lines() if line.get("event_id") == event["id"]]
     received = [line for line in lines if line["msg"] == "webhook_received"]
     finished = [line for line in lines if line["msg"] == "job_finished"]
-    assert len(received) == 1 and len(finished) == 1
+    assert len(received) == 1 and len(finished) == 1, lines
     for line in (*received, *finished):
         assert {
             "ts",
@@ -50,7 +60,7 @@ async def test_one_json_line_per_webhook_and_per_job(settings: Settings, log_lin
     assert finished[0]["workspace_id"] == f"ws_log_{u}"
     assert (finished[0]["outcome"], finished[0]["attempt"]) == ("applied", 1)
     rejected = [line for line in log_lines() if line["msg"] == "webhook_rejected"]
-    assert rejected and rejected[-1]["code"] == "signature_mismatch"
+    assert rejected and rejected[-1]["code"] == "signature_mismatch", rejected
     everything = json.dumps(log_lines())
     assert SECRET_A not in everything and TOKEN not in everything and "whsec_" not in everything
 
