@@ -109,7 +109,7 @@ async def test_consumption_with_a_reused_key_consumes_once(service: RunningServi
     assert second[1]["replayed"] is True and second[1]["entry"] == first[1]["entry"]
 
     status, body = await _consume(service, ws, 50, "job-42")
-    assert (status, body["error"]["code"]) == (422, "idempotency_key_reused")
+    assert (status, body["error"]["code"]) == (409, "idempotency_key_reused")
     state = await service.workspace(ws)
     assert state["ai_credit_balance"] == 700 and len((await _ledger(service, ws))["entries"]) == 2
     # One notification per committed change: the grant and the single consumption.
@@ -134,7 +134,7 @@ async def test_consumption_never_goes_below_zero_and_refusals_change_nothing(ser
         ({"amount": 5, "idempotency_key": "k", "user": "x"}, "unknown_field"),
     ]:
         got, answer = await service.api("POST", f"/v1/workspaces/{ws}/ai-credits/consume", json=payload)
-        assert (got, answer["error"]["code"]) == (422, code), payload
+        assert (got, answer["error"]["code"]) == (400, code), payload
     got, answer = await _consume(service, "ws_never_seen", 1, "k")
     assert (got, answer["error"]["code"]) == (404, "workspace_not_found")
     assert (await service.workspace(ws))["version"] == 1

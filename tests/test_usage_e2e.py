@@ -115,13 +115,13 @@ async def test_storage_limit_with_a_fitting_plan_is_fixed_by_an_add_on(service: 
     ("body", "status", "code"),
     [
         ("not json", 400, "invalid_json"),
-        ([1, 2], 400, "invalid_json"),
-        ({"members": 3}, 422, "missing_field"),
-        ({"members": -1, "storage_used_bytes": 0}, 422, "invalid_field"),
-        ({"members": 2.5, "storage_used_bytes": 0}, 422, "invalid_field"),
-        ({"members": True, "storage_used_bytes": 0}, 422, "invalid_field"),
-        ({"members": 1, "storage_used_bytes": "5"}, 422, "invalid_field"),
-        ({"members": 1, "storage_used_bytes": 1, "seats": 9}, 422, "unknown_field"),
+        ([1, 2], 400, "invalid_body"),
+        ({"members": 3}, 400, "missing_field"),
+        ({"members": -1, "storage_used_bytes": 0}, 400, "invalid_field"),
+        ({"members": 2.5, "storage_used_bytes": 0}, 400, "invalid_field"),
+        ({"members": True, "storage_used_bytes": 0}, 400, "invalid_field"),
+        ({"members": 1, "storage_used_bytes": "5"}, 400, "invalid_field"),
+        ({"members": 1, "storage_used_bytes": 1, "seats": 9}, 400, "unknown_field"),
     ],
 )
 async def test_bad_usage_reports_are_refused_and_change_nothing(

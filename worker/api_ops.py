@@ -15,7 +15,7 @@ from aiohttp import web
 
 from worker import backfill, metrics, recovery
 from worker.api import event_id_of, workspace_id_of
-from worker.http_errors import ApiError, error
+from worker.http_errors import ApiError, error, read_json_object
 from worker.observability import metrics_handler, readyz_handler
 from worker.ops_jobs import enqueue_backfill
 from worker.reconcile import reconcile_workspace
@@ -23,18 +23,6 @@ from worker.services import SERVICES
 from worker.stripe_gateway import gateway_for, is_transient, require_api_key
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    return body
 
 
 def _event_type(value: Any) -> str:
@@ -75,7 +63,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 
 async def retry_dead_letters(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = await read_json_object(request)
     ids = await recovery.retry_dead_letters(request.app[SERVICES], _event_type(body.get("type")))
     return web.json_response({"retried": len(ids), "event_ids": ids}, status=202)
 
@@ -111,7 +99,7 @@ def _since(value: Any) -> datetime:
 async def start_backfill(request: web.Request) -> web.Response:
     """Start a run (``{"since": …}``) or resume one (``{"run_id": …}``); a job does the reading."""
     services = request.app[SERVICES]
-    body = await _json_object(request)
+    body = await read_json_object(request)
     require_api_key(services.settings)
     if "run_id" in body:
         run_id = body["run_id"]

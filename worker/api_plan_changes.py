@@ -7,7 +7,6 @@ changes) calls Stripe with the change's idempotency key, or (period-end changes)
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from typing import Any
@@ -18,7 +17,7 @@ from handlers.catalog import INTERVALS, Catalog
 from handlers.plan_policy import ROLES, ChangeRequest
 from worker import plan_changes
 from worker.api import workspace_id_of
-from worker.http_errors import ApiError
+from worker.http_errors import ApiError, read_json_object
 from worker.jobs import after_commit
 from worker.plan_change_jobs import after_fire
 from worker.services import SERVICES
@@ -125,10 +124,7 @@ async def post_plan_change(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
     request_id = request_id_of(request)
-    try:
-        body = await request.json(loads=json.loads)
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    body = await read_json_object(request)
     change_request, dry_run = parse_change_request(body, services.catalog)
     try:
         if dry_run:

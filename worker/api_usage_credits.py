@@ -8,7 +8,6 @@ transaction under the workspace row lock, audited as cause ``request``, then ``a
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import replace
@@ -22,7 +21,7 @@ from handlers.reducer import APPLIED
 from handlers.state import Usage
 from worker import credits_store, jobs, store
 from worker.api import workspace_id_of
-from worker.http_errors import ApiError
+from worker.http_errors import ApiError, read_json_object
 from worker.reevaluation import save_reevaluated
 from worker.services import SERVICES
 
@@ -33,26 +32,13 @@ MAX_MEMBERS = 10**7
 MAX_REASON = 500
 
 
-async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read() or b"null")
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown)
-    return body
-
-
 def _int(body: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int:
     value = body.get(name)
     if value is None:
-        raise ApiError(422, "missing_field", f"`{name}` is required", field=name)
+        raise ApiError(400, "missing_field", f"`{name}` is required", field=name)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ApiError(
-            422, "invalid_field", f"`{name}` must be a whole number from {minimum} to {maximum}", field=name
+            400, "invalid_field", f"`{name}` must be a whole number from {minimum} to {maximum}", field=name
         )
     return value
 
@@ -66,7 +52,7 @@ async def put_usage(request: web.Request) -> web.Response:
     """Usage is a report, not a delta: the latest report replaces the previous one."""
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
-    body = await _body(request, {"members", "storage_used_bytes"})
+    body = await read_json_object(request, {"members", "storage_used_bytes"})
     usage = Usage(
         members=_int(body, "members", minimum=0, maximum=MAX_MEMBERS),
         storage_used_bytes=_int(body, "storage_used_bytes", minimum=0, maximum=MAX_BYTES),
@@ -122,17 +108,17 @@ def _entry_json(row: Any) -> dict[str, Any]:
 async def consume_credits(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
-    body = await _body(request, {"amount", "idempotency_key", "reason"})
+    body = await read_json_object(request, {"amount", "idempotency_key", "reason"})
     amount = _int(body, "amount", minimum=1, maximum=MAX_AMOUNT)
     key = body.get("idempotency_key")
     if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(
-            422, "invalid_idempotency_key", "`idempotency_key` must be 1-200 of A-Z a-z 0-9 _ . : -"
+            400, "invalid_idempotency_key", "`idempotency_key` must be 1-200 of A-Z a-z 0-9 _ . : -"
         )
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
         raise ApiError(
-            422, "invalid_field", f"`reason` must be a string of at most {MAX_REASON}", field="reason"
+            400, "invalid_field", f"`reason` must be a string of at most {MAX_REASON}", field="reason"
         )
     source_key = consume_key(workspace_id, key)
     now = services.clock()
@@ -146,7 +132,7 @@ async def consume_credits(request: web.Request) -> web.Response:
         if previous is not None:
             if -previous["amount"] != amount:
                 raise ApiError(
-                    422,
+                    409,
                     "idempotency_key_reused",
                     f"idempotency key {key!r} was used for {-previous['amount']} credits, not {amount}",
                 )

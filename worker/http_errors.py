@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from typing import Any
 
 from aiohttp import web
@@ -41,3 +43,23 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+
+
+async def read_json_object(request: web.Request, allowed: Collection[str] | None = None) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is ``{}``. Every way a body can be wrong
+    has its own 400 code: ``invalid_json`` (not JSON, or nested deeper than the parser allows),
+    ``invalid_body`` (JSON but not an object), ``unknown_field`` (a key outside ``allowed``)."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    if allowed is not None:
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown)
+    return body
