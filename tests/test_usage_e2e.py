@@ -4,6 +4,7 @@ warnings derived from the plan, seats and storage add-ons; change notifications 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -175,3 +176,19 @@ async def test_usage_change_is_notified_after_commit_and_only_when_something_cha
     assert len(await changes_of(service, ws)) == 1
     audits = await service.services.pool.fetch("SELECT cause_kind FROM audit_log WHERE workspace_id = $1", ws)
     assert [a["cause_kind"] for a in audits] == ["request"]
+
+
+async def test_a_request_that_would_wait_on_a_locked_workspace_gets_503_and_changes_nothing(
+    settings: Settings,
+):
+    async with running_service(dataclasses.replace(settings, lock_timeout_ms=200), worker=False) as svc:
+        ws = ids("locked")["workspace_id"]
+        await _usage(svc, ws, 2, GB)
+        async with svc.services.pool.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT 1 FROM workspaces WHERE workspace_id = $1 FOR UPDATE", ws)
+            status, answer = await svc.api(
+                "PUT", f"/v1/workspaces/{ws}/usage", json={"members": 9, "storage_used_bytes": GB}
+            )
+        assert (status, answer["error"]["code"]) == (503, "database_unavailable")
+        state = await svc.workspace(ws)
+        assert (state["members"], state["version"]) == (2, 1)

@@ -59,7 +59,7 @@ async def put_usage(request: web.Request) -> web.Response:
     )
     cause_id = _cause_id(request)
     now = services.clock()
-    async with services.pool.acquire() as conn, conn.transaction():
+    async with services.transaction() as conn:
         # The product may report usage before any billing event: a Free workspace then.
         await store.ensure_workspace(conn, workspace_id, services.catalog, now)
         loaded = await store.lock_workspace(conn, workspace_id)
@@ -122,7 +122,7 @@ async def consume_credits(request: web.Request) -> web.Response:
         )
     source_key = consume_key(workspace_id, key)
     now = services.clock()
-    async with services.pool.acquire() as conn, conn.transaction():
+    async with services.transaction() as conn:
         loaded = await store.lock_workspace(conn, workspace_id)
         if loaded is None:
             raise ApiError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")

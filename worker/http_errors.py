@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from worker.db import is_transient
+
 
 class ApiError(Exception):
     """Raised anywhere in a handler to answer ``{"error": {"code", "message"}}`` with ``status``."""
@@ -43,6 +45,10 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+    except Exception as exc:
+        if is_transient(exc):  # a lock wait timed out, the database restarts …: worth a retry
+            return error(503, "database_unavailable", "the database is busy or unavailable; retry later")
+        raise
 
 
 async def read_json_object(request: web.Request, allowed: Collection[str] | None = None) -> dict[str, Any]:

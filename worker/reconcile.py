@@ -69,7 +69,7 @@ async def reconcile_workspace(
     cause_id = f"reconcile:{workspace_id}:{fetched_at.isoformat()}"
     applied: list[dict[str, Any]] = []
     now = services.clock()
-    async with services.pool.acquire() as conn, conn.transaction():
+    async with services.transaction() as conn:
         loaded = await store.lock_workspace(conn, workspace_id)
         assert loaded is not None
         state, stored_view = loaded

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -83,6 +85,14 @@ class Services:
             else None
         )
         return cls(settings, pool, redis, catalog, clock, gateway)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction whose lock waits are bounded (BW_LOCK_TIMEOUT_MS):
+        a request that would wait longer gets a 503 instead of hanging."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = {int(self.settings.lock_timeout_ms)}")
+            yield conn
 
     async def close(self) -> None:
         if self.stripe is not None:
