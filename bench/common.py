@@ -227,6 +227,12 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
             time.sleep(0.1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: a figure CPU steal and neighbours inflate less."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 class RssSampler:
     """Peak RSS (MB) of some processes, sampled every ``interval`` seconds in a thread."""
 

@@ -23,6 +23,7 @@ from bench.common import (
     ROOT,
     RssSampler,
     base_parser,
+    cpu_seconds,
     free_port,
     median,
     private_servers,
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
                     order = ("bare", "receiver") if i % 2 == 0 else ("receiver", "bare")
                     for side in order:
                         url = rurl if side == "receiver" else burl
+                        cpu0 = cpu_seconds(receiver.pid if side == "receiver" else bare.pid)
                         runs[side].append(loadgen(url, "--prefix", f"{tag}c{i}{side[0]}", *closed))
+                        cpu = cpu_seconds(receiver.pid if side == "receiver" else bare.pid) - cpu0
+                        runs[side][-1]["cpu_ms_per_request"] = round(1000 * cpu / (args.requests + 1000), 3)
                         print(side, runs[side][-1], file=sys.stderr)
                         _flush(servers.redis_url)
                     steal.append(steal_percent(0.5))
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "p99_ms": median([r["latency_ms"]["p99"] for r in rs]),
             "p99.9_ms": median([r["latency_ms"]["p99.9"] for r in rs]),
             "non_200": sum(v for r in rs for k, v in r["statuses"].items() if k != "200"),
+            "server_cpu_ms_per_request": median([r["cpu_ms_per_request"] for r in rs]),
         }
 
     def open_summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
