@@ -236,8 +236,13 @@ def cpu_seconds(pid: int) -> float:
 class RssSampler:
     """Peak RSS (MB) of some processes, sampled every ``interval`` seconds in a thread."""
 
-    def __init__(self, pids: Mapping[str, int], interval: float = 0.1) -> None:
+    def __init__(
+        self, pids: Mapping[str, int], interval: float = 0.1, postgres_pid: int | None = None
+    ) -> None:
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._postgres = psutil.Process(postgres_pid) if postgres_pid else None
+        self._pg_cpu: dict[int, float] = {}
+        self._pg_cpu0 = self._postgres_cpu()
         self.peak_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
         self._cpu0 = {name: self._cpu(p) for name, p in self._procs.items()}
         self.cpu_s: dict[str, float] = {}
@@ -253,7 +258,19 @@ class RssSampler:
         except psutil.Error:
             return 0.0
 
+    def _postgres_cpu(self) -> float:
+        """CPU of the PostgreSQL server: postmaster and every backend seen (backends come and go)."""
+        if self._postgres is None:
+            return 0.0
+        with contextlib.suppress(psutil.Error):
+            for proc in [self._postgres, *self._postgres.children()]:
+                with contextlib.suppress(psutil.Error):
+                    self._pg_cpu[proc.pid] = max(self._pg_cpu.get(proc.pid, 0.0), self._cpu(proc))
+        return sum(self._pg_cpu.values())
+
     def _sample(self) -> None:
+        if self._postgres is not None:
+            self.cpu_s["postgres"] = self._postgres_cpu() - self._pg_cpu0
         for name, proc in self._procs.items():
             with contextlib.suppress(psutil.Error):
                 self.peak_mb[name] = max(self.peak_mb[name], proc.memory_info().rss / 2**20)

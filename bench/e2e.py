@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_http(f"http://127.0.0.1:{rport}/healthz")
             time.sleep(1.0)
             pids = {"receiver": receiver.pid, "worker": worker.pid, "api": api.pid}
-            with RssSampler(pids) as rss:
+            with RssSampler(pids, postgres_pid=servers.postgres_pid) as rss:
                 for i in range(args.repeat):
                     runs.append(
                         asyncio.run(

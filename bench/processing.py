@@ -120,7 +120,7 @@ def drain(servers: Servers, mode: str, env_extra: dict[str, str]) -> tuple[dict[
         stdout=subprocess.PIPE,
         stderr=log,
     )
-    with RssSampler({"worker": proc.pid}) as rss:
+    with RssSampler({"worker": proc.pid}, postgres_pid=servers.postgres_pid) as rss:
         out, _ = proc.communicate(timeout=1800)
     log.close()
     if proc.returncode:
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 result, rss = drain(servers, mode, env_extra)
                 peak[mode] = max(peak[mode], rss.peak_mb["worker"])
                 result["cpu_s"] = rss.cpu_s["worker"]
+                result["postgres_cpu_ms_per_job"] = round(1000 * rss.cpu_s["postgres"] / args.events, 3)
                 if mode == "real":
                     result.update(asyncio.run(inbox_latency(servers, ids)))
                     lat_runs.append(result)
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "inbox_to_committed_ms_p99": median([r["inbox_to_committed_ms"]["p99"] for r in lat_runs]),
         "statuses": real_runs[-1]["statuses"],
         "worker_cpu_ms_per_event": median([r["cpu_ms_per_job"] for r in real_runs]),
+        "postgres_cpu_ms_per_event": median([r["postgres_cpu_ms_per_job"] for r in real_runs]),
         "peak_rss_mb": {"worker": peak["real"], "noop_worker": peak["noop"]},
         "steal_pct": steal,
         "targets": {"ratio_ge_0.7": ratio >= 0.7, "worker_rss_lt_150mb": peak["real"] < 150},
