@@ -86,13 +86,14 @@ def record(
     ratio: float | None = None,
     versions: Mapping[str, str] | None = None,
     results: Path = RESULTS,
+    argv: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Print the figures and append one JSON line to ``results``."""
     line = {
         "bench": name,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), **(versions or {})},
-        "command": " ".join([Path(PYTHON).name, "-m", f"bench.{name}", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", f"bench.{name}", *(sys.argv[1:] if argv is None else argv)]),
         "git_commit": git_commit(),
         "figures": dict(figures),
         "baseline": dict(baseline) if baseline is not None else None,

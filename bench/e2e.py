@@ -59,6 +59,7 @@ async def drive(
     last_id = (await redis.xinfo_stream(stream))["last-generated-id"] if await redis.exists(stream) else "0"
     done = asyncio.Event()
     checks: list[asyncio.Task[None]] = []
+    acked: list[float] = []  # post → receiver's 200, from the scheduled instant
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
@@ -93,6 +94,7 @@ async def drive(
             ) as resp:
                 await resp.read()
                 statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            acked.append((time.perf_counter() - at) * 1000)
 
         follower = asyncio.create_task(follow())
         start = time.perf_counter() + 0.1
@@ -121,6 +123,7 @@ async def drive(
         "achieved_rps": round(count / sent_for, 1),
         "visible": len(values),
         "latency_ms": percentiles(values),
+        "receiver_ack_ms": percentiles(acked),
         "statuses": {str(k): v for k, v in statuses.items()},
     }
 
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--poll-delay", default=None, help="BW_POLL_DELAY_SECONDS of the worker")
     parser.set_defaults(repeat=1)
     args = parser.parse_args(argv)
     tag = str(int(time.time()))
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             BW_RECEIVER_HOST="127.0.0.1",
             BW_RECEIVER_PORT=str(rport),
             BW_INTERNAL_PORT=str(aport),
+            **({"BW_POLL_DELAY_SECONDS": args.poll_delay} if args.poll_delay else {}),
         )
         cli = [PYTHON, "-m", "worker.cli"]
         logs = Path("/tmp")
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "steal_pct": steal,
         "targets": {"p99_le_150ms": sorted(p99s)[len(p99s) // 2] <= 150},
     }
-    record("e2e", figures, versions=versions, results=args.results)
+    record("e2e", figures, versions=versions, results=args.results, argv=argv)
     return 0
 
 

@@ -143,7 +143,15 @@ def main(argv: list[str] | None = None) -> int:
             "receiver_rss_lt_150mb": rss.peak_mb["receiver"] < 150,
         },
     }
-    record("ingest", figures, baseline=base, ratio=ratio, versions=servers.versions, results=args.results)
+    record(
+        "ingest",
+        figures,
+        baseline=base,
+        ratio=ratio,
+        versions=servers.versions,
+        results=args.results,
+        argv=argv,
+    )
     return 0
 
 

@@ -185,7 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         "job_ms_p50": median([r["job_ms"]["p50"] for r in noop_runs]),
         "worker_cpu_ms_per_job": median([r["cpu_ms_per_job"] for r in noop_runs]),
     }
-    record("processing", figures, baseline=baseline, ratio=ratio, versions=versions, results=args.results)
+    record(
+        "processing",
+        figures,
+        baseline=baseline,
+        ratio=ratio,
+        versions=versions,
+        results=args.results,
+        argv=argv,
+    )
     return 0
 
 
