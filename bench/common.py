@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -21,8 +22,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.jsonl"
@@ -41,7 +40,7 @@ def percentiles(values: Sequence[float], points: Sequence[float] = (50, 99, 99.9
     ordered = sorted(values)
     out = {}
     for p in points:
-        rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+        rank = max(0, min(len(ordered) - 1, math.ceil(round(p / 100 * len(ordered), 9)) - 1))
         out[f"p{p:g}"] = round(ordered[rank], 3)
     return out
 
@@ -63,7 +62,7 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "cpu": model,
         "python": platform.python_version(),
-        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
     }
 
 
@@ -126,7 +125,9 @@ class Servers:
 
 
 @contextlib.contextmanager
-def private_servers(workdir: Path | None = None, database: str = "bench") -> Iterator[Servers]:
+def private_servers(
+    workdir: Path | None = None, database: str = "bench", shared_buffers: str = "512MB"
+) -> Iterator[Servers]:
     """A private PostgreSQL (fsync off, like a tuned test box) and Redis (no persistence), migrated."""
     import asyncio
 
@@ -141,7 +142,7 @@ def private_servers(workdir: Path | None = None, database: str = "bench") -> Ite
             EmbeddedPostgres(
                 root / "postgres",
                 durable=False,
-                settings={"shared_buffers": "512MB", "max_connections": "200"},
+                settings={"shared_buffers": shared_buffers, "max_connections": "200"},
             )
         )
         redis = stack.enter_context(
@@ -230,6 +231,8 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far: a figure CPU steal and neighbours inflate less."""
+    import psutil  # the bench extra; imported late so CI's smoke test needs only the test extra
+
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
 
@@ -240,6 +243,8 @@ class RssSampler:
     def __init__(
         self, pids: Mapping[str, int], interval: float = 0.1, postgres_pid: int | None = None
     ) -> None:
+        import psutil
+
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self._postgres = psutil.Process(postgres_pid) if postgres_pid else None
         self._pg_cpu: dict[int, float] = {}
@@ -252,7 +257,9 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
+    def _cpu(proc: Any) -> float:
+        import psutil
+
         try:
             t = proc.cpu_times()
             return t.user + t.system
@@ -261,6 +268,8 @@ class RssSampler:
 
     def _postgres_cpu(self) -> float:
         """CPU of the PostgreSQL server: postmaster and every backend seen (backends come and go)."""
+        import psutil
+
         if self._postgres is None:
             return 0.0
         with contextlib.suppress(psutil.Error):
@@ -270,6 +279,8 @@ class RssSampler:
         return sum(self._pg_cpu.values())
 
     def _sample(self) -> None:
+        import psutil
+
         if self._postgres is not None:
             self.cpu_s["postgres"] = self._postgres_cpu() - self._pg_cpu0
         for name, proc in self._procs.items():
@@ -295,6 +306,8 @@ class RssSampler:
 
 def steal_percent(seconds: float = 1.0) -> float:
     """CPU steal over a short window (the VM is noisy; recorded next to every figure)."""
+    import psutil
+
     t0 = psutil.cpu_times()
     time.sleep(seconds)
     t1 = psutil.cpu_times()

@@ -190,6 +190,28 @@ async def queue_events(url: str, tag: str, workspaces: list[int]) -> list[str]:
     return [r[0] for r in rows]
 
 
+async def prewarm(url: str) -> None:
+    """Load every table and index into shared_buffers: the steady state of a server whose memory
+    holds its data (with ``--cold`` the large side reads pages from the OS instead)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        await conn.execute(
+            "SELECT pg_prewarm(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')"
+        )
+    finally:
+        await conn.close()
+
+
+async def block_reads(pool: asyncpg.Pool) -> tuple[int, int]:
+    """(blocks read from outside shared_buffers, blocks hit) of this database so far."""
+    row = await pool.fetchrow(
+        "SELECT blks_read, blks_hit FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return row["blks_read"], row["blks_hit"]
+
+
 async def seq_scans(pool: asyncpg.Pool) -> dict[str, int]:
     rows = await pool.fetch(
         "SELECT relname, seq_scan FROM pg_stat_user_tables WHERE relname = ANY($1::text[])", list(HOT_TABLES)
@@ -233,22 +255,33 @@ async def run(args: Any, servers: Any) -> dict[str, Any]:
         )
         for side, n in sizes.items()
     }
+    if not args.cold:
+        for side in sizes:
+            await prewarm(f"{base}/scale_{side}")
     scans_before = {side: await seq_scans(pools[side]) for side in sizes}
+    blocks_before = {side: await block_reads(pools[side]) for side in sizes}
     timings: dict[str, list[float]] = {side: [] for side in sizes}
+    cpu = dict.fromkeys(sizes, 0.0)  # this process's CPU per side: the worker-side cost
     block = 100
     for start in range(0, args.events, block):
         for side in sizes if (start // block) % 2 == 0 else reversed(list(sizes)):
             for event_id in ids[side][start : start + block]:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 result = await processors[side].process(event_id)
                 timings[side].append((time.perf_counter() - t0) * 1000)
+                cpu[side] += time.process_time() - c0
                 assert result.status == "processed", result
     await asyncio.sleep(0.7)  # pg_stat counters are flushed at most every 0.5 s (PG 15+)
     scans_after = {side: await seq_scans(pools[side]) for side in sizes}
+    blocks_after = {side: await block_reads(pools[side]) for side in sizes}
     plans = await explain(pools["large"])
     for pool in pools.values():
         await pool.close()
-    out: dict[str, Any] = {"load_seconds": loads}
+    out: dict[str, Any] = {
+        "load_seconds": loads,
+        "prewarmed": not args.cold,
+        "shared_buffers": args.shared_buffers,
+    }
     for side, count in sizes.items():
         out[side] = {
             "workspaces": count,
@@ -256,6 +289,9 @@ async def run(args: Any, servers: Any) -> dict[str, Any]:
             "ms_per_event_mean": round(sum(timings[side]) / len(timings[side]), 3),
             "ms_per_event_median": median(timings[side]),
             "ms": percentiles(timings[side]),
+            "client_cpu_ms_per_event": round(1000 * cpu[side] / len(timings[side]), 3),
+            "blocks_read_per_event": round((blocks_after[side][0] - blocks_before[side][0]) / args.events, 2),
+            "blocks_hit_per_event": round((blocks_after[side][1] - blocks_before[side][1]) / args.events, 2),
             "seq_scans_during_processing": {
                 t: scans_after[side].get(t, 0) - scans_before[side].get(t, 0) for t in HOT_TABLES
             },
@@ -270,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--cold", action="store_true", help="skip pg_prewarm after the bulk load")
+    parser.add_argument("--shared-buffers", default="4GB", help="of the private PostgreSQL")
     parser.add_argument(
         "--plan-changes",
         action="store_true",
@@ -282,11 +320,12 @@ def main(argv: list[str] | None = None) -> int:
             "bench.scale --plan-changes: not implemented yet, needs issue 3 (plan changes)", file=sys.stderr
         )
         return 2
-    with private_servers(args.workdir) as servers:
+    with private_servers(args.workdir, shared_buffers=args.shared_buffers) as servers:
         figures = asyncio.run(run(args, servers))
         versions = servers.versions
     small, large = figures["small"], figures["large"]
     ratio = round(large["ms_per_event_mean"] / small["ms_per_event_mean"], 3)
+    figures["median_ratio"] = round(large["ms_per_event_median"] / small["ms_per_event_median"], 3)
     scans = sum(sum(side["seq_scans_during_processing"].values()) for side in (small, large))
     figures["targets"] = {
         "large_within_10pct_of_small": ratio <= 1.10,

@@ -41,7 +41,7 @@ async def run(mode: str) -> dict[str, Any]:
     cpu = [0.0, 0.0]  # process CPU time at the first job start and the last job end
 
     async def on_start(ctx: dict[str, Any]) -> None:
-        if not ctx["job_id"].startswith("cron:"):  # the inbox sweep is not one of the N jobs
+        if ":evt:" in ctx["job_id"]:  # event jobs only: the inbox sweep (cron) is not one of the N
             if not starts:
                 cpu[0] = time.process_time()
             starts[ctx["job_id"]] = time.time()
