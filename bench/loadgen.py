@@ -47,6 +47,15 @@ async def _post(
         statuses[0] += 1
 
 
+def _result(latencies: list[float], statuses: Counter[int], **fields: object) -> dict:
+    return {
+        **fields,
+        "requests": len(latencies),
+        "latency_ms": percentiles(latencies),
+        "statuses": {str(k): v for k, v in statuses.items()},
+    }
+
+
 async def closed_loop(
     url: str, reqs: list[tuple[bytes, dict[str, str]]], concurrency: int, warmup: int
 ) -> dict:
@@ -68,14 +77,9 @@ async def closed_loop(
 
         await asyncio.gather(*(one() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started[0]
-    return {
-        "mode": "closed",
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "rps": round(len(latencies) / elapsed, 1),
-        "latency_ms": percentiles(latencies),
-        "statuses": {str(k): v for k, v in statuses.items()},
-    }
+    return _result(
+        latencies, statuses, mode="closed", concurrency=concurrency, rps=round(len(latencies) / elapsed, 1)
+    )
 
 
 async def open_loop(url: str, reqs: list[tuple[bytes, dict[str, str]]], rate: float) -> dict:
@@ -98,14 +102,9 @@ async def open_loop(url: str, reqs: list[tuple[bytes, dict[str, str]]], rate: fl
             tasks.append(asyncio.create_task(one(at, body, headers)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    return {
-        "mode": "open",
-        "target_rps": rate,
-        "requests": len(latencies),
-        "achieved_rps": round(len(reqs) / elapsed, 1),
-        "latency_ms": percentiles(latencies),
-        "statuses": {str(k): v for k, v in statuses.items()},
-    }
+    return _result(
+        latencies, statuses, mode="open", target_rps=rate, achieved_rps=round(len(reqs) / elapsed, 1)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
