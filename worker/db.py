@@ -13,21 +13,12 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def keep_session(conn: asyncpg.Connection) -> None:
-    """Release without asyncpg's reset query (RESET ALL, UNLISTEN *, …: one round trip per use).
-
-    Nothing here sets session state: settings are ``SET LOCAL`` inside transactions, no LISTEN,
-    no session advisory locks on pooled connections. asyncpg still rolls back an open transaction.
-    """
-
-
 async def create_pool(url: str, size: int = 10, **kwargs: Any) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         url,
         min_size=1,
         max_size=size,
         init=init_connection,
-        reset=keep_session,
         command_timeout=30,
         **kwargs,
     )
