@@ -105,13 +105,15 @@ class EventProcessor:
                 )
                 return ProcessResult(event_id, status, "unmatched", row["type"])
 
-            await store.ensure_workspace(conn, workspace_id, self.catalog, now)
+            touched = event.invoice.invoice_id if isinstance(event, InvoiceObserved) else None
+            loaded = await store.lock_workspace(conn, workspace_id, touched)
+            if loaded is None:  # the first event of this workspace: create its row, then lock it
+                await store.ensure_workspace(conn, workspace_id, self.catalog, now)
+                loaded = await store.lock_workspace(conn, workspace_id, touched)
+                assert loaded is not None  # ensured just above, in this transaction
             new_mapping = None
             if customer_id is not None and await store.remember_customer(conn, customer_id, workspace_id):
                 new_mapping = customer_id
-            touched = event.invoice.invoice_id if isinstance(event, InvoiceObserved) else None
-            loaded = await store.lock_workspace(conn, workspace_id, touched)
-            assert loaded is not None  # ensured above, in this transaction
             state, stored_view = loaded
             state = await credits_store.with_granted_keys(conn, state, credit_grants(event, self.catalog))
             outcome = apply_event(state, event, now, self.catalog)

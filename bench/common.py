@@ -1,0 +1,315 @@
+"""What every benchmark shares: private servers, child processes, RSS sampling, result lines.
+
+Benchmarks run against a private embedded PostgreSQL and Redis (``worker.embedded``) so they never
+load the shared servers, and start every service as its own OS process, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.jsonl"
+SECRET = "whsec_bench_" + "b" * 32
+TOKEN = "bench-internal-token"
+PYTHON = sys.executable
+
+
+# ---------------------------------------------------------------- figures
+
+
+def percentiles(values: Sequence[float], points: Sequence[float] = (50, 99, 99.9)) -> dict[str, float]:
+    """Nearest-rank percentiles in the values' unit, keyed p50, p99, p99.9."""
+    if not values:
+        return {f"p{p:g}": float("nan") for p in points}
+    ordered = sorted(values)
+    out = {}
+    for p in points:
+        rank = max(0, min(len(ordered) - 1, math.ceil(round(p / 100 * len(ordered), 9)) - 1))
+        out[f"p{p:g}"] = round(ordered[rank], 3)
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "worker"]).returncode
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def record(
+    name: str,
+    figures: Mapping[str, Any],
+    *,
+    baseline: Mapping[str, Any] | None = None,
+    ratio: float | None = None,
+    versions: Mapping[str, str] | None = None,
+    results: Path = RESULTS,
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Print the figures and append one JSON line to ``results``."""
+    line = {
+        "bench": name,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {**machine(), **(versions or {})},
+        "command": " ".join(["python", "-m", f"bench.{name}", *(sys.argv[1:] if argv is None else argv)]),
+        "git_commit": git_commit(),
+        "figures": dict(figures),
+        "baseline": dict(baseline) if baseline is not None else None,
+        "ratio": ratio,
+    }
+    print(json.dumps(line, indent=2, default=str))
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line, default=str) + "\n")
+    return line
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of both sides; medians reported")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file to append to")
+    parser.add_argument("--workdir", type=Path, default=None, help="private servers' data (default: tmp)")
+    return parser
+
+
+# ---------------------------------------------------------------- private servers
+
+
+@dataclass
+class Servers:
+    database_url: str
+    redis_url: str
+    postgres_pid: int | None
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def private_servers(
+    workdir: Path | None = None, database: str = "bench", shared_buffers: str = "512MB"
+) -> Iterator[Servers]:
+    """A private PostgreSQL (fsync off, like a tuned test box) and Redis (no persistence), migrated."""
+    import asyncio
+
+    import asyncpg
+
+    from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+    from worker.migrate import migrate
+
+    with contextlib.ExitStack() as stack:
+        root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bw-bench-")))
+        pg = stack.enter_context(
+            EmbeddedPostgres(
+                root / "postgres",
+                durable=False,
+                settings={"shared_buffers": shared_buffers, "max_connections": "200"},
+            )
+        )
+        redis = stack.enter_context(
+            EmbeddedRedis(root / "redis", appendonly=False, extra_args=["--save", ""])
+        )
+
+        async def prepare() -> dict[str, str]:
+            conn = await asyncpg.connect(pg.url("postgres"))
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                    await conn.execute(f'CREATE DATABASE "{database}"')
+                pg_version = await conn.fetchval("SHOW server_version")
+            finally:
+                await conn.close()
+            await migrate(pg.url(database))
+            from redis.asyncio import Redis
+
+            r = Redis.from_url(f"redis://127.0.0.1:{redis.port}/0")
+            info = await r.info("server")
+            await r.aclose()
+            return {"postgres": str(pg_version), "redis": str(info["redis_version"])}
+
+        versions = asyncio.run(prepare())
+        yield Servers(pg.url(database), f"redis://127.0.0.1:{redis.port}/0", pg.pid, versions)
+
+
+def service_env(servers: Servers, **extra: str) -> dict[str, str]:
+    """The environment of a ``billing-worker`` role process against the private servers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BW_", "DATABASE_URL", "REDIS_URL"))}
+    env.update(
+        DATABASE_URL=servers.database_url,
+        REDIS_URL=servers.redis_url,
+        STRIPE_WEBHOOK_SECRETS=SECRET,
+        BW_INTERNAL_TOKEN=TOKEN,
+        BW_REDIS_PREFIX="bench",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    from worker.embedded import free_port as _free
+
+    return _free()
+
+
+@contextlib.contextmanager
+def process(
+    args: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process, stopped with SIGTERM (then SIGKILL) when the block ends."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(list(args), env=dict(env or os.environ), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout}s") from None
+            time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: a figure CPU steal and neighbours inflate less."""
+    import psutil  # the bench extra; imported late so CI's smoke test needs only the test extra
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+class RssSampler:
+    """Peak RSS (MB) of some processes, sampled every ``interval`` seconds in a thread."""
+
+    def __init__(
+        self, pids: Mapping[str, int], interval: float = 0.1, postgres_pid: int | None = None
+    ) -> None:
+        import psutil
+
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._postgres = psutil.Process(postgres_pid) if postgres_pid else None
+        self._pg_cpu: dict[int, float] = {}
+        self._pg_cpu0 = self._postgres_cpu()
+        self.peak_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self._cpu0 = {name: self._cpu(p) for name, p in self._procs.items()}
+        self.cpu_s: dict[str, float] = {}
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _cpu(proc: Any) -> float:
+        import psutil
+
+        try:
+            t = proc.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    def _postgres_cpu(self) -> float:
+        """CPU of the PostgreSQL server: postmaster and every backend seen (backends come and go)."""
+        import psutil
+
+        if self._postgres is None:
+            return 0.0
+        with contextlib.suppress(psutil.Error):
+            for proc in [self._postgres, *self._postgres.children()]:
+                with contextlib.suppress(psutil.Error):
+                    self._pg_cpu[proc.pid] = max(self._pg_cpu.get(proc.pid, 0.0), self._cpu(proc))
+        return sum(self._pg_cpu.values())
+
+    def _sample(self) -> None:
+        import psutil
+
+        if self._postgres is not None:
+            self.cpu_s["postgres"] = self._postgres_cpu() - self._pg_cpu0
+        for name, proc in self._procs.items():
+            with contextlib.suppress(psutil.Error):
+                self.peak_mb[name] = max(self.peak_mb[name], proc.memory_info().rss / 2**20)
+                self.cpu_s[name] = self._cpu(proc) - self._cpu0[name]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = {k: round(v, 1) for k, v in self.peak_mb.items()}
+        self.cpu_s = {k: round(v, 2) for k, v in self.cpu_s.items()}
+
+
+def steal_percent(seconds: float = 1.0) -> float:
+    """CPU steal over a short window (the VM is noisy; recorded next to every figure)."""
+    import psutil
+
+    t0 = psutil.cpu_times()
+    time.sleep(seconds)
+    t1 = psutil.cpu_times()
+    total = sum(t1) - sum(t0)
+    return round(100 * (getattr(t1, "steal", 0) - getattr(t0, "steal", 0)) / total, 1) if total else 0.0

@@ -1,0 +1,159 @@
+"""Benchmark 1 (ingest) and the receiver half of 5 (memory).
+
+The load generator (``bench.loadgen``, its own process) posts validly signed ~3.5 kB webhooks with
+unique ids at a fixed concurrency to the receiver (``billing-worker receiver``, its own process,
+private PostgreSQL + Redis) and, in the same run and interleaved, to a bare aiohttp endpoint
+(``bench.bare_server``) that only answers 200. Then an open loop at half the receiver's maximum
+rate gives the latency a real (non-saturating) load sees.
+
+    python -m bench.ingest [--repeat 3] [--concurrency 64] [--requests 10000]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    PYTHON,
+    ROOT,
+    RssSampler,
+    base_parser,
+    cpu_seconds,
+    free_port,
+    median,
+    private_servers,
+    process,
+    record,
+    service_env,
+    steal_percent,
+    wait_http,
+)
+
+
+def loadgen(url: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [PYTHON, "-m", "bench.loadgen", url, *args], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def _flush(redis_url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=10000)
+    parser.add_argument("--open-duration", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    tag = f"{int(time.time())}"
+    with private_servers(args.workdir) as servers:
+        logdir = Path("/tmp")
+        rport, bport = free_port(), free_port()
+        env = service_env(servers, BW_RECEIVER_HOST="127.0.0.1", BW_RECEIVER_PORT=str(rport))
+        receiver_args = [PYTHON, "-m", "worker.cli", "receiver"]
+        with (
+            process(receiver_args, env, logdir / f"bench-receiver-{tag}.log") as receiver,
+            process([PYTHON, "-m", "bench.bare_server", str(bport)], env) as bare,
+        ):
+            wait_http(f"http://127.0.0.1:{rport}/healthz")
+            wait_http(f"http://127.0.0.1:{bport}/healthz")
+            rurl = f"http://127.0.0.1:{rport}/webhooks/stripe"
+            burl = f"http://127.0.0.1:{bport}/webhooks/stripe"
+            closed = ["--concurrency", str(args.concurrency), "--requests", str(args.requests)]
+            runs: dict[str, list[dict[str, Any]]] = {"receiver": [], "bare": []}
+            steal = []
+            with RssSampler({"receiver": receiver.pid, "bare": bare.pid}) as rss:
+                for i in range(args.repeat):
+                    order = ("bare", "receiver") if i % 2 == 0 else ("receiver", "bare")
+                    for side in order:
+                        url = rurl if side == "receiver" else burl
+                        cpu0 = cpu_seconds(receiver.pid if side == "receiver" else bare.pid)
+                        runs[side].append(loadgen(url, "--prefix", f"{tag}c{i}{side[0]}", *closed))
+                        cpu = cpu_seconds(receiver.pid if side == "receiver" else bare.pid) - cpu0
+                        runs[side][-1]["cpu_ms_per_request"] = round(1000 * cpu / (args.requests + 1000), 3)
+                        print(side, runs[side][-1], file=sys.stderr)
+                        _flush(servers.redis_url)
+                    steal.append(steal_percent(0.5))
+                max_rps = median([r["rps"] for r in runs["receiver"]])
+                half = round(max_rps / 2)
+                open_runs: dict[str, list[dict[str, Any]]] = {"receiver": [], "bare": []}
+                for i in range(args.repeat):
+                    for side in ("receiver", "bare"):
+                        url = rurl if side == "receiver" else burl
+                        open_runs[side].append(
+                            loadgen(
+                                url,
+                                "--prefix",
+                                f"{tag}o{i}{side[0]}",
+                                "--rate",
+                                str(half),
+                                "--duration",
+                                str(args.open_duration),
+                            )
+                        )
+                        print(side, "open", open_runs[side][-1], file=sys.stderr)
+                        _flush(servers.redis_url)
+
+    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "rps_median": median([r["rps"] for r in rs]),
+            "rps_runs": [r["rps"] for r in rs],
+            "p50_ms": median([r["latency_ms"]["p50"] for r in rs]),
+            "p99_ms": median([r["latency_ms"]["p99"] for r in rs]),
+            "p99.9_ms": median([r["latency_ms"]["p99.9"] for r in rs]),
+            "non_200": sum(v for r in rs for k, v in r["statuses"].items() if k != "200"),
+            "server_cpu_ms_per_request": median([r["cpu_ms_per_request"] for r in rs]),
+        }
+
+    def open_summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "rate": half,
+            "achieved_rps_median": median([r["achieved_rps"] for r in rs]),
+            "p50_ms": median([r["latency_ms"]["p50"] for r in rs]),
+            "p99_ms": median([r["latency_ms"]["p99"] for r in rs]),
+            "p99_runs": [r["latency_ms"]["p99"] for r in rs],
+            "p99.9_ms": median([r["latency_ms"]["p99.9"] for r in rs]),
+            "non_200": sum(v for r in rs for k, v in r["statuses"].items() if k != "200"),
+        }
+
+    rec, base = summary(runs["receiver"]), summary(runs["bare"])
+    ratio = round(rec["rps_median"] / base["rps_median"], 3)
+    figures = {
+        "concurrency": args.concurrency,
+        "requests_per_run": args.requests,
+        "repeat": args.repeat,
+        "receiver": rec,
+        "receiver_half_rate_open_loop": open_summary(open_runs["receiver"]),
+        "bare_half_rate_open_loop": open_summary(open_runs["bare"]),
+        "peak_rss_mb": rss.peak_mb,
+        "cpu_s": rss.cpu_s,
+        "steal_pct": steal,
+        "targets": {
+            "ratio_ge_0.5": ratio >= 0.5,
+            "half_rate_p99_le_25ms": open_summary(open_runs["receiver"])["p99_ms"] <= 25,
+            "receiver_rss_lt_150mb": rss.peak_mb["receiver"] < 150,
+        },
+    }
+    record(
+        "ingest",
+        figures,
+        baseline=base,
+        ratio=ratio,
+        versions=servers.versions,
+        results=args.results,
+        argv=argv,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The load generator: its own process, posting signed webhooks with unique event ids.
+
+Closed loop (``--concurrency C --requests N``): C connections, each sends its next request when
+the previous answer arrived: the maximum rate. Open loop (``--rate R --duration S``): requests are
+sent at fixed instants whatever the answers do, and latency counts from the scheduled instant, so
+a stalled server is not hidden (no coordinated omission). Bodies are built and signed before the
+clock starts. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+
+import aiohttp
+
+from bench.common import SECRET, percentiles
+from bench.events import event_body, signature
+
+
+def _requests(prefix: str, count: int, secret: str) -> list[tuple[bytes, dict[str, str]]]:
+    now = int(time.time())
+    out = []
+    for i in range(count):
+        body = event_body(f"{prefix}{i}")
+        out.append(
+            (
+                body.encode(),
+                {"Stripe-Signature": signature(body, secret, now), "Content-Type": "application/json"},
+            )
+        )
+    return out
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], statuses: Counter[int]
+) -> None:
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            await resp.read()
+            statuses[resp.status] += 1
+    except aiohttp.ClientError:
+        statuses[0] += 1
+
+
+def _result(latencies: list[float], statuses: Counter[int], **fields: object) -> dict:
+    return {
+        **fields,
+        "requests": len(latencies),
+        "latency_ms": percentiles(latencies),
+        "statuses": {str(k): v for k, v in statuses.items()},
+    }
+
+
+async def closed_loop(
+    url: str, reqs: list[tuple[bytes, dict[str, str]]], concurrency: int, warmup: int
+) -> dict:
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    it = iter(enumerate(reqs))
+    started = [0.0]
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            for i, (body, headers) in it:
+                if i == warmup:
+                    started[0] = time.perf_counter()
+                t0 = time.perf_counter()
+                await _post(session, url, body, headers, statuses)
+                if i >= warmup:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started[0]
+    return _result(
+        latencies, statuses, mode="closed", concurrency=concurrency, rps=round(len(latencies) / elapsed, 1)
+    )
+
+
+async def open_loop(url: str, reqs: list[tuple[bytes, dict[str, str]]], rate: float) -> dict:
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(at: float, body: bytes, headers: dict[str, str]) -> None:
+            await _post(session, url, body, headers, statuses)
+            latencies.append((time.perf_counter() - at) * 1000)
+
+        tasks = []
+        start = time.perf_counter() + 0.05
+        for i, (body, headers) in enumerate(reqs):
+            at = start + i / rate
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(at, body, headers)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return _result(
+        latencies, statuses, mode="open", target_rps=rate, achieved_rps=round(len(reqs) / elapsed, 1)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("--prefix", default="r", help="makes event ids unique across runs")
+    parser.add_argument("--secret", default=SECRET)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=None, help="open loop at this many req/s")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of the open loop")
+    args = parser.parse_args(argv)
+    if args.rate:
+        reqs = _requests(args.prefix, int(args.rate * args.duration), args.secret)
+        result = asyncio.run(open_loop(args.url, reqs, args.rate))
+    else:
+        reqs = _requests(args.prefix, args.requests + args.warmup, args.secret)
+        result = asyncio.run(closed_loop(args.url, reqs, args.concurrency, args.warmup))
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

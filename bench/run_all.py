@@ -1,0 +1,47 @@
+"""Run every benchmark in turn, with the settings bench/README.md reports.
+
+    python -m bench.run_all [--quick]
+
+``--quick`` shrinks every run (a minute or two in all) to check the scripts, not to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import e2e, ingest, memory, processing, scale
+
+FULL = {
+    "ingest": ["--repeat", "3", "--requests", "10000", "--open-duration", "20"],
+    "processing": ["--repeat", "3", "--events", "10000"],
+    "e2e": ["--rate", "200", "--duration", "60"],
+    "scale": ["--small", "1000", "--large", "1000000", "--events", "2000"],
+    "memory": ["--requests", "10000", "--events", "10000"],
+}
+QUICK = {
+    "ingest": ["--repeat", "1", "--requests", "1000", "--open-duration", "3"],
+    "processing": ["--repeat", "1", "--events", "1000"],
+    "e2e": ["--rate", "100", "--duration", "5"],
+    "scale": ["--small", "100", "--large", "2000", "--events", "200"],
+    "memory": ["--requests", "1000", "--events", "1000"],
+}
+MODULES = {"ingest": ingest, "processing": processing, "e2e": e2e, "scale": scale, "memory": memory}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=list(MODULES), default=list(MODULES))
+    parser.add_argument("--results", default=None, help="JSON lines file (default bench/results.jsonl)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    extra = ["--results", args.results] if args.results else []
+    for name in args.only:
+        print(f"== bench.{name} {' '.join(plan[name])}", file=sys.stderr)
+        MODULES[name].main([*plan[name], *extra])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

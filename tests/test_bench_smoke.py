@@ -1,0 +1,30 @@
+"""The benchmarks' bookkeeping (not the benchmarks: they are too slow for CI): one JSON line per
+run with machine, command, commit, figures, baseline and ratio, and honest percentiles."""
+
+from __future__ import annotations
+
+import json
+
+from bench.common import percentiles, record
+
+
+def test_record_appends_one_self_describing_line(tmp_path, capsys):
+    results = tmp_path / "results.jsonl"
+    record(
+        "ingest", {"rps": 10.0}, baseline={"rps": 20.0}, ratio=0.5, results=results, argv=["--repeat", "1"]
+    )
+    record("ingest", {"rps": 12.0}, results=results, argv=[])
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["command"] == "python -m bench.ingest --repeat 1"
+    assert (first["figures"], first["baseline"], first["ratio"]) == ({"rps": 10.0}, {"rps": 20.0}, 0.5)
+    assert first["machine"]["nproc"] >= 1 and first["machine"]["python"]
+    assert first["git_commit"]
+    assert '"bench": "ingest"' in capsys.readouterr().out
+
+
+def test_percentiles_are_nearest_rank():
+    values = list(range(1, 1001))  # 1 … 1000 ms
+    assert percentiles(values) == {"p50": 500, "p99": 990, "p99.9": 999}
+    assert percentiles([7.0]) == {"p50": 7.0, "p99": 7.0, "p99.9": 7.0}
