@@ -166,6 +166,24 @@ async def test_redis_stopped_while_webhooks_arrive(stack: Stack):
         await _assert_exactly_once(svc, histories)
 
 
+async def test_postgres_down_the_receiver_answers_503_and_acknowledges_nothing(stack: Stack):
+    """Stripe must retry: a webhook that cannot be stored is never answered 2xx."""
+    histories = _histories(1, per_workspace=2)
+    first, second = next(iter(histories.values()))
+    async with running_service(stack.settings, worker=False) as svc:
+        stack.postgres.stop()
+        status, body = await svc.post_event(first)
+        assert (status, body["error"]["code"]) == (503, "database_unavailable")
+        stack.postgres.start()
+        await _deliver(svc, first)  # Stripe's retry, once the pool reconnects
+        assert (await svc.post_event(second))[0] == 200
+        rows = await svc.services.pool.fetch(
+            "SELECT event_id FROM webhook_events WHERE event_id = ANY($1::text[])",
+            [first["id"], second["id"]],
+        )
+        assert len(rows) == 2
+
+
 async def test_redis_flushed_after_acknowledgement_the_sweep_recovers(stack: Stack):
     histories = _histories(10)
     metrics_port = free_port()
