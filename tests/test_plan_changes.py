@@ -420,3 +420,62 @@ async def test_firing_rechecks_seats_against_the_latest_reported_usage(world: Wo
     await sweep_plan_changes(world.ctx)
     row = await wait_for(lambda: world.row(change_id), lambda r: r["status"] == "failed", what="failed")
     assert "seats" in row["last_error"] and world.server.calls("POST") == []
+
+
+async def test_dunning_escalates_with_no_event_then_payment_clears_it_and_releases_the_change(world: World):
+    """Issues 3 and 4 together: failed payment → payment_issue at once → restricted after 14 days by the
+    sweep alone → suspended after 30 → the due change waits → payment lifts it and it fires."""
+    from worker.dunning_jobs import sweep_dunning
+
+    status, body = await world.request(plan="plus", interval="monthly")
+    assert status == 201, body
+    change_id = body["plan_change"]["change_id"]
+    invoice = f"in_dl{uuid.uuid4().hex[:10]}"
+    failed_at = world.clock.now
+    common = dict(
+        api_version=sf.ENDIVE,
+        invoice_id=invoice,
+        customer=world.customer,
+        sub_id=world.sub_id,
+        workspace_id=world.ws,
+        amount_due=9600,
+        invoice_created=ts(failed_at) - 60,
+    )
+    await world.deliver(
+        sf.invoice_event("payment_failed", created=ts(failed_at), status="open", attempt_count=1, **common)
+    )
+    assert (await world.svc.workspace(world.ws))["dunning_level"] == "payment_issue"
+
+    for days, level in ((13, "payment_issue"), (14, "restricted"), (31, "suspended")):
+        world.clock.now = failed_at + timedelta(days=days, minutes=1)
+        await sweep_dunning(world.ctx)
+        state = await world.svc.workspace(world.ws)
+        assert (state["dunning_level"], state["blocked"]) == (level, True), days
+
+    world.clock.now = sf.at(ANNUAL_END) - timedelta(seconds=LEAD)
+    await sweep_plan_changes(world.ctx)
+    assert (await world.row(change_id))["status"] == "waiting_payment"
+    assert world.server.calls("POST") == []
+
+    paid = sf.invoice_event(
+        "paid", created=ts(world.clock.now), status="paid", amount_paid=9600, amount_remaining=0, **common
+    )
+    await world.deliver(paid)
+    state = await world.svc.workspace(world.ws)
+    assert (state["blocked"], state["dunning_level"]) == (False, None)
+    await wait_for(
+        lambda: world.row(change_id), lambda r: r["status"] == "applied", what="released change fired"
+    )
+    assert len(world.server.calls("POST")) == 1
+    levels = await world.svc.services.pool.fetch(
+        "SELECT cause_kind, before->'block'->>'level' AS before, after->'block'->>'level' AS after "
+        "FROM audit_log WHERE workspace_id = $1 AND changes ? 'block' ORDER BY version",
+        world.ws,
+    )
+    transitions = [(r["cause_kind"], r["before"], r["after"]) for r in levels if r["before"] != r["after"]]
+    assert transitions == [
+        ("event", None, "payment_issue"),
+        ("sweep", "payment_issue", "restricted"),
+        ("sweep", "restricted", "suspended"),
+        ("event", "suspended", None),
+    ]
