@@ -41,7 +41,16 @@ class BlockLevelChanged:
     level: str
 
 
-Effect = BlockApplied | BlockLifted | BlockLevelChanged
+@dataclass(frozen=True)
+class RefetchRequested:
+    """Two different snapshots of one object carry the same ``created``: which is newer cannot be
+    told from the events, so the shell asks Stripe for the object itself (SPEC §4)."""
+
+    kind: str  # "subscription" | "invoice"
+    object_id: str
+
+
+Effect = BlockApplied | BlockLifted | BlockLevelChanged | RefetchRequested
 
 
 @dataclass(frozen=True)
@@ -96,15 +105,17 @@ def _subscription(
     snap = event.subscription
     record = SubscriptionRecord(snap, event.meta.created, event.meta.event_id)
     current = state.subscriptions.get(snap.subscription_id)
+    tie = _tie(current, record, "subscription", snap.subscription_id)
     if current is not None and current.order_key >= record.order_key:
-        return Outcome(STALE, state, before, {})
+        return Outcome(STALE, state, before, {}, effects=tie)
     state = replace(
         state,
         customer_id=state.customer_id or snap.customer_id,
         subscriptions={**state.subscriptions, snap.subscription_id: record},
     )
     changes = {f"subscription.{snap.subscription_id}.status": (_status(current), snap.status)}
-    return _finish(state, before, derive_view(state, catalog, now), record, None, changes)
+    outcome = _finish(state, before, derive_view(state, catalog, now), record, None, changes)
+    return replace(outcome, effects=outcome.effects + tie)
 
 
 def _invoice(
@@ -115,8 +126,13 @@ def _invoice(
     incoming = InvoiceRecord(snap, event.meta.created, event.meta.event_id, failed_at, failed_at)
     current = state.invoices.get(snap.invoice_id)
     merged = incoming if current is None else _merge_invoice(current, incoming)
+    tie = (
+        ()
+        if current is None or current.status != incoming.status
+        else _tie(current, incoming, "invoice", snap.invoice_id)
+    )
     if merged == current:
-        return Outcome(STALE, state, before, {})
+        return Outcome(STALE, state, before, {}, effects=tie)
     state = replace(
         state,
         customer_id=state.customer_id or snap.customer_id,
@@ -133,7 +149,24 @@ def _invoice(
         )
     state, granted = grant(state, credit_grants(event, catalog))
     outcome = _finish(state, before, derive_view(state, catalog, now), None, merged, changes)
-    return replace(outcome, credit_entries=granted)
+    return replace(outcome, credit_entries=granted, effects=outcome.effects + tie)
+
+
+def _tie(
+    current: SubscriptionRecord | InvoiceRecord | None,
+    incoming: SubscriptionRecord | InvoiceRecord,
+    kind: str,
+    object_id: str,
+) -> tuple[Effect, ...]:
+    """A refetch request when two different events say different things at the same instant."""
+    if (
+        current is not None
+        and current.observed_at == incoming.observed_at
+        and current.observed_event_id != incoming.observed_event_id
+        and current.snapshot != incoming.snapshot
+    ):
+        return (RefetchRequested(kind, object_id),)
+    return ()
 
 
 def _merge_invoice(a: InvoiceRecord, b: InvoiceRecord) -> InvoiceRecord:

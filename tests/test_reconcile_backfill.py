@@ -230,3 +230,36 @@ async def test_cli_reconciles_and_backfills(stripe_settings: Settings, stripe_se
         assert (state["seats"], state["status"]) == (11, "past_due")
         too_old = await run_cli(stripe_settings, "backfill", "--since", str(now - 40 * DAY), **env)
         assert too_old.returncode == 1 and "since_out_of_range" in too_old.stderr
+
+
+async def test_two_events_tied_on_created_make_the_worker_ask_stripe(
+    stripe_settings: Settings, stripe_server: StripeServer
+):
+    """SPEC §4: latest ``created`` wins; on a tie with different content, re-fetch from Stripe."""
+    ids = _ids("tie")
+    now = int(time.time())
+    # Two updates stamped with the same second. The deterministic tie-break (higher event id)
+    # would keep the "z" one; Stripe's object says the "a" one is the truth.
+    truth = _sub_event(ids, now - 60, seats=7, status="active")
+    truth["id"] = f"evt_tie_a_{ids['sub_id']}"
+    other = _sub_event(ids, now - 60, seats=3, status="past_due")
+    other["id"] = f"evt_tie_z_{ids['sub_id']}"
+    stripe_server.put({"id": ids["customer"], "object": "customer"})
+    stripe_server.put(truth["data"]["object"])
+    async with running_service(stripe_settings) as svc:
+        for event in (truth, other):
+            assert (await svc.post_event(event))[0] == 200
+        await svc.wait_processed([truth["id"], other["id"]])
+
+        async def refetched() -> dict[str, Any] | None:
+            return await svc.workspace(ids["workspace_id"])
+
+        state = await wait_for(
+            refetched, lambda s: s is not None and (s["seats"], s["status"]) == (7, "active"), what="refetch"
+        )
+        assert state["plan"] == "plus"
+        assert stripe_server.calls("GET", rf"/v1/customers/{ids['customer']}")
+        kinds = await svc.services.pool.fetch(
+            "SELECT cause_kind FROM audit_log WHERE workspace_id = $1 ORDER BY version", ids["workspace_id"]
+        )
+        assert kinds[-1]["cause_kind"] == "job"  # the refetch, audited as a job

@@ -21,6 +21,7 @@ from handlers.reducer import (
     BlockLevelChanged,
     BlockLifted,
     Outcome,
+    RefetchRequested,
     apply_event,
     reevaluate,
 )
@@ -226,6 +227,34 @@ def test_deletion_wins_a_tie_on_created(deleted_first: bool) -> None:
     state, outcomes = fold([sub_ev("created", T0), *events])
     assert outcomes[-1].view.status == "canceled" and outcomes[-1].view.plan == "free"
     assert state.subscriptions[SUB].snapshot.status == "canceled"
+
+
+@pytest.mark.parametrize("seven_first", [True, False])
+def test_different_snapshots_tied_on_created_ask_for_a_refetch(seven_first: bool) -> None:
+    seven = sub_ev("updated", T0 + DAY, items=[("price_plus_monthly", 7)], event_id="evt_tie_a")
+    three = sub_ev("updated", T0 + DAY, items=[("price_plus_monthly", 3)], event_id="evt_tie_b")
+    pair = [seven, three] if seven_first else [three, seven]
+    _, outcomes = fold([sub_ev("created", T0), *pair])
+    # Whichever arrives second sees the tie (applied or stale, it asks either way).
+    assert outcomes[-1].effects[-1:] == (RefetchRequested("subscription", SUB),)
+    assert not any(isinstance(e, RefetchRequested) for o in outcomes[:-1] for e in o.effects)
+
+
+def test_a_duplicate_or_identical_snapshot_is_not_a_tie() -> None:
+    first = sub_ev("updated", T0 + DAY, event_id="evt_same_a")
+    same_content = sub_ev("updated", T0 + DAY, event_id="evt_same_b")
+    _, outcomes = fold([sub_ev("created", T0), first, first, same_content])
+    assert all(not o.effects for o in outcomes)
+
+
+def test_invoice_snapshots_tied_on_created_and_status_ask_for_a_refetch() -> None:
+    a = inv_ev("payment_failed", T0 + DAY, "open", attempt_count=1, event_id="evt_inv_a")
+    b = inv_ev("payment_failed", T0 + DAY, "open", attempt_count=2, event_id="evt_inv_b")
+    _, outcomes = fold([a, b])
+    assert RefetchRequested("invoice", "in_1") in outcomes[-1].effects
+    paid = inv_ev("paid", T0 + DAY, "paid", event_id="evt_inv_c")  # status decides: no tie
+    _, outcomes = fold([a, paid])
+    assert not any(isinstance(e, RefetchRequested) for e in outcomes[-1].effects)
 
 
 def test_a_new_subscription_replaces_a_canceled_one() -> None:

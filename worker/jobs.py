@@ -16,7 +16,7 @@ from typing import Any
 from arq import Retry, cron
 from arq.worker import Worker, func
 
-from handlers.reducer import Effect
+from handlers.reducer import Effect, RefetchRequested
 from worker import metrics, store
 from worker.db import is_transient
 from worker.logging import get_logger
@@ -78,6 +78,13 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
     await after_commit(
         services, result.workspace_id, result.version, result.changes, result.effects, event_id
     )
+    if services.stripe is not None and any(isinstance(e, RefetchRequested) for e in result.effects):
+        from worker.ops_jobs import enqueue_reconcile  # ops_jobs → backfill → receiver → jobs
+
+        try:
+            await enqueue_reconcile(services, result.workspace_id or "")
+        except Exception as exc:  # the deterministic tie-break already gave a state
+            log.warning("refetch_not_enqueued", workspace_id=result.workspace_id, error=repr(exc))
     if result.newly_mapped_customer:
         # Events that arrived before we knew this customer need not wait for their backoff
         # (if this fails, the inbox sweep still retries them on their backoff schedule).

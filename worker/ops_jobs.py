@@ -16,6 +16,7 @@ from worker.stripe_gateway import gateway_for
 log = get_logger("ops_jobs")
 
 BACKFILL = "backfill"
+RECONCILE = "reconcile_workspace"
 PAGES_PER_JOB = 10
 
 
@@ -46,6 +47,32 @@ async def enqueue_backfill(services: Services, run_id: int, step: str) -> None:
     )
 
 
+async def reconcile_job(ctx: dict[str, Any], workspace_id: str) -> str:
+    """Re-fetch a workspace's objects from Stripe (asked for when two events tie on ``created``)."""
+    from worker.reconcile import reconcile_workspace  # reconcile imports jobs, which imports this
+
+    services: Services = ctx["services"]
+    if services.stripe is None:
+        return "not_configured"
+    result = await reconcile_workspace(services, services.stripe, workspace_id, cause_kind="job")
+    log.info("workspace_refetched", workspace_id=workspace_id, applied=len(result.get("applied", [])))
+    return "done"
+
+
+async def enqueue_reconcile(services: Services, workspace_id: str) -> None:
+    """One queued refetch per workspace at a time: a second request while one waits adds nothing."""
+    await services.redis.enqueue_job(
+        RECONCILE,
+        workspace_id,
+        _queue_name=services.settings.queue_name,
+        _job_id=f"{services.settings.redis_prefix}:reconcile:{workspace_id}",
+    )
+
+
 def ops_functions() -> list[Any]:
-    # One try: a failed run is marked `failed` with its error and resumed by an operator.
-    return [func(backfill_job, name=BACKFILL, max_tries=1)]
+    # One try each: a failed backfill run is marked `failed` with its error and resumed by an
+    # operator; a failed refetch leaves the deterministic tie-break's state (arq logs the error).
+    return [
+        func(backfill_job, name=BACKFILL, max_tries=1),
+        func(reconcile_job, name=RECONCILE, max_tries=1),
+    ]
