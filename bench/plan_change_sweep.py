@@ -1,6 +1,7 @@
 """The period-end sweep firing N due plan changes (issue 6): how long until all are applied.
 
     python -m bench.plan_change_sweep [--changes 10000] [--concurrency 8] [--timeout 1800]
+                                      [--stripe-delay 0.3] [--keep]
 
 Setup, all through the service's own code on a private PostgreSQL and Redis (``worker.embedded``):
 N ``customer.subscription.created`` events (Business Yearly, 5 seats, one workspace each) are
@@ -89,12 +90,15 @@ def subscription_events(n: int) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def stripe_process(seed: Path, summary: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict]]:
+def stripe_process(
+    seed: Path, summary: Path, log: Path, delay: float = 0.0
+) -> Iterator[tuple[subprocess.Popen[bytes], dict]]:
     """``bench.stripe_proc``; yields (process, {url, api_key}); SIGTERM makes it write ``summary``."""
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    argv = [PYTHON, "-m", "bench.stripe_proc", "--seed", str(seed), "--summary", str(summary)]
     with open(log, "ab") as err:
         proc = subprocess.Popen(
-            [PYTHON, "-m", "bench.stripe_proc", "--seed", str(seed), "--summary", str(summary)],
+            [*argv, "--delay", str(delay)],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -182,9 +186,11 @@ async def due_query(settings: Settings, now: datetime) -> tuple[str, tuple[Any, 
     return captured["sql"], captured["args"]
 
 
-async def explain(url: str, sql: str, args: tuple[Any, ...]) -> str:
+async def explain(url: str, sql: str, args: tuple[Any, ...], *, analyze_first: bool = False) -> str:
     conn = await asyncpg.connect(url)
     try:
+        if analyze_first:  # the steady state once autovacuum has seen the run's updates
+            await conn.execute("ANALYZE plan_changes, workspaces")
         lines = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", *args)
     finally:
         await conn.close()
@@ -242,8 +248,9 @@ def run(args: Any, servers: Servers, tmp: Path) -> dict[str, Any]:
     seed.write_text(json.dumps([e["data"]["object"] for e in events]))
     summary_path = tmp / "stripe_summary.json"
     sweep_log = tmp / "sweeps.jsonl"
-    figures: dict[str, Any] = {"changes": n}
-    with stripe_process(seed, summary_path, tmp / "stripe.log") as (stripe, stripe_info):
+    figures: dict[str, Any] = {"changes": n, "stripe_delay_s": args.stripe_delay}
+    stripe_log = tmp / "stripe.log"
+    with stripe_process(seed, summary_path, stripe_log, args.stripe_delay) as (stripe, stripe_info):
         env = service_env(
             servers,
             STRIPE_API_KEY=stripe_info["api_key"],
@@ -281,7 +288,11 @@ def run(args: Any, servers: Servers, tmp: Path) -> dict[str, Any]:
             time.sleep(1.0)  # a sweep still running notices nothing left; pg_stat counters flush
         after = asyncio.run(db_counters(servers.database_url))
         figures["explain_due_none_left"] = asyncio.run(
-            explain(servers.database_url, *asyncio.run(due_query(settings, fire_at + timedelta(hours=1))))
+            explain(
+                servers.database_url,
+                *asyncio.run(due_query(settings, fire_at + timedelta(hours=1))),
+                analyze_first=True,
+            )
         )
     final = asyncio.run(final_rows(servers.database_url))
     stripe_summary = json.loads(summary_path.read_text())
@@ -348,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=10_000, help="workspaces with a due change")
     parser.add_argument("--concurrency", type=int, default=8, help="setup only: requests in flight")
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
+    parser.add_argument(
+        "--stripe-delay", type=float, default=0.0, help="seconds the Stripe stand-in adds to every answer"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the worker/Stripe logs (printed path)")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bw-pcsweep-"))

@@ -1,6 +1,6 @@
 """``tests.stripe_server.StripeServer`` in its own process, for benchmarks that call Stripe.
 
-    python -m bench.stripe_proc --seed objects.json --summary summary.json
+    python -m bench.stripe_proc --seed objects.json --summary summary.json [--delay 0.3]
 
 Seeds ``objects`` from a JSON list, prints ``{"url", "api_key"}`` as one line once it listens, and on
 SIGTERM writes a summary of every request it answered (counts by method, updates applied and
@@ -39,8 +39,9 @@ def summary(server: StripeServer, cpu_s: float) -> dict[str, Any]:
     }
 
 
-async def serve(objects: list[dict[str, Any]]) -> dict[str, Any]:
+async def serve(objects: list[dict[str, Any]], delay: float = 0.0) -> dict[str, Any]:
     server = StripeServer()
+    server.delay_seconds = delay  # added to every answer: Stripe's own latency
     for obj in objects:
         server.objects[obj["id"]] = obj
     await server.start()
@@ -58,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=Path, required=True)
     parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
     args = parser.parse_args(argv)
-    result = asyncio.run(serve(json.loads(args.seed.read_text())))
+    result = asyncio.run(serve(json.loads(args.seed.read_text()), args.delay))
     args.summary.write_text(json.dumps(result))
     return 0
 
