@@ -9,7 +9,7 @@ in alternating blocks against the two databases, so both sides see the same mach
 while events are processed, and EXPLAIN of the hot statements is recorded.
 
 The period-end sweep firing 10,000 due plan changes is ``bench.plan_change_sweep``;
-``--plan-changes`` runs it (``--changes`` from ``--events``' default: 10,000) instead of the above.
+``--plan-changes`` runs it with ``--changes 10000`` instead of the above.
 
     python -m bench.scale [--small 1000] [--large 1000000] [--events 2000]
     python -m bench.scale --plan-changes     # = python -m bench.plan_change_sweep --changes 10000
