@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import e2e, ingest, memory, processing, scale
+from bench import e2e, ingest, memory, plan_change_sweep, processing, scale
 
 FULL = {
     "ingest": ["--repeat", "3", "--requests", "10000", "--open-duration", "20"],
@@ -18,6 +18,7 @@ FULL = {
     "e2e": ["--rate", "200", "--duration", "60"],
     "scale": ["--small", "1000", "--large", "1000000", "--events", "2000"],
     "memory": ["--requests", "10000", "--events", "10000"],
+    "plan_change_sweep": ["--changes", "10000"],
 }
 QUICK = {
     "ingest": ["--repeat", "1", "--requests", "1000", "--open-duration", "3"],
@@ -25,8 +26,16 @@ QUICK = {
     "e2e": ["--rate", "100", "--duration", "5"],
     "scale": ["--small", "100", "--large", "2000", "--events", "200"],
     "memory": ["--requests", "1000", "--events", "1000"],
+    "plan_change_sweep": ["--changes", "200"],
 }
-MODULES = {"ingest": ingest, "processing": processing, "e2e": e2e, "scale": scale, "memory": memory}
+MODULES = {
+    "ingest": ingest,
+    "processing": processing,
+    "e2e": e2e,
+    "scale": scale,
+    "memory": memory,
+    "plan_change_sweep": plan_change_sweep,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

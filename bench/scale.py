@@ -8,10 +8,11 @@ in alternating blocks against the two databases, so both sides see the same mach
 "No scans" is checked two ways: the sequential-scan counters of the hot tables must not move
 while events are processed, and EXPLAIN of the hot statements is recorded.
 
-The period-end sweep firing 10,000 due plan changes needs issue 3 (plan_changes + its firing
-job), not in main yet: ``--plan-changes`` reports that and does nothing (a marked stub).
+The period-end sweep firing 10,000 due plan changes is ``bench.plan_change_sweep``;
+``--plan-changes`` runs it with ``--changes 10000`` instead of the above.
 
     python -m bench.scale [--small 1000] [--large 1000000] [--events 2000]
+    python -m bench.scale --plan-changes     # = python -m bench.plan_change_sweep --changes 10000
 """
 
 from __future__ import annotations
@@ -311,15 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plan-changes",
         action="store_true",
-        help="the period-end sweep of 10,000 due plan changes (STUB: needs issue 3 in main)",
+        help="run bench.plan_change_sweep --changes 10000 (the period-end sweep) instead",
     )
     args = parser.parse_args(argv)
     if args.plan_changes:
-        # STUB: issue 3 (plan_changes table + firing job) has not landed in main; nothing to measure.
-        print(
-            "bench.scale --plan-changes: not implemented yet, needs issue 3 (plan changes)", file=sys.stderr
-        )
-        return 2
+        from bench import plan_change_sweep
+
+        extra = ["--results", str(args.results)] + (["--workdir", str(args.workdir)] if args.workdir else [])
+        return plan_change_sweep.main(["--changes", "10000", *extra])
     with private_servers(args.workdir, shared_buffers=args.shared_buffers) as servers:
         figures = asyncio.run(run(args, servers))
         versions = servers.versions
@@ -331,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
         "large_within_10pct_of_small": ratio <= 1.10,
         "no_seq_scans": scans == 0 and not figures["seq_scan_in_plans"],
     }
-    figures["plan_change_sweep"] = "not measured: needs issue 3 (plan_changes + firing job) in main"
     record("scale", figures, baseline=small, ratio=ratio, versions=versions, results=args.results, argv=argv)
     return 0
 

@@ -6,6 +6,7 @@ go through ``plan_changes.fire``, whose row claim makes any number of attempts f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -19,6 +20,13 @@ from worker.logging import get_logger
 from worker.services import Services
 
 log = get_logger("plan_change_jobs")
+
+# One sweep fires this many changes at once (each holds a pool connection only inside its two
+# short transactions, never during the Stripe call) ...
+SWEEP_CONCURRENCY = 8
+# ... and starts no new batch after this long: under the cron period (10 s), so consecutive sweeps
+# rarely overlap, and far under the job timeout.
+SWEEP_BUDGET_SECONDS = 8.0
 
 
 async def fire_plan_change(ctx: dict[str, Any], change_id: str) -> str:
@@ -59,10 +67,31 @@ async def fire_plan_change(ctx: dict[str, Any], change_id: str) -> str:
 
 
 async def sweep_plan_changes(ctx: dict[str, Any]) -> int:
-    """Fire what is due now: missed deferred jobs, released waits, abandoned claims."""
+    """Fire what is due now: missed deferred jobs, released waits, abandoned claims.
+
+    Pages through everything due (not only the first batch), ``SWEEP_CONCURRENCY`` changes at a
+    time, until nothing is left or ``SWEEP_BUDGET_SECONDS`` have passed; the next sweep (10 s
+    later) continues from the start of what is still due."""
     services: Services = ctx["services"]
+    deadline = time.monotonic() + min(SWEEP_BUDGET_SECONDS, services.settings.job_timeout_seconds / 2)
+    limit = asyncio.Semaphore(SWEEP_CONCURRENCY)
     fired = 0
-    for change_id in await plan_changes.due_changes(services):
+    after = None
+    while time.monotonic() < deadline:
+        batch = await plan_changes.due_changes(services, after=after)
+        if not batch:
+            break
+        after = batch[-1]
+        fired += sum(
+            await asyncio.gather(*(_sweep_one(services, change_id, limit) for _, change_id in batch))
+        )
+    if fired:
+        log.info("sweep_plan_changes", applied=fired)
+    return fired
+
+
+async def _sweep_one(services: Services, change_id: str, limit: asyncio.Semaphore) -> bool:
+    async with limit:
         try:
             result = await plan_changes.fire(
                 services, change_id, cause=("sweep", f"sweep_plan_changes:{change_id}")
@@ -71,12 +100,9 @@ async def sweep_plan_changes(ctx: dict[str, Any]) -> int:
             log.warning(
                 "sweep_plan_changes_error", change_id=change_id, error=f"{type(exc).__name__}: {exc}"[:500]
             )
-            continue
+            return False
         await after_fire(services, result)
-        fired += result.outcome == "applied"
-    if fired:
-        log.info("sweep_plan_changes", applied=fired)
-    return fired
+    return result.outcome == "applied"
 
 
 async def release_waiting(

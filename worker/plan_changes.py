@@ -555,23 +555,32 @@ async def _finish(
     return FireResult(change_id, status, [c], error)
 
 
-async def due_changes(services: Services, limit: int = 100) -> list[str]:
+async def due_changes(
+    services: Services, limit: int = 100, after: tuple[datetime, str] | None = None
+) -> list[tuple[datetime, str]]:
     """What the sweep must try: due pending changes, waiting ones whose block is gone, and firing
-    ones without a live claim (a transient error, or a worker that died mid-call)."""
+    ones without a live claim (a transient error, or a worker that died mid-call).
+
+    ``(fire_at, change_id)`` pairs in that order, after the keyset ``after``: a sweep pages through
+    the due set once, so what stays due (still blocked, a transient error) is not retried in a loop.
+    """
     now = services.clock()
+    page = "AND (pc.fire_at, pc.change_id) > ($4, $5)" if after is not None else ""
     rows = await services.pool.fetch(
-        """
-        SELECT pc.change_id FROM plan_changes pc JOIN workspaces w USING (workspace_id)
-         WHERE (pc.status = 'pending' AND pc.fire_at <= $1)
+        f"""
+        SELECT pc.fire_at, pc.change_id FROM plan_changes pc JOIN workspaces w USING (workspace_id)
+         WHERE ((pc.status = 'pending' AND pc.fire_at <= $1)
             OR (pc.status = 'waiting_payment' AND NOT w.blocked)
-            OR (pc.status = 'firing' AND (pc.claimed_at IS NULL OR pc.claimed_at <= $2))
-         ORDER BY pc.fire_at LIMIT $3
+            OR (pc.status = 'firing' AND (pc.claimed_at IS NULL OR pc.claimed_at <= $2)))
+           {page}
+         ORDER BY pc.fire_at, pc.change_id LIMIT $3
         """,
         now,
         now - claim_timeout(services),
         limit,
+        *(after or ()),
     )
-    return [r["change_id"] for r in rows]
+    return [(r["fire_at"], r["change_id"]) for r in rows]
 
 
 async def waiting_changes(services: Services, workspace_id: str) -> list[str]:
