@@ -569,7 +569,8 @@ async def due_changes(
     rows = await services.pool.fetch(
         f"""
         SELECT pc.fire_at, pc.change_id FROM plan_changes pc JOIN workspaces w USING (workspace_id)
-         WHERE ((pc.status = 'pending' AND pc.fire_at <= $1)
+         WHERE pc.status IN ('pending', 'waiting_payment', 'firing')  -- plan_changes_active_order
+           AND ((pc.status = 'pending' AND pc.fire_at <= $1)
             OR (pc.status = 'waiting_payment' AND NOT w.blocked)
             OR (pc.status = 'firing' AND (pc.claimed_at IS NULL OR pc.claimed_at <= $2)))
            {page}
