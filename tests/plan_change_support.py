@@ -63,6 +63,18 @@ class World:
     async def applied(self, change_id: str) -> Any:
         return await wait_for(lambda: self.row(change_id), lambda r: r["status"] == "applied", what="applied")
 
+    def invoice_fields(self, invoice_id: str, invoice_created: int) -> dict[str, Any]:
+        """The fields every event of one invoice of this workspace's subscription shares."""
+        return dict(
+            api_version=sf.ENDIVE,
+            invoice_id=invoice_id,
+            customer=self.customer,
+            sub_id=self.sub_id,
+            workspace_id=self.ws,
+            amount_due=9600,
+            invoice_created=invoice_created,
+        )
+
     def sub_event(self, kind: str, created: int, items: list[tuple[str, int]], **kw: Any) -> dict[str, Any]:
         return sf.subscription_event(
             kind,

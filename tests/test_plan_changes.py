@@ -98,17 +98,8 @@ async def test_an_open_invoice_makes_the_change_wait_and_payment_releases_it(wor
     status, body = await world.request(plan="plus", interval="monthly")
     assert status == 201, body
     change_id = body["plan_change"]["change_id"]
-    invoice = f"in_pc{uuid.uuid4().hex[:10]}"
     failed_at = ts(world.clock.now)
-    common = dict(
-        api_version=sf.ENDIVE,
-        invoice_id=invoice,
-        customer=world.customer,
-        sub_id=world.sub_id,
-        workspace_id=world.ws,
-        amount_due=9600,
-        invoice_created=failed_at - 60,
-    )
+    common = world.invoice_fields(f"in_pc{uuid.uuid4().hex[:10]}", failed_at - 60)
     await world.deliver(
         sf.invoice_event("payment_failed", created=failed_at, status="open", attempt_count=1, **common)
     )
@@ -430,17 +421,8 @@ async def test_dunning_escalates_with_no_event_then_payment_clears_it_and_releas
     status, body = await world.request(plan="plus", interval="monthly")
     assert status == 201, body
     change_id = body["plan_change"]["change_id"]
-    invoice = f"in_dl{uuid.uuid4().hex[:10]}"
     failed_at = world.clock.now
-    common = dict(
-        api_version=sf.ENDIVE,
-        invoice_id=invoice,
-        customer=world.customer,
-        sub_id=world.sub_id,
-        workspace_id=world.ws,
-        amount_due=9600,
-        invoice_created=ts(failed_at) - 60,
-    )
+    common = world.invoice_fields(f"in_dl{uuid.uuid4().hex[:10]}", ts(failed_at) - 60)
     await world.deliver(
         sf.invoice_event("payment_failed", created=ts(failed_at), status="open", attempt_count=1, **common)
     )
