@@ -12,6 +12,7 @@ import sys
 
 from aiohttp import web
 
+from worker.config import Settings
 from worker.runner import start_site
 
 
@@ -28,7 +29,8 @@ async def serve(port: int) -> None:
     app = web.Application(client_max_size=1048576 + 1)
     app.router.add_post("/webhooks/stripe", accept)
     app.router.add_get("/healthz", healthz)
-    runner = await start_site(app, "127.0.0.1", port)
+    limit = Settings.from_env().max_header_bytes  # the receiver's own limit
+    runner = await start_site(app, "127.0.0.1", port, max_header_bytes=limit)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,8 +4,15 @@ run with machine, command, commit, figures, baseline and ratio, and honest perce
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 from bench.common import percentiles, record
+from tests.services import free_port
 
 
 def test_record_appends_one_self_describing_line(tmp_path, capsys):
@@ -28,3 +35,25 @@ def test_percentiles_are_nearest_rank():
     values = list(range(1, 1001))  # 1 … 1000 ms
     assert percentiles(values) == {"p50": 500, "p99": 990, "p99.9": 999}
     assert percentiles([7.0]) == {"p50": 7.0, "p99": 7.0, "p99.9": 7.0}
+
+
+def test_the_bare_aiohttp_baseline_starts_and_answers():
+    """The ingest baseline shares the receiver's start_site; a change there must not break it."""
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port)], cwd=root, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, "the bare server exited"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the bare server never answered /healthz"
+                time.sleep(0.05)  # polling a child process that is starting up
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -28,8 +28,11 @@ log = get_logger("runner")
 ROLES = ("receiver", "api", "worker")
 
 
-async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    limit = app[SERVICES].settings.max_header_bytes
+async def start_site(
+    app: web.Application, host: str, port: int, *, max_header_bytes: int | None = None
+) -> web.AppRunner:
+    """Serve ``app``; header limits come from the app's settings unless given (bench baselines)."""
+    limit = max_header_bytes if max_header_bytes is not None else app[SERVICES].settings.max_header_bytes
     runner = web.AppRunner(
         app,
         access_log=None,
