@@ -20,7 +20,7 @@ from worker.observability import metrics_handler, readyz_handler
 from worker.ops_jobs import enqueue_backfill
 from worker.reconcile import reconcile_workspace
 from worker.services import SERVICES
-from worker.stripe_gateway import gateway_for, is_transient, require_api_key
+from worker.stripe_gateway import is_transient
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
 
@@ -71,13 +71,10 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
 async def reconcile(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
-    gateway = gateway_for(services.settings)
     try:
-        result = await reconcile_workspace(services, gateway, workspace_id)
+        result = await reconcile_workspace(services, services.require_stripe(), workspace_id)
     except stripe.StripeError as exc:
         raise _stripe_failure("reconcile", exc) from None
-    finally:
-        await gateway.close()
     return web.json_response(result)
 
 
@@ -100,7 +97,7 @@ async def start_backfill(request: web.Request) -> web.Response:
     """Start a run (``{"since": …}``) or resume one (``{"run_id": …}``); a job does the reading."""
     services = request.app[SERVICES]
     body = await read_json_object(request)
-    require_api_key(services.settings)
+    services.require_stripe()
     if "run_id" in body:
         run_id = body["run_id"]
         if isinstance(run_id, bool) or not isinstance(run_id, int) or run_id < 1:

@@ -42,7 +42,6 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from worker.api_ops import _since
     from worker.reconcile import reconcile_workspace
     from worker.services import Services
-    from worker.stripe_gateway import gateway_for
 
     services = await Services.start(settings)
     try:
@@ -57,19 +56,16 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         elif args.command == "dead-letters":
             out = await recovery.list_dead_letters(services, args.event_type, args.limit)
         else:
-            gateway = gateway_for(settings)
-            try:
-                if args.command == "reconcile":
-                    out = await reconcile_workspace(services, gateway, args.workspace_id)
+            gateway = services.require_stripe()
+            if args.command == "reconcile":
+                out = await reconcile_workspace(services, gateway, args.workspace_id)
+            else:
+                if args.resume:
+                    run_id = args.resume
                 else:
-                    if args.resume:
-                        run_id = args.resume
-                    else:
-                        since = _since(int(args.since) if args.since.isdigit() else args.since)
-                        run_id = await backfill.start_run(services.pool, since, services.clock())
-                    out = await backfill.run_pages(services, gateway, run_id)
-            finally:
-                await gateway.close()
+                    since = _since(int(args.since) if args.since.isdigit() else args.since)
+                    run_id = await backfill.start_run(services.pool, since, services.clock())
+                out = await backfill.run_pages(services, gateway, run_id)
         print(json.dumps(out, indent=2, default=str))
         return 0
     except ApiError as exc:

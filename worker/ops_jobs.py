@@ -11,7 +11,6 @@ from arq.worker import func
 from worker import backfill
 from worker.logging import get_logger
 from worker.services import Services
-from worker.stripe_gateway import gateway_for
 
 log = get_logger("ops_jobs")
 
@@ -22,15 +21,12 @@ PAGES_PER_JOB = 10
 
 async def backfill_job(ctx: dict[str, Any], run_id: int) -> str:
     services: Services = ctx["services"]
-    gateway = gateway_for(services.settings)
     try:
-        run = await backfill.run_pages(services, gateway, run_id, max_pages=PAGES_PER_JOB)
+        run = await backfill.run_pages(services, services.require_stripe(), run_id, max_pages=PAGES_PER_JOB)
     except backfill.BackfillBusy:  # another job is on it and will continue it
         return "busy"
     except Exception:  # the run row holds the error; an operator resumes it (API or CLI)
         return "failed"
-    finally:
-        await gateway.close()
     if run["status"] == "running":
         await enqueue_backfill(services, run_id, f"page:{run['cursor']}")
     return str(run["status"])

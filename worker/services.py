@@ -86,6 +86,14 @@ class Services:
         )
         return cls(settings, pool, redis, catalog, clock, gateway)
 
+    def require_stripe(self) -> StripeGateway:
+        """The gateway built at start-up; without STRIPE_API_KEY, Stripe cannot be read (503)."""
+        if self.stripe is None:
+            from worker.http_errors import ApiError
+
+            raise ApiError(503, "stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
+        return self.stripe
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection in a transaction whose lock waits are bounded (BW_LOCK_TIMEOUT_MS):

@@ -83,19 +83,6 @@ class StripeGateway:
                 return out
 
 
-def gateway_for(settings: Any) -> StripeGateway:
-    """The gateway of ``settings``; without STRIPE_API_KEY reads are impossible (503, named)."""
-    require_api_key(settings)
-    return StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base)
-
-
-def require_api_key(settings: Any) -> None:
-    from worker.http_errors import ApiError
-
-    if not settings.stripe_api_key:
-        raise ApiError(503, "stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
-
-
 def _raw_data(page: Any) -> list[dict[str, Any]]:
     """A list page's objects exactly as Stripe sent them (the SDK's objects turn decimals into
     Decimal, which is neither JSON nor what a webhook would have carried)."""
