@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,7 +51,7 @@ async def changes_of(svc: RunningService, workspace_id: str) -> list[dict[str, A
 
 @dataclass
 class AfterCommitRecorder:
-    """Wraps the real ``after_commit`` (it still publishes) and remembers each call."""
+    """Wraps the real ``after_commits`` (it still publishes) and remembers each committed change."""
 
     calls: list[tuple[str | None, int | None, tuple[Any, ...], str]] = field(default_factory=list)
 
@@ -62,18 +62,12 @@ class AfterCommitRecorder:
 @pytest.fixture
 def after_commit_calls(monkeypatch: pytest.MonkeyPatch) -> AfterCommitRecorder:
     recorder = AfterCommitRecorder()
-    real = jobs.after_commit
+    real = jobs.after_commits
 
-    async def recording(
-        services: Any,
-        workspace_id: str | None,
-        version: int | None,
-        changes: Mapping[str, Any],
-        effects: Sequence[Any],
-        cause: str,
-    ) -> None:
-        recorder.calls.append((workspace_id, version, tuple(effects), cause))
-        await real(services, workspace_id, version, changes, effects, cause)
+    async def recording(services: Any, committed: Sequence[tuple[Any, tuple[Any, ...]]]) -> None:
+        for change, effects in committed:
+            recorder.calls.append((change.workspace_id, change.version, tuple(effects), change.cause))
+        await real(services, committed)
 
-    monkeypatch.setattr(jobs, "after_commit", recording)
+    monkeypatch.setattr(jobs, "after_commits", recording)
     return recorder

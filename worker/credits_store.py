@@ -7,30 +7,35 @@ consumption and the workspace view that shows its balance commit together or not
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from handlers.credits import CreditEntry
-from handlers.state import WorkspaceState
 
 
 class LedgerConflict(RuntimeError):
     """A source key the reducer believed new was already in the ledger: roll the unit back."""
 
 
-async def with_granted_keys(
-    conn: asyncpg.Connection, state: WorkspaceState, candidates: Iterable[CreditEntry]
-) -> WorkspaceState:
-    """Tell the pure core which of the event's possible grants the ledger already holds."""
-    keys = [e.source_key for e in candidates]
+async def granted_keys(conn: asyncpg.Connection, candidates: Iterable[str]) -> frozenset[str]:
+    """Which of these source keys the ledger already holds (the pure core needs to know)."""
+    keys = list(candidates)
     if not keys:
-        return state
+        return frozenset()
     rows = await conn.fetch(
         "SELECT source_key FROM ai_credit_ledger WHERE source_key = ANY($1::text[])", keys
     )
-    return replace(state, credit_keys=frozenset(r["source_key"] for r in rows))
+    return frozenset(r["source_key"] for r in rows)
+
+
+@dataclass(frozen=True)
+class LedgerAppend:
+    workspace_id: str
+    entry: CreditEntry
+    cause_kind: str
+    cause_id: str
 
 
 async def append_entries(
@@ -42,26 +47,37 @@ async def append_entries(
     cause_id: str,
     now: datetime,
 ) -> None:
-    for entry in entries:
-        inserted = await conn.fetchval(
-            """
-            INSERT INTO ai_credit_ledger (workspace_id, source_key, kind, amount, balance_after,
-                                          reference, reason, cause_kind, cause_id, recorded_at)
-            VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9)
-            ON CONFLICT (source_key) DO NOTHING RETURNING id
-            """,
-            workspace_id,
-            entry.source_key,
-            entry.kind,
-            entry.amount,
-            entry.reference,
-            entry.reason,
-            cause_kind,
-            cause_id,
-            now,
-        )
-        if inserted is None:
-            raise LedgerConflict(f"ledger source key {entry.source_key!r} is already granted")
+    await append_many(conn, [LedgerAppend(workspace_id, e, cause_kind, cause_id) for e in entries], now)
+
+
+async def append_many(conn: asyncpg.Connection, appends: Sequence[LedgerAppend], now: datetime) -> None:
+    """Insert ledger rows in order (the trigger moves each balance); a source key already present
+    means the caller decided on stale knowledge, so the whole unit rolls back."""
+    if not appends:
+        return
+    inserted = await conn.fetch(
+        """
+        INSERT INTO ai_credit_ledger (workspace_id, source_key, kind, amount, balance_after,
+                                      reference, reason, cause_kind, cause_id, recorded_at)
+        SELECT w, k, kd, a, 0, ref, rsn, ck, ci, $9
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                      $7::text[], $8::text[]) WITH ORDINALITY AS t(w, k, kd, a, ref, rsn, ck, ci, n)
+         ORDER BY n
+        ON CONFLICT (source_key) DO NOTHING RETURNING source_key
+        """,
+        [a.workspace_id for a in appends],
+        [a.entry.source_key for a in appends],
+        [a.entry.kind for a in appends],
+        [a.entry.amount for a in appends],
+        [a.entry.reference for a in appends],
+        [a.entry.reason for a in appends],
+        [a.cause_kind for a in appends],
+        [a.cause_id for a in appends],
+        now,
+    )
+    missing = {a.entry.source_key for a in appends} - {r["source_key"] for r in inserted}
+    if missing or len(inserted) != len(appends):
+        raise LedgerConflict(f"ledger source keys already granted: {sorted(missing)}")
 
 
 _ENTRY_COLUMNS = (

@@ -19,9 +19,11 @@ from arq.worker import Worker, func
 from handlers.reducer import Effect, RefetchRequested
 from worker import metrics, store
 from worker.db import is_transient
+from worker.event_batches import EventBatcher
 from worker.logging import get_logger
-from worker.notifications import publish_change
+from worker.notifications import Change, publish_changes
 from worker.plan_change_jobs import fire_plan_change, release_waiting, sweep_plan_changes
+from worker.processor import ProcessResult
 from worker.queue import PROCESS_EVENT
 from worker.services import Services, redis_settings
 
@@ -46,7 +48,7 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
         lag = (services.clock() - ctx["enqueue_time"]).total_seconds()
         metrics.INBOX_TO_JOB_LATENCY.observe(max(lag, 0.0))
     try:
-        result = await services.processor.process(event_id)
+        result = await _batcher(ctx).process(event_id)
     except Exception as exc:
         dead = job_try >= services.settings.max_tries
         kind = "transient" if is_transient(exc) else "error"
@@ -75,24 +77,6 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
             return
         raise Retry(defer=timedelta(seconds=delay or 1)) from exc
 
-    await after_commit(
-        services, result.workspace_id, result.version, result.changes, result.effects, event_id
-    )
-    if services.stripe is not None and any(isinstance(e, RefetchRequested) for e in result.effects):
-        from worker.ops_jobs import enqueue_reconcile  # ops_jobs → backfill → receiver → jobs
-
-        try:
-            await enqueue_reconcile(services, result.workspace_id or "")
-        except Exception as exc:  # the deterministic tie-break already gave a state
-            log.warning("refetch_not_enqueued", workspace_id=result.workspace_id, error=repr(exc))
-    if result.newly_mapped_customer:
-        # Events that arrived before we knew this customer need not wait for their backoff
-        # (if this fails, the inbox sweep still retries them on their backoff schedule).
-        try:
-            for waiting in await store.unmatched_for_customer(services.pool, result.newly_mapped_customer):
-                await services.queue.enqueue_event(waiting)
-        except Exception as exc:
-            log.warning("unmatched_requeue_failed", customer_id=result.newly_mapped_customer, error=repr(exc))
     metrics.JOB_DURATION.labels(handler=result.event_type or "unknown", outcome=result.outcome).observe(
         time.perf_counter() - started
     )
@@ -122,10 +106,62 @@ async def after_commit(
     the change notification, then the reactions to its effects."""
     if workspace_id is None or version is None or not changes:
         return
-    await publish_change(
-        services.redis, services.settings.redis_prefix, workspace_id, version, changes, cause
+    await after_commits(services, [(Change(workspace_id, version, changes, cause), tuple(effects))])
+
+
+async def after_commits(services: Services, committed: Sequence[tuple[Change, tuple[Effect, ...]]]) -> None:
+    """``after_commit`` for several committed changes: the notifications in one round trip."""
+    await publish_changes(services.redis, services.settings.redis_prefix, [c for c, _ in committed])
+    for change, effects in committed:
+        await release_waiting(services, change.workspace_id, change.version, effects)
+
+
+def _batcher(ctx: dict[str, Any]) -> EventBatcher:
+    """The worker's group-commit batcher (one per worker, made on first use)."""
+    batcher = ctx.get("batcher")
+    if batcher is None:
+        services: Services = ctx["services"]
+
+        async def after_events(results: Sequence[ProcessResult]) -> None:
+            await after_events_committed(services, results)
+
+        batcher = ctx["batcher"] = EventBatcher(services.processor, after_events)
+    return batcher
+
+
+async def after_events_committed(services: Services, results: Sequence[ProcessResult]) -> None:
+    """``after_commit`` for a batch of processed events: the change notifications in one round
+    trip, then the reactions to their effects and to newly mapped customers."""
+    await after_commits(
+        services,
+        [
+            (Change(r.workspace_id, r.version, r.changes, r.event_id), r.effects)
+            for r in results
+            if r.workspace_id is not None and r.version is not None and r.changes
+        ],
     )
-    await release_waiting(services, workspace_id, version, effects)
+    for r in results:
+        if services.stripe is not None and any(isinstance(e, RefetchRequested) for e in r.effects):
+            from worker.ops_jobs import enqueue_reconcile  # ops_jobs → backfill → receiver → jobs
+
+            try:
+                await enqueue_reconcile(services, r.workspace_id or "")
+            except Exception as exc:  # the deterministic tie-break already gave a state
+                log.warning("refetch_not_enqueued", workspace_id=r.workspace_id, error=repr(exc))
+    mapped = sorted({r.newly_mapped_customer for r in results if r.newly_mapped_customer})
+    if mapped:
+        # Events that arrived before we knew these customers need not wait for their backoff
+        # (if this fails, the inbox sweep still retries them on their backoff schedule).
+        try:
+            for waiting in await store.unmatched_for_customers(services.pool, mapped):
+                await services.queue.enqueue_event(waiting)
+        except Exception as exc:
+            log.warning("unmatched_requeue_failed", customer_ids=mapped, error=repr(exc))
+
+
+async def _close_batcher(ctx: dict[str, Any]) -> None:
+    if (batcher := ctx.get("batcher")) is not None:
+        await batcher.close()
 
 
 async def sweep_inbox(ctx: dict[str, Any]) -> int:
@@ -204,6 +240,7 @@ def build_worker(services: Services, *, handle_signals: bool = True, burst: bool
         handle_signals=handle_signals,
         burst=burst,
         ctx={"services": services},
+        on_shutdown=_close_batcher,
         log_results=False,
         health_check_interval=30,
     )

@@ -31,6 +31,12 @@ JOB_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
     registry=REGISTRY,
 )
+EVENT_BATCH_SIZE = Histogram(
+    "billing_event_batch_size",
+    "Events written per transaction by a worker (group commit of concurrent jobs).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge("billing_queue_depth", "Jobs waiting in the arq queue.", registry=REGISTRY)
 OLDEST_UNPROCESSED = Gauge(
     "billing_oldest_unprocessed_event_age_seconds",

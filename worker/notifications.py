@@ -8,7 +8,8 @@ state API is the truth), so failures are logged, never raised.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,15 +28,37 @@ def stream_name(prefix: str) -> str:
 async def publish_change(
     redis: Redis, prefix: str, workspace_id: str, version: int, changes: Mapping[str, Any], cause: str
 ) -> None:
-    fields = {
-        "workspace_id": workspace_id,
-        "version": str(version),
-        "changed": json.dumps(sorted(changes)),
-        "cause": cause,
-    }
+    await publish_changes(redis, prefix, [Change(workspace_id, version, changes, cause)])
+
+
+@dataclass(frozen=True)
+class Change:
+    workspace_id: str
+    version: int
+    changes: Mapping[str, Any]
+    cause: str
+
+
+async def publish_changes(redis: Redis, prefix: str, changes: Sequence[Change]) -> None:
+    """Append the changes in order, in one round trip."""
+    if not changes:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for c in changes:
+        fields = {
+            "workspace_id": c.workspace_id,
+            "version": str(c.version),
+            "changed": json.dumps(sorted(c.changes)),
+            "cause": c.cause,
+        }
+        pipe.xadd(stream_name(prefix), fields, maxlen=STREAM_MAXLEN, approximate=True)
     try:
-        await redis.xadd(stream_name(prefix), fields, maxlen=STREAM_MAXLEN, approximate=True)
+        await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning(
-            "notification_not_sent", workspace_id=workspace_id, version=version, error=type(exc).__name__
+            "notification_not_sent",
+            workspace_id=changes[0].workspace_id,
+            version=changes[0].version,
+            count=len(changes),
+            error=type(exc).__name__,
         )

@@ -14,6 +14,7 @@ aborted deferred job at once); the job re-reads the row and finds nothing to do.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -611,22 +612,26 @@ async def enqueue_fire(services: Services, change_id: str, *, defer_until: datet
 # ---------------------------------------------------------------- confirmation by webhook
 
 
-async def record_confirmation(conn: asyncpg.Connection, meta: EventMeta) -> None:
-    """Remember which webhook confirmed a change we made (its request's idempotency key is ours).
+def confirms_a_change(meta: EventMeta) -> bool:
+    """Whether this webhook answers a Stripe request we made (its idempotency key is ours)."""
+    key = meta.idempotency_key
+    return bool(key) and key.startswith(KEY_PREFIX) and meta.event_type.startswith("customer.subscription.")
+
+
+async def record_confirmations(conn: asyncpg.Connection, metas: Sequence[EventMeta]) -> None:
+    """Remember which webhook confirmed a change we made.
 
     The earliest event (by ``created``, then id) wins, so the result does not depend on the order
     in which Stripe's events arrive; the reducer never sees any of this.
     """
-    key = meta.idempotency_key
-    if not key or not key.startswith(KEY_PREFIX) or not meta.event_type.startswith("customer.subscription."):
+    confirming = [m for m in metas if confirms_a_change(m)]
+    if not confirming:
         return
-    await conn.execute(
+    await conn.executemany(
         """
         UPDATE plan_changes SET confirmed_event_id = $2, confirmed_at = $3
          WHERE idempotency_key = $1
            AND (confirmed_at IS NULL OR (confirmed_at, confirmed_event_id) > ($3, $2))
         """,
-        key,
-        meta.event_id,
-        meta.created,
+        [(m.idempotency_key, m.event_id, m.created) for m in confirming],
     )

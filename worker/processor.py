@@ -1,25 +1,32 @@
-"""The unit of work for one inbox event: one transaction from lock to "processed" mark.
+"""The unit of work for inbox events: one transaction from lock to "processed" mark.
 
-Load the event (row-locked), normalise it, map it to a workspace, lock the workspace row, run the
-pure reducer, then write state + observations + audit entry + inbox status and commit — all or
-nothing. A retry after a crash finds the event processed and does nothing (Postgres is the ledger).
+``process_many`` applies a batch of events (group commit: the worker hands it whatever jobs are
+waiting, see ``worker.event_batches``) exactly as if they were processed one after the other, in
+one transaction and a fixed number of round trips: lock the events, normalise them, map them to
+workspaces, lock those workspaces (in id order), run the pure reducer over each event in turn,
+then write states, observations, audit entries and inbox statuses and commit — all or nothing.
+A retry after a crash finds the events processed and does nothing (Postgres is the ledger).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 
 from handlers.catalog import Catalog
+from handlers.codec import to_jsonable
 from handlers.credits import credit_grants
-from handlers.events import IgnoredEvent, InvoiceObserved, customer_of, workspace_hint
+from handlers.events import BillingEvent, IgnoredEvent, InvoiceObserved, customer_of, workspace_hint
 from handlers.normalize import PayloadError, normalize
-from handlers.reducer import APPLIED, Effect, apply_event, view_diff
+from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_diff
+from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
 from worker import credits_store, plan_changes, store
+from worker.store import AuditEntry, EventFinish, LockedWorkspace
 
 # Inbox statuses after which an event is never applied again.
 FINAL_STATUSES = frozenset({"processed", "ignored", "dead"})
@@ -38,6 +45,29 @@ class ProcessResult:
     changes: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Routed:
+    """A normalised event and the workspace it belongs to."""
+
+    event_id: str
+    event_type: str
+    event: BillingEvent
+    workspace_id: str
+    customer_id: str | None
+
+
+@dataclass
+class _Writes:
+    """What one batch writes, in the order it is written."""
+
+    credit_entries: list[credits_store.LedgerAppend] = field(default_factory=list)
+    subscriptions: list[tuple[str, SubscriptionRecord]] = field(default_factory=list)
+    invoices: list[tuple[str, InvoiceRecord]] = field(default_factory=list)
+    workspaces: dict[str, LockedWorkspace] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+    finishes: list[EventFinish] = field(default_factory=list)
+
+
 @dataclass
 class EventProcessor:
     pool: asyncpg.Pool
@@ -47,119 +77,198 @@ class EventProcessor:
     unmatched_backoff: tuple[int, ...] = (5, 30, 120, 600, 3600)
 
     async def process(self, event_id: str) -> ProcessResult:
+        return (await self.process_many([event_id]))[0]
+
+    async def process_many(self, event_ids: Sequence[str]) -> list[ProcessResult]:
+        """Apply the events as if one after the other, in one transaction; one result per id, in
+        order. Any error rolls the whole batch back (the caller then retries events one by one)."""
         now = self.clock()
+        ids = list(dict.fromkeys(event_ids))
+        writes = _Writes()
+        results: dict[str, ProcessResult] = {}
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
-            row = await store.lock_event(conn, event_id)
-            if row is None:
-                return ProcessResult(event_id, "missing", "missing")
-            if row["status"] in FINAL_STATUSES:
-                return ProcessResult(event_id, row["status"], "duplicate", row["type"])
-            try:
-                event = normalize(json.loads(row["payload"]))
-            except (PayloadError, ValueError) as exc:
-                # A payload that cannot be understood will not get better with retries.
-                await store.finish_event(
-                    conn,
-                    event_id,
-                    status="dead",
-                    outcome="malformed",
-                    workspace_id=None,
-                    customer_id=None,
-                    now=now,
-                    error=f"malformed payload: {exc}",
-                )
-                return ProcessResult(event_id, "dead", "malformed", row["type"])
-            if isinstance(event, IgnoredEvent):
-                await store.finish_event(
-                    conn,
-                    event_id,
-                    status="ignored",
-                    outcome="ignored",
-                    workspace_id=None,
-                    customer_id=None,
-                    now=now,
-                )
-                return ProcessResult(event_id, "ignored", "ignored", row["type"])
+            rows = await store.lock_events(conn, ids)
+            parsed: list[tuple[asyncpg.Record, BillingEvent]] = []
+            for event_id in ids:
+                row = rows.get(event_id)
+                if row is None:
+                    results[event_id] = ProcessResult(event_id, "missing", "missing")
+                elif row["status"] in FINAL_STATUSES:
+                    results[event_id] = ProcessResult(event_id, row["status"], "duplicate", row["type"])
+                else:
+                    event = self._decode(row, writes, results)
+                    if event is not None:
+                        parsed.append((row, event))
+            routed, new_mappings = await self._route(conn, parsed, writes, results, now)
+            if routed:
+                await self._apply(conn, routed, new_mappings, writes, results, now)
+            await credits_store.append_many(conn, writes.credit_entries, now)
+            await store.save_subscriptions(conn, writes.subscriptions)
+            await store.save_invoices(conn, writes.invoices)
+            if writes.workspaces:
+                saves = [(w.state, w.view, w.view_json) for w in writes.workspaces.values()]
+                await store.save_workspaces(conn, saves, now)
+            await store.append_audits(conn, writes.audit)
+            await plan_changes.record_confirmations(conn, [r.event.meta for r in routed])
+            await store.finish_events(conn, writes.finishes, now)
+        return [results[event_id] for event_id in event_ids]
 
-            customer_id = customer_of(event)
-            workspace_id = workspace_hint(event) or await store.workspace_for_customer(conn, customer_id)
-            if workspace_id is None:
-                attempt = row["attempts"]
-                reason = "no workspace: no metadata.workspace_id and the customer is not mapped yet"
-                # Once the backoff is used up the event is parked where operators look, with why.
-                exhausted = attempt >= len(self.unmatched_backoff)
-                status = "dead" if exhausted else "unmatched"
-                await store.finish_event(
-                    conn,
-                    event_id,
-                    status=status,
-                    outcome="unmatched",
-                    workspace_id=None,
-                    customer_id=customer_id,
-                    now=now,
-                    error=f"unmatched after {attempt + 1} tries: {reason}" if exhausted else reason,
-                    next_retry_at=None
-                    if exhausted
-                    else now + timedelta(seconds=self.unmatched_backoff[attempt]),
-                )
-                return ProcessResult(event_id, status, "unmatched", row["type"])
-
-            touched = event.invoice.invoice_id if isinstance(event, InvoiceObserved) else None
-            loaded = await store.lock_workspace(conn, workspace_id, touched)
-            if loaded is None:  # the first event of this workspace: create its row, then lock it
-                await store.ensure_workspace(conn, workspace_id, self.catalog, now)
-                loaded = await store.lock_workspace(conn, workspace_id, touched)
-                assert loaded is not None  # ensured just above, in this transaction
-            new_mapping = None
-            if customer_id is not None and await store.remember_customer(conn, customer_id, workspace_id):
-                new_mapping = customer_id
-            state, stored_view = loaded
-            state = await credits_store.with_granted_keys(conn, state, credit_grants(event, self.catalog))
-            outcome = apply_event(state, event, now, self.catalog)
-            # The audit diff is against what was stored, which may predate a time-driven change.
-            changes = {**outcome.changes, **view_diff(stored_view, outcome.view)}
-            if outcome.result == APPLIED:
-                if outcome.subscription is not None:
-                    await store.save_subscription(conn, workspace_id, outcome.subscription)
-                if outcome.invoice is not None:
-                    await store.save_invoice(conn, workspace_id, outcome.invoice)
-                await credits_store.append_entries(
-                    conn, workspace_id, outcome.credit_entries, cause_kind="event", cause_id=event_id, now=now
-                )
-                await store.save_workspace(conn, outcome.state, outcome.view, now)
-                await store.append_audit(
-                    conn,
-                    workspace_id=workspace_id,
-                    version=outcome.state.version,
-                    cause_kind="event",
-                    cause_id=event_id,
-                    changes=changes,
-                    before=stored_view,
-                    after=outcome.view,
-                    effective_at=event.meta.created,
-                )
-            await plan_changes.record_confirmation(conn, event.meta)
-            await store.finish_event(
-                conn,
-                event_id,
-                status="processed",
-                outcome=outcome.result,
-                workspace_id=workspace_id,
-                customer_id=customer_id,
-                now=now,
+    def _decode(
+        self, row: asyncpg.Record, writes: _Writes, results: dict[str, ProcessResult]
+    ) -> BillingEvent | None:
+        """The normalised event, or None once a malformed or ignored event is finished."""
+        event_id = row["event_id"]
+        try:
+            event = normalize(json.loads(row["payload"]))
+        except (PayloadError, ValueError) as exc:
+            # A payload that cannot be understood will not get better with retries.
+            writes.finishes.append(
+                EventFinish(event_id, "dead", "malformed", None, None, error=f"malformed payload: {exc}")
             )
-            return ProcessResult(
+            results[event_id] = ProcessResult(event_id, "dead", "malformed", row["type"])
+            return None
+        if isinstance(event, IgnoredEvent):
+            writes.finishes.append(EventFinish(event_id, "ignored", "ignored", None, None))
+            results[event_id] = ProcessResult(event_id, "ignored", "ignored", row["type"])
+            return None
+        return event
+
+    async def _route(
+        self,
+        conn: asyncpg.Connection,
+        parsed: list[tuple[asyncpg.Record, BillingEvent]],
+        writes: _Writes,
+        results: dict[str, ProcessResult],
+        now: datetime,
+    ) -> tuple[list[_Routed], dict[str, str]]:
+        """Map each event to its workspace: the payload's metadata, else a remembered customer —
+        including one an earlier event of this batch maps (as sequential processing would)."""
+        customers = sorted({c for _, e in parsed if (c := customer_of(e)) is not None})
+        known = await store.workspaces_for_customers(conn, customers)
+        new_mappings: dict[str, str] = {}
+        routed = []
+        for row, event in parsed:
+            event_id, customer_id = row["event_id"], customer_of(event)
+            workspace_id = workspace_hint(event) or (known.get(customer_id) if customer_id else None)
+            if workspace_id is None:
+                self._unmatched(row, customer_id, writes, results, now)
+                continue
+            if customer_id is not None and customer_id not in known:
+                known[customer_id] = new_mappings[customer_id] = workspace_id
+            routed.append(_Routed(event_id, row["type"], event, workspace_id, customer_id))
+        return routed, new_mappings
+
+    def _unmatched(
+        self,
+        row: asyncpg.Record,
+        customer_id: str | None,
+        writes: _Writes,
+        results: dict[str, ProcessResult],
+        now: datetime,
+    ) -> None:
+        event_id, attempt = row["event_id"], row["attempts"]
+        reason = "no workspace: no metadata.workspace_id and the customer is not mapped yet"
+        # Once the backoff is used up the event is parked where operators look, with why.
+        exhausted = attempt >= len(self.unmatched_backoff)
+        status = "dead" if exhausted else "unmatched"
+        writes.finishes.append(
+            EventFinish(
                 event_id,
+                status,
+                "unmatched",
+                None,
+                customer_id,
+                error=f"unmatched after {attempt + 1} tries: {reason}" if exhausted else reason,
+                next_retry_at=None if exhausted else now + timedelta(seconds=self.unmatched_backoff[attempt]),
+            )
+        )
+        results[event_id] = ProcessResult(event_id, status, "unmatched", row["type"])
+
+    async def _apply(
+        self,
+        conn: asyncpg.Connection,
+        routed: list[_Routed],
+        new_mappings: dict[str, str],
+        writes: _Writes,
+        results: dict[str, ProcessResult],
+        now: datetime,
+    ) -> None:
+        touched = sorted({r.event.invoice.invoice_id for r in routed if isinstance(r.event, InvoiceObserved)})
+        workspace_ids = sorted({r.workspace_id for r in routed})
+        locked = await store.lock_workspaces(conn, workspace_ids, touched)
+        first_seen = [w for w in workspace_ids if w not in locked]
+        if first_seen:  # the first event of these workspaces: create their rows, then lock them
+            await store.ensure_workspaces(conn, first_seen, self.catalog, now)
+            locked.update(await store.lock_workspaces(conn, first_seen, touched))
+        newly_mapped = await store.remember_customers(conn, new_mappings)
+        grants = {r.event_id: credit_grants(r.event, self.catalog) for r in routed}
+        granted = set(
+            await credits_store.granted_keys(conn, (g.source_key for gs in grants.values() for g in gs))
+        )
+        for r in routed:
+            current = locked[r.workspace_id]
+            state = _as_loaded(current.state, r.event)
+            state = replace(
+                state,
+                credit_keys=frozenset(g.source_key for g in grants[r.event_id] if g.source_key in granted),
+            )
+            outcome = apply_event(state, r.event, now, self.catalog)
+            # The audit diff is against what was stored, which may predate a time-driven change.
+            changes = {**outcome.changes, **view_diff(current.view, outcome.view)}
+            if outcome.result == APPLIED:
+                self._record(r, current, outcome, changes, writes, granted, locked)
+            writes.finishes.append(
+                EventFinish(r.event_id, "processed", outcome.result, r.workspace_id, r.customer_id)
+            )
+            mapped = r.customer_id if r.customer_id in newly_mapped else None
+            newly_mapped.discard(r.customer_id or "")
+            results[r.event_id] = ProcessResult(
+                r.event_id,
                 "processed",
                 outcome.result,
-                row["type"],
-                workspace_id,
+                r.event_type,
+                r.workspace_id,
                 outcome.state.version,
                 outcome.effects,
-                new_mapping,
+                mapped,
                 changes if outcome.result == APPLIED else {},
             )
+
+    @staticmethod
+    def _record(
+        r: _Routed,
+        current: LockedWorkspace,
+        outcome: Outcome,
+        changes: dict[str, Any],
+        writes: _Writes,
+        granted: set[str],
+        locked: dict[str, LockedWorkspace],
+    ) -> None:
+        """Queue an applied outcome's writes and make it the state the next event sees."""
+        if outcome.subscription is not None:
+            writes.subscriptions.append((r.workspace_id, outcome.subscription))
+        if outcome.invoice is not None:
+            writes.invoices.append((r.workspace_id, outcome.invoice))
+        for entry in outcome.credit_entries:
+            writes.credit_entries.append(
+                credits_store.LedgerAppend(r.workspace_id, entry, "event", r.event_id)
+            )
+            granted.add(entry.source_key)
+        after = LockedWorkspace(outcome.state, outcome.view, to_jsonable(outcome.view))
+        writes.audit.append(
+            AuditEntry(
+                r.workspace_id,
+                outcome.state.version,
+                "event",
+                r.event_id,
+                changes,
+                current.view_json,
+                after.view_json,
+                r.event.meta.created,
+            )
+        )
+        locked[r.workspace_id] = writes.workspaces[r.workspace_id] = after
 
     async def record_failure(self, event_id: str, error: str, *, dead: bool, retry_in: float | None) -> None:
         """Outside the failed transaction: remember the error (and dead-letter after max tries)."""
@@ -176,3 +285,14 @@ class EventProcessor:
                 error[:4000],
                 None if retry_in is None else now + timedelta(seconds=retry_in),
             )
+
+
+def _as_loaded(state: WorkspaceState, event: BillingEvent) -> WorkspaceState:
+    """The state as a fresh load for this event would read it: every subscription, the unpaid
+    invoices and the invoice the event touches (a batch loads the touched invoices of all its
+    events, and earlier events may have paid some)."""
+    touched = event.invoice.invoice_id if isinstance(event, InvoiceObserved) else None
+    invoices = {
+        i: r for i, r in state.invoices.items() if r.status in UNPAID_INVOICE_STATUSES or i == touched
+    }
+    return state if len(invoices) == len(state.invoices) else replace(state, invoices=invoices)

@@ -7,6 +7,7 @@ them is ``worker.processor``. Rows map to the pure core's dataclasses through ``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -66,27 +67,31 @@ async def insert_event(
     return row["new"], row["status"]
 
 
-async def lock_event(conn: asyncpg.Connection, event_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def lock_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """Row-lock inbox events in id order (two batches never wait on each other in a cycle)."""
+    rows = await conn.fetch(
         "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "
-        "WHERE event_id = $1 FOR UPDATE",
-        event_id,
+        "WHERE event_id = ANY($1::text[]) ORDER BY event_id FOR UPDATE",
+        event_ids,
     )
+    return {r["event_id"]: r for r in rows}
 
 
-async def finish_event(
-    conn: asyncpg.Connection,
-    event_id: str,
-    *,
-    status: str,
-    outcome: str | None,
-    workspace_id: str | None,
-    customer_id: str | None,
-    now: datetime,
-    error: str | None = None,
-    next_retry_at: datetime | None = None,
-) -> None:
-    await conn.execute(
+@dataclass(frozen=True)
+class EventFinish:
+    """The inbox status an event ends its unit of work with."""
+
+    event_id: str
+    status: str
+    outcome: str | None
+    workspace_id: str | None
+    customer_id: str | None
+    error: str | None = None
+    next_retry_at: datetime | None = None
+
+
+async def finish_events(conn: asyncpg.Connection, finishes: Sequence[EventFinish], now: datetime) -> None:
+    await conn.executemany(
         """
         UPDATE webhook_events
            SET status = $2, outcome = $3, workspace_id = COALESCE($4, workspace_id),
@@ -95,14 +100,10 @@ async def finish_event(
                last_error = $7, next_retry_at = $8
          WHERE event_id = $1
         """,
-        event_id,
-        status,
-        outcome,
-        workspace_id,
-        customer_id,
-        now,
-        error,
-        next_retry_at,
+        [
+            (f.event_id, f.status, f.outcome, f.workspace_id, f.customer_id, now, f.error, f.next_retry_at)
+            for f in finishes
+        ],
     )
 
 
@@ -115,10 +116,12 @@ async def get_event(conn: asyncpg.Connection | asyncpg.Pool, event_id: str) -> a
     )
 
 
-async def unmatched_for_customer(conn: asyncpg.Connection | asyncpg.Pool, customer_id: str) -> list[str]:
+async def unmatched_for_customers(
+    conn: asyncpg.Connection | asyncpg.Pool, customer_ids: Sequence[str]
+) -> list[str]:
     rows = await conn.fetch(
-        "SELECT event_id FROM webhook_events WHERE status = 'unmatched' AND customer_id = $1",
-        customer_id,
+        "SELECT event_id FROM webhook_events WHERE status = 'unmatched' AND customer_id = ANY($1::text[])",
+        customer_ids,
     )
     return [r["event_id"] for r in rows]
 
@@ -126,21 +129,27 @@ async def unmatched_for_customer(conn: asyncpg.Connection | asyncpg.Pool, custom
 # ---------------------------------------------------------------- workspace mapping
 
 
-async def workspace_for_customer(conn: asyncpg.Connection, customer_id: str | None) -> str | None:
-    if customer_id is None:
-        return None
-    return await conn.fetchval("SELECT workspace_id FROM customers WHERE customer_id = $1", customer_id)
-
-
-async def remember_customer(conn: asyncpg.Connection, customer_id: str, workspace_id: str) -> bool:
-    """Remember customer → workspace; True when the mapping is new."""
-    inserted = await conn.fetchval(
-        "INSERT INTO customers (customer_id, workspace_id) VALUES ($1, $2) "
-        "ON CONFLICT (customer_id) DO NOTHING RETURNING true",
-        customer_id,
-        workspace_id,
+async def workspaces_for_customers(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> dict[str, str]:
+    if not customer_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT customer_id, workspace_id FROM customers WHERE customer_id = ANY($1::text[])", customer_ids
     )
-    return bool(inserted)
+    return {r["customer_id"]: r["workspace_id"] for r in rows}
+
+
+async def remember_customers(conn: asyncpg.Connection, mappings: Mapping[str, str]) -> set[str]:
+    """Remember customer → workspace (the first mapping stays); returns the customers that are new."""
+    if not mappings:
+        return set()
+    rows = await conn.fetch(
+        "INSERT INTO customers (customer_id, workspace_id) "
+        "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (customer_id) DO NOTHING "
+        "RETURNING customer_id",
+        list(mappings),
+        list(mappings.values()),
+    )
+    return {r["customer_id"] for r in rows}
 
 
 # ---------------------------------------------------------------- workspace state
@@ -150,9 +159,13 @@ _VIEW_COLUMNS = (
     "cancel_at_period_end, custom_contract, storage_addon_units, storage_quota_bytes, blocked, "
     "dunning_level, view"
 )
+_WORKSPACE_COLUMNS = (
+    "workspace_id, customer_id, version, view, members, storage_used_bytes, ai_credit_balance"
+)
 
 
-def _view_values(view: WorkspaceView) -> tuple[Any, ...]:
+def _view_values(view: WorkspaceView, encoded: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The view's indexed columns and its JSON document (``encoded``, encoded once by the caller)."""
     return (
         view.plan,
         view.interval,
@@ -168,22 +181,38 @@ def _view_values(view: WorkspaceView) -> tuple[Any, ...]:
         view.storage_quota_bytes,
         view.blocked,
         view.block.level if view.block else None,
-        to_jsonable(view),
+        encoded,
     )
+
+
+@dataclass(frozen=True)
+class LockedWorkspace:
+    """A workspace row as read under its lock: state, the stored view and that view's JSON."""
+
+    state: WorkspaceState
+    view: WorkspaceView
+    view_json: Mapping[str, Any]
 
 
 async def ensure_workspace(
     conn: asyncpg.Connection, workspace_id: str, catalog: Catalog, now: datetime
 ) -> None:
     """Create the workspace row (free, version 0) if this is the first we hear of it."""
-    view = derive_view(WorkspaceState.new(workspace_id), catalog, now)
-    await conn.execute(
+    await ensure_workspaces(conn, [workspace_id], catalog, now)
+
+
+async def ensure_workspaces(
+    conn: asyncpg.Connection, workspace_ids: Sequence[str], catalog: Catalog, now: datetime
+) -> None:
+    rows = []
+    for workspace_id in sorted(workspace_ids):
+        view = derive_view(WorkspaceState.new(workspace_id), catalog, now)
+        rows.append((workspace_id, *_view_values(view, to_jsonable(view)), now))
+    await conn.executemany(
         f"INSERT INTO workspaces (workspace_id, {_VIEW_COLUMNS}, created_at, updated_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) "
         "ON CONFLICT (workspace_id) DO NOTHING",
-        workspace_id,
-        *_view_values(view),
-        now,
+        rows,
     )
 
 
@@ -192,14 +221,22 @@ async def lock_workspace(
 ) -> tuple[WorkspaceState, WorkspaceView] | None:
     """Lock the workspace row and load its observations: every subscription, every unpaid invoice
     and the invoice the event touches. Returns the state and the stored view."""
-    row = await conn.fetchrow(
-        "SELECT workspace_id, customer_id, version, view, members, storage_used_bytes, ai_credit_balance "
-        "FROM workspaces WHERE workspace_id = $1 FOR UPDATE",
-        workspace_id,
+    locked = await lock_workspaces(conn, [workspace_id], [touched_invoice] if touched_invoice else [])
+    found = locked.get(workspace_id)
+    return None if found is None else (found.state, found.view)
+
+
+async def lock_workspaces(
+    conn: asyncpg.Connection, workspace_ids: Sequence[str], touched_invoices: Sequence[str] = ()
+) -> dict[str, LockedWorkspace]:
+    """``lock_workspace`` for many rows in one round trip per table, locked in id order so that
+    concurrent batches cannot deadlock on existing rows. Absent workspaces are absent."""
+    rows = await conn.fetch(
+        f"SELECT {_WORKSPACE_COLUMNS} FROM workspaces WHERE workspace_id = ANY($1::text[]) "
+        "ORDER BY workspace_id FOR UPDATE",
+        workspace_ids,
     )
-    if row is None:
-        return None
-    return await _load_state(conn, row, touched_invoice)
+    return await _load_states(conn, rows, touched_invoices)
 
 
 async def load_workspace(
@@ -207,38 +244,52 @@ async def load_workspace(
 ) -> tuple[WorkspaceState, WorkspaceView] | None:
     """Like ``lock_workspace`` without the lock: for reads that decide nothing durable (dry runs)."""
     row = await conn.fetchrow(
-        "SELECT workspace_id, customer_id, version, view, members, storage_used_bytes, ai_credit_balance "
-        "FROM workspaces WHERE workspace_id = $1",
-        workspace_id,
+        f"SELECT {_WORKSPACE_COLUMNS} FROM workspaces WHERE workspace_id = $1", workspace_id
     )
-    return None if row is None else await _load_state(conn, row, None)
+    if row is None:
+        return None
+    loaded = (await _load_states(conn, [row], ()))[workspace_id]
+    return loaded.state, loaded.view
 
 
-async def _load_state(
-    conn: asyncpg.Connection, row: asyncpg.Record, touched_invoice: str | None
-) -> tuple[WorkspaceState, WorkspaceView]:
-    workspace_id = row["workspace_id"]
-    subs = await conn.fetch(
-        "SELECT snapshot, observed_at, observed_event_id FROM subscriptions WHERE workspace_id = $1",
-        workspace_id,
-    )
-    invs = await conn.fetch(
-        "SELECT snapshot, observed_at, observed_event_id, first_failed_at, last_failed_at "
-        "FROM invoices WHERE workspace_id = $1 "
-        "AND (status IN ('open', 'uncollectible') OR invoice_id = $2)",
-        workspace_id,
-        touched_invoice,
-    )
-    state = WorkspaceState(
-        workspace_id=workspace_id,
-        customer_id=row["customer_id"],
-        subscriptions={r.snapshot.subscription_id: r for r in map(_subscription_record, subs)},
-        invoices={r.snapshot.invoice_id: r for r in map(_invoice_record, invs)},
-        version=row["version"],
-        usage=Usage(row["members"], row["storage_used_bytes"]),
-        credit_balance=row["ai_credit_balance"],
-    )
-    return state, load(WorkspaceView, row["view"])
+async def _load_states(
+    conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], touched_invoices: Sequence[str]
+) -> dict[str, LockedWorkspace]:
+    if not rows:
+        return {}
+    ids = [r["workspace_id"] for r in rows]
+    subs: dict[str, dict[str, SubscriptionRecord]] = {i: {} for i in ids}
+    for r in await conn.fetch(
+        "SELECT workspace_id, snapshot, observed_at, observed_event_id FROM subscriptions "
+        "WHERE workspace_id = ANY($1::text[])",
+        ids,
+    ):
+        record = _subscription_record(r)
+        subs[r["workspace_id"]][record.snapshot.subscription_id] = record
+    invs: dict[str, dict[str, InvoiceRecord]] = {i: {} for i in ids}
+    for r in await conn.fetch(
+        "SELECT workspace_id, snapshot, observed_at, observed_event_id, first_failed_at, last_failed_at "
+        "FROM invoices WHERE workspace_id = ANY($1::text[]) "
+        "AND (status IN ('open', 'uncollectible') OR invoice_id = ANY($2::text[]))",
+        ids,
+        list(touched_invoices),
+    ):
+        record = _invoice_record(r)
+        invs[r["workspace_id"]][record.snapshot.invoice_id] = record
+    loaded = {}
+    for row in rows:
+        workspace_id = row["workspace_id"]
+        state = WorkspaceState(
+            workspace_id=workspace_id,
+            customer_id=row["customer_id"],
+            subscriptions=subs[workspace_id],
+            invoices=invs[workspace_id],
+            version=row["version"],
+            usage=Usage(row["members"], row["storage_used_bytes"]),
+            credit_balance=row["ai_credit_balance"],
+        )
+        loaded[workspace_id] = LockedWorkspace(state, load(WorkspaceView, row["view"]), row["view"])
+    return loaded
 
 
 def _subscription_record(row: asyncpg.Record) -> SubscriptionRecord:
@@ -257,49 +308,78 @@ def _invoice_record(row: asyncpg.Record) -> InvoiceRecord:
     )
 
 
+_SAVE_SUBSCRIPTION = """
+    INSERT INTO subscriptions (subscription_id, workspace_id, customer_id, status, snapshot,
+                               observed_at, observed_event_id, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+    ON CONFLICT (subscription_id) DO UPDATE
+       SET workspace_id = EXCLUDED.workspace_id, customer_id = EXCLUDED.customer_id,
+           status = EXCLUDED.status, snapshot = EXCLUDED.snapshot,
+           observed_at = EXCLUDED.observed_at, observed_event_id = EXCLUDED.observed_event_id,
+           updated_at = now()
+"""
+
+
 async def save_subscription(conn: asyncpg.Connection, workspace_id: str, record: SubscriptionRecord) -> None:
-    snap = record.snapshot
-    await conn.execute(
-        """
-        INSERT INTO subscriptions (subscription_id, workspace_id, customer_id, status, snapshot,
-                                   observed_at, observed_event_id, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-        ON CONFLICT (subscription_id) DO UPDATE
-           SET workspace_id = EXCLUDED.workspace_id, customer_id = EXCLUDED.customer_id,
-               status = EXCLUDED.status, snapshot = EXCLUDED.snapshot,
-               observed_at = EXCLUDED.observed_at, observed_event_id = EXCLUDED.observed_event_id,
-               updated_at = now()
-        """,
-        snap.subscription_id,
-        workspace_id,
-        snap.customer_id,
-        snap.status,
-        to_jsonable(snap),
-        record.observed_at,
-        record.observed_event_id,
+    await save_subscriptions(conn, [(workspace_id, record)])
+
+
+async def save_subscriptions(
+    conn: asyncpg.Connection, records: Sequence[tuple[str, SubscriptionRecord]]
+) -> None:
+    """Upsert in order (one pipelined round trip): a later record of the same object wins."""
+    if not records:
+        return
+    await conn.executemany(
+        _SAVE_SUBSCRIPTION,
+        [
+            (
+                r.snapshot.subscription_id,
+                workspace_id,
+                r.snapshot.customer_id,
+                r.snapshot.status,
+                to_jsonable(r.snapshot),
+                r.observed_at,
+                r.observed_event_id,
+            )
+            for workspace_id, r in records
+        ],
     )
 
 
+_SAVE_INVOICE = """
+    INSERT INTO invoices (invoice_id, workspace_id, customer_id, subscription_id, status, currency,
+                          amount_due, amount_paid, amount_remaining, attempt_count,
+                          next_payment_attempt, billing_reason, invoice_created, first_failed_at,
+                          last_failed_at, snapshot, observed_at, observed_event_id, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
+    ON CONFLICT (invoice_id) DO UPDATE
+       SET workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status,
+           subscription_id = EXCLUDED.subscription_id, currency = EXCLUDED.currency,
+           amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+           amount_remaining = EXCLUDED.amount_remaining, attempt_count = EXCLUDED.attempt_count,
+           next_payment_attempt = EXCLUDED.next_payment_attempt,
+           billing_reason = EXCLUDED.billing_reason, first_failed_at = EXCLUDED.first_failed_at,
+           last_failed_at = EXCLUDED.last_failed_at, snapshot = EXCLUDED.snapshot,
+           observed_at = EXCLUDED.observed_at, observed_event_id = EXCLUDED.observed_event_id,
+           updated_at = now()
+"""
+
+
 async def save_invoice(conn: asyncpg.Connection, workspace_id: str, record: InvoiceRecord) -> None:
+    await save_invoices(conn, [(workspace_id, record)])
+
+
+async def save_invoices(conn: asyncpg.Connection, records: Sequence[tuple[str, InvoiceRecord]]) -> None:
+    """Upsert in order (one pipelined round trip): a later record of the same object wins."""
+    if not records:
+        return
+    await conn.executemany(_SAVE_INVOICE, [_invoice_values(ws, r) for ws, r in records])
+
+
+def _invoice_values(workspace_id: str, record: InvoiceRecord) -> tuple[Any, ...]:
     s = record.snapshot
-    await conn.execute(
-        """
-        INSERT INTO invoices (invoice_id, workspace_id, customer_id, subscription_id, status, currency,
-                              amount_due, amount_paid, amount_remaining, attempt_count,
-                              next_payment_attempt, billing_reason, invoice_created, first_failed_at,
-                              last_failed_at, snapshot, observed_at, observed_event_id, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
-        ON CONFLICT (invoice_id) DO UPDATE
-           SET workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status,
-               subscription_id = EXCLUDED.subscription_id, currency = EXCLUDED.currency,
-               amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
-               amount_remaining = EXCLUDED.amount_remaining, attempt_count = EXCLUDED.attempt_count,
-               next_payment_attempt = EXCLUDED.next_payment_attempt,
-               billing_reason = EXCLUDED.billing_reason, first_failed_at = EXCLUDED.first_failed_at,
-               last_failed_at = EXCLUDED.last_failed_at, snapshot = EXCLUDED.snapshot,
-               observed_at = EXCLUDED.observed_at, observed_event_id = EXCLUDED.observed_event_id,
-               updated_at = now()
-        """,
+    return (
         s.invoice_id,
         workspace_id,
         s.customer_id,
@@ -327,16 +407,38 @@ async def save_workspace(
     view: WorkspaceView,
     now: datetime,
 ) -> None:
-    await conn.execute(
+    await save_workspaces(conn, [(state, view, to_jsonable(view))], now)
+
+
+async def save_workspaces(
+    conn: asyncpg.Connection,
+    saves: Sequence[tuple[WorkspaceState, WorkspaceView, Mapping[str, Any]]],
+    now: datetime,
+) -> None:
+    """Write state + view (with the view's JSON, already encoded) of each workspace."""
+    await conn.executemany(
         f"UPDATE workspaces SET ({_VIEW_COLUMNS}, customer_id, version, updated_at) = "
         "($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) "
         "WHERE workspace_id = $1",
-        state.workspace_id,
-        *_view_values(view),
-        state.customer_id,
-        state.version,
-        now,
+        [
+            (state.workspace_id, *_view_values(view, encoded), state.customer_id, state.version, now)
+            for state, view, encoded in saves
+        ],
     )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit-log row; ``before`` and ``after`` are the views' JSON documents."""
+
+    workspace_id: str
+    version: int
+    cause_kind: str
+    cause_id: str
+    changes: Mapping[str, Any]
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+    effective_at: datetime
 
 
 async def append_audit(
@@ -351,17 +453,38 @@ async def append_audit(
     after: WorkspaceView,
     effective_at: datetime,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (workspace_id, version, cause_kind, cause_id, changes, before, after, effective_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    entry = AuditEntry(
         workspace_id,
         version,
         cause_kind,
         cause_id,
-        {k: list(v) for k, v in changes.items()},
+        changes,
         to_jsonable(before),
         to_jsonable(after),
         effective_at,
+    )
+    await append_audits(conn, [entry])
+
+
+async def append_audits(conn: asyncpg.Connection, entries: Sequence[AuditEntry]) -> None:
+    if not entries:
+        return
+    await conn.executemany(
+        "INSERT INTO audit_log (workspace_id, version, cause_kind, cause_id, changes, before, after, effective_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        [
+            (
+                e.workspace_id,
+                e.version,
+                e.cause_kind,
+                e.cause_id,
+                {k: list(v) for k, v in e.changes.items()},
+                e.before,
+                e.after,
+                e.effective_at,
+            )
+            for e in entries
+        ],
     )
 
 
