@@ -117,16 +117,16 @@ async def after_commits(services: Services, committed: Sequence[tuple[Change, tu
 
 
 def _batcher(ctx: dict[str, Any]) -> EventBatcher:
-    """The worker's group-commit batcher (one per worker, made on first use)."""
-    batcher = ctx.get("batcher")
-    if batcher is None:
-        services: Services = ctx["services"]
+    """The worker's group-commit batcher, made by ``build_worker`` (arq copies ctx per job, so
+    it must exist before the first job)."""
+    return ctx["batcher"]
 
-        async def after_events(results: Sequence[ProcessResult]) -> None:
-            await after_events_committed(services, results)
 
-        batcher = ctx["batcher"] = EventBatcher(services.processor, after_events)
-    return batcher
+def event_batcher(services: Services) -> EventBatcher:
+    async def after_events(results: Sequence[ProcessResult]) -> None:
+        await after_events_committed(services, results)
+
+    return EventBatcher(services.processor, after_events)
 
 
 async def after_events_committed(services: Services, results: Sequence[ProcessResult]) -> None:
@@ -239,7 +239,7 @@ def build_worker(services: Services, *, handle_signals: bool = True, burst: bool
         poll_delay=settings.poll_delay_seconds,
         handle_signals=handle_signals,
         burst=burst,
-        ctx={"services": services},
+        ctx={"services": services, "batcher": event_batcher(services)},
         on_shutdown=_close_batcher,
         log_results=False,
         health_check_interval=30,
