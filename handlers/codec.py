@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, TypeVar
@@ -17,9 +17,21 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+@cache
+def field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, looked up once per class (``dataclasses.fields`` is slow)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+_SCALARS = (str, int, bool, type(None))
+
+
 def to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, _SCALARS):
+        return value
+    cls = type(value)
+    if hasattr(cls, "__dataclass_fields__") and not isinstance(value, type):
+        return {name: to_jsonable(getattr(value, name)) for name in field_names(cls)}
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, frozenset | set):
@@ -45,35 +57,42 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def from_jsonable(tp: Any, value: Any) -> Any:
     """Rebuild a value of type ``tp`` (a dataclass, tuple, optional, datetime …) from JSON."""
+    return _decoder(tp)(value)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+@cache
+def _decoder(tp: Any) -> Callable[[Any], Any]:
+    """A decoder for ``tp`` built once from its type hints (decoding runs for every stored row)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return from_jsonable(args[0], value)
+        inner = _decoder(next(a for a in typing.get_args(tp) if a is not type(None)))
+        return lambda value: None if value is None else inner(value)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = _hints(tp)
-        kwargs = {
-            f.name: from_jsonable(hints[f.name], value[f.name])
-            for f in dataclasses.fields(tp)
-            if f.name in value
-        }
-        return tp(**kwargs)
+        fields = tuple((name, _decoder(hints[name])) for name in field_names(tp))
+        cls = tp
+        return lambda value: cls(**{name: dec(value[name]) for name, dec in fields if name in value})
     if tp is datetime:
-        return parse_datetime(value)
+        return parse_datetime
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(from_jsonable(args[0], v) for v in value)
-        return tuple(from_jsonable(a, v) for a, v in zip(args, value, strict=True))
+            item = _decoder(args[0])
+            return lambda value: tuple(item(v) for v in value)
+        items = tuple(_decoder(a) for a in args)
+        return lambda value: tuple(dec(v) for dec, v in zip(items, value, strict=True))
     if origin is frozenset:
-        (arg,) = typing.get_args(tp)
-        return frozenset(from_jsonable(arg, v) for v in value)
+        element = _decoder(typing.get_args(tp)[0])
+        return lambda value: frozenset(element(v) for v in value)
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         args = typing.get_args(tp)
-        inner = args[1] if args else Any
-        return {k: from_jsonable(inner, v) for k, v in value.items()}
-    return value
+        inner = _decoder(args[1]) if args else _identity
+        return lambda value: {k: inner(v) for k, v in value.items()}
+    return _identity
 
 
 def load(cls: type[T], value: Mapping[str, Any]) -> T:

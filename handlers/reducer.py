@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from handlers.catalog import Catalog
-from handlers.codec import to_jsonable
+from handlers.codec import field_names, to_jsonable
 from handlers.credits import CreditEntry, credit_grants, grant
 from handlers.events import (
     BillingEvent,
@@ -196,8 +196,14 @@ def _finish(
 
 
 def view_diff(before: WorkspaceView, after: WorkspaceView) -> dict[str, tuple[Any, Any]]:
-    a, b = to_jsonable(before), to_jsonable(after)
-    return {k: (a[k], b[k]) for k in b if a.get(k) != b[k]}
+    """The fields that differ, as JSON-able (before, after) pairs. Values are compared before
+    encoding: equal values encode equally, and most fields are equal."""
+    diff = {}
+    for name in field_names(WorkspaceView):
+        a, b = getattr(before, name), getattr(after, name)
+        if a != b:
+            diff[name] = (to_jsonable(a), to_jsonable(b))
+    return diff
 
 
 def _block_effects(before: WorkspaceView, after: WorkspaceView) -> tuple[Effect, ...]:

@@ -29,7 +29,7 @@ class EventBatcher:
         after_commit: AfterCommit,
         *,
         max_batch: int = 100,
-        concurrency: int = 2,
+        concurrency: int = 1,
     ) -> None:
         self._processor = processor
         self._after_commit = after_commit

@@ -104,15 +104,17 @@ class EventProcessor:
             if routed:
                 await self._apply(conn, routed, new_mappings, writes, results, now)
             await credits_store.append_many(conn, writes.credit_entries, now)
-            await store.save_subscriptions(conn, writes.subscriptions)
-            await store.save_invoices(conn, writes.invoices)
-            if writes.workspaces:
-                saves = [(w.state, w.view, w.view_json) for w in writes.workspaces.values()]
-                await store.save_workspaces(conn, saves, now)
-            await store.append_audits(conn, writes.audit)
             await plan_changes.record_confirmations(conn, [r.event.meta for r in routed])
-            await store.finish_events(conn, writes.finishes, now)
-        return [results[event_id] for event_id in event_ids]
+            await store.write_batch(
+                conn,
+                subscriptions=writes.subscriptions,
+                invoices=writes.invoices,
+                workspaces=[(w.state, w.view, w.view_json) for w in writes.workspaces.values()],
+                audit=writes.audit,
+                finishes=writes.finishes,
+                now=now,
+            )
+        return _in_request_order(event_ids, results)
 
     def _decode(
         self, row: asyncpg.Record, writes: _Writes, results: dict[str, ProcessResult]
@@ -255,7 +257,9 @@ class EventProcessor:
                 credits_store.LedgerAppend(r.workspace_id, entry, "event", r.event_id)
             )
             granted.add(entry.source_key)
-        after = LockedWorkspace(outcome.state, outcome.view, to_jsonable(outcome.view))
+        # The reducer saw only the invoices a fresh load would read; the next event may touch others.
+        state = replace(outcome.state, invoices={**current.state.invoices, **outcome.state.invoices})
+        after = LockedWorkspace(state, outcome.view, to_jsonable(outcome.view))
         writes.audit.append(
             AuditEntry(
                 r.workspace_id,
@@ -285,6 +289,20 @@ class EventProcessor:
                 error[:4000],
                 None if retry_in is None else now + timedelta(seconds=retry_in),
             )
+
+
+def _in_request_order(event_ids: Sequence[str], results: dict[str, ProcessResult]) -> list[ProcessResult]:
+    """One result per requested id; a repeat of an id within the batch is a duplicate, as it would
+    be processed after the first."""
+    seen: set[str] = set()
+    ordered = []
+    for event_id in event_ids:
+        first = results[event_id]
+        if event_id in seen:
+            first = ProcessResult(event_id, first.status, "duplicate", first.event_type)
+        seen.add(event_id)
+        ordered.append(first)
+    return ordered
 
 
 def _as_loaded(state: WorkspaceState, event: BillingEvent) -> WorkspaceState:

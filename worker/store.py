@@ -6,6 +6,7 @@ them is ``worker.processor``. Rows map to the pure core's dataclasses through ``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -485,6 +486,145 @@ async def append_audits(conn: asyncpg.Connection, entries: Sequence[AuditEntry])
             )
             for e in entries
         ],
+    )
+
+
+# ---------------------------------------------------------------- a batch's writes in one statement
+
+_WRITE_BATCH = """
+WITH subs AS (
+    INSERT INTO subscriptions (subscription_id, workspace_id, customer_id, status, snapshot,
+                               observed_at, observed_event_id, updated_at)
+    SELECT id, ws, cus, st, snap::jsonb, obs, obs_ev, now()
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                  $7::text[]) AS t(id, ws, cus, st, snap, obs, obs_ev)
+    ON CONFLICT (subscription_id) DO UPDATE
+       SET workspace_id = EXCLUDED.workspace_id, customer_id = EXCLUDED.customer_id,
+           status = EXCLUDED.status, snapshot = EXCLUDED.snapshot,
+           observed_at = EXCLUDED.observed_at, observed_event_id = EXCLUDED.observed_event_id,
+           updated_at = now()
+), invs AS (
+    INSERT INTO invoices (invoice_id, workspace_id, customer_id, subscription_id, status, currency,
+                          amount_due, amount_paid, amount_remaining, attempt_count,
+                          next_payment_attempt, billing_reason, invoice_created, first_failed_at,
+                          last_failed_at, snapshot, observed_at, observed_event_id, updated_at)
+    SELECT id, ws, cus, sub, st, cur, due, paid, rem, att, nxt, reason, created, ff, lf, snap::jsonb,
+           obs, obs_ev, now()
+      FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                  $14::bigint[], $15::bigint[], $16::bigint[], $17::integer[], $18::timestamptz[],
+                  $19::text[], $20::timestamptz[], $21::timestamptz[], $22::timestamptz[], $23::text[],
+                  $24::timestamptz[], $25::text[])
+           AS t(id, ws, cus, sub, st, cur, due, paid, rem, att, nxt, reason, created, ff, lf, snap,
+                obs, obs_ev)
+    ON CONFLICT (invoice_id) DO UPDATE
+       SET workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status,
+           subscription_id = EXCLUDED.subscription_id, currency = EXCLUDED.currency,
+           amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+           amount_remaining = EXCLUDED.amount_remaining, attempt_count = EXCLUDED.attempt_count,
+           next_payment_attempt = EXCLUDED.next_payment_attempt,
+           billing_reason = EXCLUDED.billing_reason, first_failed_at = EXCLUDED.first_failed_at,
+           last_failed_at = EXCLUDED.last_failed_at, snapshot = EXCLUDED.snapshot,
+           observed_at = EXCLUDED.observed_at, observed_event_id = EXCLUDED.observed_event_id,
+           updated_at = now()
+), ws AS (
+    UPDATE workspaces w
+       SET plan = t.plan, interval = t.iv, seats = t.seats, status = t.st, subscription_id = t.sub,
+           trial_end = t.trial, period_start = t.ps, period_end = t.pe, cancel_at_period_end = t.cape,
+           custom_contract = t.cc, storage_addon_units = t.sau, storage_quota_bytes = t.sqb,
+           blocked = t.blocked, dunning_level = t.dl, view = t.view::jsonb, customer_id = t.cus,
+           version = t.version, updated_at = $56
+      FROM unnest($26::text[], $27::text[], $28::text[], $29::integer[], $30::text[], $31::text[],
+                  $32::timestamptz[], $33::timestamptz[], $34::timestamptz[], $35::boolean[],
+                  $36::boolean[], $37::integer[], $38::bigint[], $39::boolean[], $40::text[],
+                  $41::text[], $42::text[], $43::bigint[])
+           AS t(id, plan, iv, seats, st, sub, trial, ps, pe, cape, cc, sau, sqb, blocked, dl, view, cus,
+                version)
+     WHERE w.workspace_id = t.id
+), aud AS (
+    INSERT INTO audit_log (workspace_id, version, cause_kind, cause_id, changes, before, after,
+                           effective_at)
+    SELECT ws, version, ck, ci, changes::jsonb, before::jsonb, after::jsonb, eff
+      FROM unnest($44::text[], $45::bigint[], $46::text[], $47::text[], $48::text[], $49::text[],
+                  $50::text[], $51::timestamptz[]) WITH ORDINALITY
+           AS t(ws, version, ck, ci, changes, before, after, eff, n)
+     ORDER BY n
+)
+UPDATE webhook_events e
+   SET status = t.st, outcome = t.outcome, workspace_id = COALESCE(t.ws, e.workspace_id),
+       customer_id = COALESCE(t.cus, e.customer_id), attempts = e.attempts + 1,
+       processed_at = CASE WHEN t.st IN ('processed', 'ignored') THEN $56 ELSE e.processed_at END,
+       last_error = t.err, next_retry_at = t.nxt
+  FROM unnest($52::text[], $53::text[], $54::text[], $55::text[], $57::text[], $58::text[],
+              $59::timestamptz[]) AS t(id, st, outcome, ws, cus, err, nxt)
+ WHERE e.event_id = t.id
+"""
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows → one list per column (``unnest`` takes columns)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+async def write_batch(
+    conn: asyncpg.Connection,
+    *,
+    subscriptions: Sequence[tuple[str, SubscriptionRecord]],
+    invoices: Sequence[tuple[str, InvoiceRecord]],
+    workspaces: Sequence[tuple[WorkspaceState, WorkspaceView, Mapping[str, Any]]],
+    audit: Sequence[AuditEntry],
+    finishes: Sequence[EventFinish],
+    now: datetime,
+) -> None:
+    """Every write of a batch of events in one statement (one round trip). Observations of one
+    object written twice in the batch keep the later record, as sequential upserts would."""
+    dumps = json.dumps
+    subs = {
+        r.snapshot.subscription_id: (
+            r.snapshot.subscription_id,
+            ws,
+            r.snapshot.customer_id,
+            r.snapshot.status,
+            dumps(to_jsonable(r.snapshot)),
+            r.observed_at,
+            r.observed_event_id,
+        )
+        for ws, r in subscriptions
+    }
+    invs = {}
+    for ws, r in invoices:
+        values = _invoice_values(ws, r)
+        invs[r.snapshot.invoice_id] = (*values[:15], dumps(values[15]), *values[16:])
+    wss = [
+        (state.workspace_id, *_view_values(view, dumps(encoded)), state.customer_id, state.version)
+        for state, view, encoded in workspaces
+    ]
+    auds = [
+        (
+            e.workspace_id,
+            e.version,
+            e.cause_kind,
+            e.cause_id,
+            dumps({k: list(v) for k, v in e.changes.items()}),
+            dumps(e.before),
+            dumps(e.after),
+            e.effective_at,
+        )
+        for e in audit
+    ]
+    fins = [
+        (f.event_id, f.status, f.outcome, f.workspace_id, f.customer_id, f.error, f.next_retry_at)
+        for f in finishes
+    ]
+    fin_columns = _columns(fins, 7)
+    await conn.execute(
+        _WRITE_BATCH,
+        *_columns(list(subs.values()), 7),
+        *_columns(list(invs.values()), 18),
+        *_columns(wss, 18),
+        *_columns(auds, 8),
+        *fin_columns[:4],
+        now,
+        *fin_columns[4:],
     )
 
 

@@ -1,0 +1,199 @@
+"""Group commit: a batch of events must leave exactly the state that one-by-one processing leaves.
+
+The worker hands ``EventProcessor.process_many`` whatever jobs are waiting, so a batch can hold
+several events of one workspace, duplicates, events that map a customer for later ones, and
+events that fail. These tests run real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from handlers.codec import to_jsonable
+from tests import stripe_factory as sf
+from worker import store
+from worker.db import create_pool
+from worker.event_batches import EventBatcher
+from worker.processor import EventProcessor, ProcessResult
+from worker.services import load_catalog
+
+NOW = sf.at(sf.T0) + timedelta(days=45)
+
+
+@pytest.fixture
+async def pool(migrated_pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(migrated_pg_url, size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def processor(pool: asyncpg.Pool) -> EventProcessor:
+    return EventProcessor(pool, load_catalog(None), lambda: NOW)
+
+
+def _ids(tag: str) -> dict[str, str]:
+    u = uuid.uuid4().hex[:10]
+    return {
+        "workspace_id": f"ws_{tag}_{u}",
+        "customer": f"cus_{tag}{u}",
+        "sub_id": f"sub_{tag}{u}",
+        "id_prefix": f"evt_{tag}{u}",
+    }
+
+
+def _history(ids: dict[str, str]) -> list[dict[str, Any]]:
+    """A subscription's lifecycle interleaved with an invoice that fails twice, then is paid;
+    the invoice events name no workspace (they are mapped through the customer)."""
+    payment = sf.history_payment_failure(
+        **{**ids, "id_prefix": ids["id_prefix"] + "p"},
+        invoice_id="in_" + ids["sub_id"],
+        include_subscription=False,
+        failures=2,
+        start=sf.T0 + 14 * sf.DAY,
+    )
+    return sorted(sf.history_lifecycle(**ids) + payment, key=lambda e: e["created"])
+
+
+async def _insert(pool: asyncpg.Pool, events: list[dict[str, Any]]) -> None:
+    for e in events:
+        await store.insert_event(
+            pool,
+            event_id=e["id"],
+            event_type=e["type"],
+            api_version=e.get("api_version"),
+            created=datetime.fromtimestamp(e["created"], UTC),
+            livemode=False,
+            payload=json.dumps(e),
+        )
+
+
+async def _observable(pool: asyncpg.Pool, ids: dict[str, str]) -> dict[str, Any]:
+    """What a user can see of a workspace — view, open invoices, audit trail — with ids masked."""
+    ws = ids["workspace_id"]
+    row = await store.get_workspace(pool, ws)
+    assert row is not None
+    invoices = [dict(r) for r in await store.open_invoices(pool, ws)]
+    audit = [(r["version"], r["cause_kind"]) for r in await store.audit_entries(pool, ws, limit=1000)]
+    text = json.dumps(
+        to_jsonable({"view": row["view"], "open": invoices, "audit_versions": audit}), sort_keys=True
+    )
+    for key, value in ids.items():
+        text = text.replace(value, f"<{key}>")
+    return {"version": row["version"], "text": text}
+
+
+async def test_any_batching_of_a_shuffled_delivery_equals_one_by_one(
+    pool: asyncpg.Pool, processor: EventProcessor
+):
+    rng = random.Random(20261122)
+    for attempt in range(8):
+        one_ids, batch_ids = _ids(f"one{attempt}"), _ids(f"bat{attempt}")
+        singly, batched = _history(one_ids), _history(batch_ids)
+        await _insert(pool, singly + batched)
+        # The same delivery (shuffled, half of it twice) for both workspaces.
+        order = list(range(len(singly))) + rng.sample(range(len(singly)), k=len(singly) // 2)
+        rng.shuffle(order)
+        for i in order:
+            await processor.process(singly[i]["id"])
+        delivery = [batched[i]["id"] for i in order]
+        while delivery:  # random batch sizes: duplicates inside and across batches
+            size = rng.randint(1, len(delivery))
+            batch, delivery = delivery[:size], delivery[size:]
+            results = await processor.process_many(batch)
+            assert [r.event_id for r in results] == batch
+        # Same versions, same audit trail, same view, same open invoices.
+        assert await _observable(pool, batch_ids) == await _observable(pool, one_ids), f"attempt {attempt}"
+        marks = await pool.fetch(
+            "SELECT attempts, status FROM webhook_events WHERE event_id = ANY($1::text[])",
+            [e["id"] for e in batched],
+        )
+        assert sorted((r["attempts"], r["status"]) for r in marks) == [(1, "processed")] * len(batched)
+
+
+async def test_one_batch_holding_a_whole_history_equals_one_by_one(
+    pool: asyncpg.Pool, processor: EventProcessor
+):
+    reference_ids, batch_ids = _ids("seq"), _ids("all")
+    reference, together = _history(reference_ids), _history(batch_ids)
+    await _insert(pool, reference + together)
+    for e in reference:
+        await processor.process(e["id"])
+    results = await processor.process_many([e["id"] for e in together])
+    assert {r.outcome for r in results} <= {"applied", "stale"}
+    # Versions count up through the batch, one audit entry per applied event.
+    applied = [r.version for r in results if r.outcome == "applied"]
+    assert applied == sorted(applied) and len(set(applied)) == len(applied)
+    assert await _observable(pool, batch_ids) == await _observable(pool, reference_ids)
+
+
+async def test_an_event_mapping_a_customer_matches_the_later_events_of_its_batch(
+    pool: asyncpg.Pool, processor: EventProcessor
+):
+    ids = _ids("map")
+    events = _history(ids)
+    created = next(e for e in events if e["type"] == "customer.subscription.created")
+    invoice_events = [json.loads(json.dumps(e)) for e in events if e["type"].startswith("invoice.")]
+    for e in invoice_events:  # they name no workspace: only the customer maps them
+        e["data"]["object"]["parent"]["subscription_details"]["metadata"] = {}
+    await _insert(pool, [created, *invoice_events])
+    results = await processor.process_many([created["id"], *(e["id"] for e in invoice_events)])
+    assert results[0].newly_mapped_customer == ids["customer"]
+    assert all(r.workspace_id == ids["workspace_id"] and r.status == "processed" for r in results)
+    assert all(r.newly_mapped_customer is None for r in results[1:])
+
+
+async def test_events_before_their_customer_is_known_wait_as_unmatched(
+    pool: asyncpg.Pool, processor: EventProcessor
+):
+    ids = _ids("early")
+    events = _history(ids)
+    created = next(e for e in events if e["type"] == "customer.subscription.created")
+    invoice = json.loads(json.dumps(next(e for e in events if e["type"].startswith("invoice."))))
+    invoice["data"]["object"]["parent"]["subscription_details"]["metadata"] = {}  # no workspace named
+    await _insert(pool, [invoice, created])
+    unmatched, mapped = await processor.process_many([invoice["id"], created["id"]])
+    assert (unmatched.status, unmatched.outcome) == ("unmatched", "unmatched")
+    assert mapped.newly_mapped_customer == ids["customer"]
+    again = await processor.process(invoice["id"])  # what the requeue after the commit does
+    assert (again.status, again.workspace_id) == ("processed", ids["workspace_id"])
+
+
+class _Failing(EventProcessor):
+    """The real processor, except that one event id makes any unit of work holding it fail."""
+
+    poison: str = ""
+
+    async def process_many(self, event_ids: Any) -> list[ProcessResult]:
+        if self.poison in event_ids:
+            raise RuntimeError("poisoned")
+        return await super().process_many(event_ids)
+
+
+async def test_a_failing_event_fails_only_its_own_job(pool: asyncpg.Pool):
+    ids = _ids("poison")
+    events = _history(ids)[:4]
+    await _insert(pool, events)
+    processor = _Failing(pool, load_catalog(None), lambda: NOW)
+    processor.poison = events[2]["id"]
+    committed: list[ProcessResult] = []
+
+    async def after(results: Any) -> None:
+        committed.extend(results)
+
+    batcher = EventBatcher(processor, after, concurrency=1)
+    outcomes = await asyncio.gather(*(batcher.process(e["id"]) for e in events), return_exceptions=True)
+    assert isinstance(outcomes[2], RuntimeError)
+    assert [o.status for i, o in enumerate(outcomes) if i != 2] == ["processed"] * 3  # type: ignore[union-attr]
+    assert {r.event_id for r in committed} == {e["id"] for i, e in enumerate(events) if i != 2}
+    row = await store.get_event(pool, events[2]["id"])
+    assert row is not None and row["status"] == "received"  # nothing of it was written
