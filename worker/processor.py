@@ -200,9 +200,10 @@ class EventProcessor:
         workspace_ids = sorted({r.workspace_id for r in routed})
         locked = await store.lock_workspaces(conn, workspace_ids, touched)
         first_seen = [w for w in workspace_ids if w not in locked]
-        if first_seen:  # the first event of these workspaces: create their rows, then lock them
-            await store.ensure_workspaces(conn, first_seen, self.catalog, now)
-            locked.update(await store.lock_workspaces(conn, first_seen, touched))
+        if first_seen:  # the first event of these workspaces: create their rows
+            locked.update(await store.ensure_workspaces(conn, first_seen, self.catalog, now))
+            if raced := [w for w in first_seen if w not in locked]:  # created meanwhile by another
+                locked.update(await store.lock_workspaces(conn, raced, touched))
         newly_mapped = await store.remember_customers(conn, new_mappings)
         grants = {r.event_id: credit_grants(r.event, self.catalog) for r in routed}
         granted = set(

@@ -204,17 +204,27 @@ async def ensure_workspace(
 
 async def ensure_workspaces(
     conn: asyncpg.Connection, workspace_ids: Sequence[str], catalog: Catalog, now: datetime
-) -> None:
-    rows = []
+) -> dict[str, LockedWorkspace]:
+    """Create the rows that do not exist yet; returns those this transaction created (locked by
+    the insert, and with no observations yet: subscriptions and invoices reference the row)."""
+    columns: list[list[Any]] = [[] for _ in range(16)]
     for workspace_id in sorted(workspace_ids):
         view = derive_view(WorkspaceState.new(workspace_id), catalog, now)
-        rows.append((workspace_id, *_view_values(view, to_jsonable(view)), now))
-    await conn.executemany(
+        values = _view_values(view, to_jsonable(view))
+        for column, value in zip(columns, (workspace_id, *values[:-1], json.dumps(values[-1])), strict=True):
+            column.append(value)
+    rows = await conn.fetch(
         f"INSERT INTO workspaces (workspace_id, {_VIEW_COLUMNS}, created_at, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) "
-        "ON CONFLICT (workspace_id) DO NOTHING",
-        rows,
+        "SELECT id, plan, iv, seats, st, sub, trial, ps, pe, cape, cc, sau, sqb, blocked, dl, view::jsonb, $17, $17 "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::text[], "
+        "$7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::boolean[], $11::boolean[], "
+        "$12::integer[], $13::bigint[], $14::boolean[], $15::text[], $16::text[]) "
+        "AS t(id, plan, iv, seats, st, sub, trial, ps, pe, cape, cc, sau, sqb, blocked, dl, view) "
+        f"ON CONFLICT (workspace_id) DO NOTHING RETURNING {_WORKSPACE_COLUMNS}",
+        *columns,
+        now,
     )
+    return {r["workspace_id"]: _locked(r, {}, {}) for r in rows}
 
 
 async def lock_workspace(
@@ -260,37 +270,40 @@ async def _load_states(
         return {}
     ids = [r["workspace_id"] for r in rows]
     subs: dict[str, dict[str, SubscriptionRecord]] = {i: {} for i in ids}
-    for r in await conn.fetch(
-        "SELECT workspace_id, snapshot, observed_at, observed_event_id FROM subscriptions "
-        "WHERE workspace_id = ANY($1::text[])",
-        ids,
-    ):
-        record = _subscription_record(r)
-        subs[r["workspace_id"]][record.snapshot.subscription_id] = record
     invs: dict[str, dict[str, InvoiceRecord]] = {i: {} for i in ids}
     for r in await conn.fetch(
-        "SELECT workspace_id, snapshot, observed_at, observed_event_id, first_failed_at, last_failed_at "
+        "SELECT 's' AS kind, workspace_id, snapshot, observed_at, observed_event_id, "
+        "NULL::timestamptz AS first_failed_at, NULL::timestamptz AS last_failed_at "
+        "FROM subscriptions WHERE workspace_id = ANY($1::text[]) "
+        "UNION ALL "
+        "SELECT 'i', workspace_id, snapshot, observed_at, observed_event_id, first_failed_at, last_failed_at "
         "FROM invoices WHERE workspace_id = ANY($1::text[]) "
         "AND (status IN ('open', 'uncollectible') OR invoice_id = ANY($2::text[]))",
         ids,
         list(touched_invoices),
     ):
-        record = _invoice_record(r)
-        invs[r["workspace_id"]][record.snapshot.invoice_id] = record
-    loaded = {}
-    for row in rows:
-        workspace_id = row["workspace_id"]
-        state = WorkspaceState(
-            workspace_id=workspace_id,
-            customer_id=row["customer_id"],
-            subscriptions=subs[workspace_id],
-            invoices=invs[workspace_id],
-            version=row["version"],
-            usage=Usage(row["members"], row["storage_used_bytes"]),
-            credit_balance=row["ai_credit_balance"],
-        )
-        loaded[workspace_id] = LockedWorkspace(state, load(WorkspaceView, row["view"]), row["view"])
-    return loaded
+        if r["kind"] == "s":
+            sub = _subscription_record(r)
+            subs[r["workspace_id"]][sub.snapshot.subscription_id] = sub
+        else:
+            inv = _invoice_record(r)
+            invs[r["workspace_id"]][inv.snapshot.invoice_id] = inv
+    return {r["workspace_id"]: _locked(r, subs[r["workspace_id"]], invs[r["workspace_id"]]) for r in rows}
+
+
+def _locked(
+    row: asyncpg.Record, subscriptions: dict[str, SubscriptionRecord], invoices: dict[str, InvoiceRecord]
+) -> LockedWorkspace:
+    state = WorkspaceState(
+        workspace_id=row["workspace_id"],
+        customer_id=row["customer_id"],
+        subscriptions=subscriptions,
+        invoices=invoices,
+        version=row["version"],
+        usage=Usage(row["members"], row["storage_used_bytes"]),
+        credit_balance=row["ai_credit_balance"],
+    )
+    return LockedWorkspace(state, load(WorkspaceView, row["view"]), row["view"])
 
 
 def _subscription_record(row: asyncpg.Record) -> SubscriptionRecord:
