@@ -23,24 +23,35 @@ def field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-_SCALARS = (str, int, bool, type(None))
+_PLAIN = frozenset({str, int, bool, float, type(None)})
+_ENCODERS: dict[type, Callable[[Any], Any]] = {}
 
 
 def to_jsonable(value: Any) -> Any:
-    if isinstance(value, _SCALARS):
-        return value
     cls = type(value)
-    if hasattr(cls, "__dataclass_fields__") and not isinstance(value, type):
-        return {name: to_jsonable(getattr(value, name)) for name in field_names(cls)}
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, frozenset | set):
-        return sorted(to_jsonable(v) for v in value)
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    return value
+    if cls in _PLAIN:
+        return value
+    encode = _ENCODERS.get(cls)
+    if encode is None:
+        encode = _ENCODERS[cls] = _encoder(cls)
+    return encode(value)
+
+
+def _encoder(cls: type) -> Callable[[Any], Any]:
+    """How values of ``cls`` encode, decided once per type (every event encodes views and
+    snapshots; dispatching on isinstance chains per value was the slow part)."""
+    if dataclasses.is_dataclass(cls):
+        names = field_names(cls)
+        return lambda value: {name: to_jsonable(getattr(value, name)) for name in names}
+    if issubclass(cls, datetime):
+        return lambda value: value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if issubclass(cls, frozenset | set):
+        return lambda value: sorted(to_jsonable(v) for v in value)
+    if issubclass(cls, list | tuple):
+        return lambda value: [to_jsonable(v) for v in value]
+    if issubclass(cls, Mapping):
+        return lambda value: {str(k): to_jsonable(v) for k, v in value.items()}
+    return _identity
 
 
 def parse_datetime(value: str) -> datetime:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
 
+from worker import json_codec
+
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(
+            name, encoder=json_codec.dumps, decoder=json_codec.loads, schema="pg_catalog"
+        )
 
 
 async def create_pool(url: str, size: int = 10, **kwargs: Any) -> asyncpg.Pool:

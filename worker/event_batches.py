@@ -29,12 +29,14 @@ class EventBatcher:
         after_commit: AfterCommit,
         *,
         max_batch: int = 100,
-        concurrency: int = 1,
+        concurrency: int = 2,
+        extra_flusher_after: int = 16,
     ) -> None:
         self._processor = processor
         self._after_commit = after_commit
         self._max_batch = max_batch
         self._concurrency = concurrency
+        self._extra_flusher_after = extra_flusher_after
         self._waiting: list[tuple[str, asyncio.Future[ProcessResult]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
         self._active = 0
@@ -44,7 +46,10 @@ class EventBatcher:
         error. Cancelling the caller does not undo a batch already being written."""
         future: asyncio.Future[ProcessResult] = asyncio.get_running_loop().create_future()
         self._waiting.append((event_id, future))
-        if self._active < self._concurrency:
+        # One flusher gives the largest batches; more only when a backlog builds up behind it.
+        if self._active == 0 or (
+            self._active < self._concurrency and len(self._waiting) >= self._extra_flusher_after
+        ):
             self._active += 1
             task = asyncio.create_task(self._flush())
             self._flushers.add(task)

@@ -10,7 +10,6 @@ A retry after a crash finds the events processed and does nothing (Postgres is t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -25,7 +24,7 @@ from handlers.events import BillingEvent, IgnoredEvent, InvoiceObserved, custome
 from handlers.normalize import PayloadError, normalize
 from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_diff
 from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
-from worker import credits_store, plan_changes, store
+from worker import credits_store, json_codec, plan_changes, store
 from worker.store import AuditEntry, EventFinish, LockedWorkspace
 
 # Inbox statuses after which an event is never applied again.
@@ -122,7 +121,7 @@ class EventProcessor:
         """The normalised event, or None once a malformed or ignored event is finished."""
         event_id = row["event_id"]
         try:
-            event = normalize(json.loads(row["payload"]))
+            event = normalize(json_codec.loads(row["payload"]))
         except (PayloadError, ValueError) as exc:
             # A payload that cannot be understood will not get better with retries.
             writes.finishes.append(

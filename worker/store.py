@@ -6,7 +6,6 @@ them is ``worker.processor``. Rows map to the pure core's dataclasses through ``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +24,7 @@ from handlers.state import (
     WorkspaceView,
 )
 from handlers.view import derive_view
+from worker import json_codec
 
 # ---------------------------------------------------------------- inbox
 
@@ -211,7 +211,9 @@ async def ensure_workspaces(
     for workspace_id in sorted(workspace_ids):
         view = derive_view(WorkspaceState.new(workspace_id), catalog, now)
         values = _view_values(view, to_jsonable(view))
-        for column, value in zip(columns, (workspace_id, *values[:-1], json.dumps(values[-1])), strict=True):
+        for column, value in zip(
+            columns, (workspace_id, *values[:-1], json_codec.dumps(values[-1])), strict=True
+        ):
             column.append(value)
     rows = await conn.fetch(
         f"INSERT INTO workspaces (workspace_id, {_VIEW_COLUMNS}, created_at, updated_at) "
@@ -590,7 +592,7 @@ async def write_batch(
 ) -> None:
     """Every write of a batch of events in one statement (one round trip). Observations of one
     object written twice in the batch keep the later record, as sequential upserts would."""
-    dumps = json.dumps
+    dumps = json_codec.dumps
     subs = {
         r.snapshot.subscription_id: (
             r.snapshot.subscription_id,
