@@ -37,20 +37,25 @@ from worker.services import load_catalog
 TEMPLATE = "ws_btemplate"
 HOT_TABLES = ("workspaces", "customers", "subscriptions", "invoices", "webhook_events", "audit_log")
 
-# The statements of one event's transaction (worker/store.py), with the template's ids.
+# The statements of a batch's transaction (worker/store.py), for a batch holding the template's
+# event; the write statement's joins are explained one table at a time (unnest-driven updates).
 EXPLAINED = {
-    "lock_event": "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "
-    "WHERE event_id = 'evt_btemplate_created' FOR UPDATE",
-    "workspace_for_customer": "SELECT workspace_id FROM customers WHERE customer_id = 'cus_ws_btemplate'",
-    "lock_workspace": "SELECT workspace_id, customer_id, version, view FROM workspaces "
-    "WHERE workspace_id = 'ws_btemplate' FOR UPDATE",
-    "load_subscriptions": "SELECT snapshot, observed_at, observed_event_id FROM subscriptions "
-    "WHERE workspace_id = 'ws_btemplate'",
-    "load_unpaid_invoices": "SELECT snapshot FROM invoices WHERE workspace_id = 'ws_btemplate' "
-    "AND (status IN ('open', 'uncollectible') OR invoice_id = 'in_x')",
-    "finish_event": "UPDATE webhook_events SET attempts = attempts + 1 WHERE event_id = 'evt_btemplate_created'",
-    "unmatched_for_customer": "SELECT event_id FROM webhook_events WHERE status = 'unmatched' "
-    "AND customer_id = 'cus_ws_btemplate'",
+    "lock_events": "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "
+    "WHERE event_id = ANY('{evt_btemplate_created}'::text[]) ORDER BY event_id FOR UPDATE",
+    "workspaces_for_customers": "SELECT customer_id, workspace_id FROM customers "
+    "WHERE customer_id = ANY('{cus_ws_btemplate}'::text[])",
+    "lock_workspaces": "SELECT workspace_id, customer_id, version, view FROM workspaces "
+    "WHERE workspace_id = ANY('{ws_btemplate}'::text[]) ORDER BY workspace_id FOR UPDATE",
+    "load_observations": "SELECT 's', workspace_id, snapshot FROM subscriptions "
+    "WHERE workspace_id = ANY('{ws_btemplate}'::text[]) UNION ALL "
+    "SELECT 'i', workspace_id, snapshot FROM invoices WHERE workspace_id = ANY('{ws_btemplate}'::text[]) "
+    "AND (status IN ('open', 'uncollectible') OR invoice_id = ANY('{in_x}'::text[]))",
+    "write_workspaces": "UPDATE workspaces w SET version = w.version FROM unnest('{ws_btemplate}'::text[]) "
+    "AS t(id) WHERE w.workspace_id = t.id",
+    "write_finish_events": "UPDATE webhook_events e SET attempts = e.attempts + 1 "
+    "FROM unnest('{evt_btemplate_created}'::text[]) AS t(id) WHERE e.event_id = t.id",
+    "unmatched_for_customers": "SELECT event_id FROM webhook_events WHERE status = 'unmatched' "
+    "AND customer_id = ANY('{cus_ws_btemplate}'::text[])",
     "api_open_invoices": "SELECT invoice_id FROM invoices WHERE workspace_id = 'ws_btemplate' "
     "AND status IN ('open', 'uncollectible') ORDER BY invoice_created",
 }
