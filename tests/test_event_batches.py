@@ -197,3 +197,33 @@ async def test_a_failing_event_fails_only_its_own_job(pool: asyncpg.Pool):
     assert {r.event_id for r in committed} == {e["id"] for i, e in enumerate(events) if i != 2}
     row = await store.get_event(pool, events[2]["id"])
     assert row is not None and row["status"] == "received"  # nothing of it was written
+
+
+async def test_a_lock_timeout_fails_the_whole_batch_at_once_and_writes_nothing(pool: asyncpg.Pool):
+    locked_ids, free_ids = _ids("lockd"), _ids("free")
+    locked_events, free_events = _history(locked_ids)[:2], _history(free_ids)[:1]
+    await _insert(pool, locked_events + free_events)
+    processor = EventProcessor(pool, load_catalog(None), lambda: NOW, lock_timeout_ms=200)
+    await processor.process(locked_events[0]["id"])  # the workspace row exists now
+    batcher = EventBatcher(processor, _ignore, concurrency=1)
+    async with pool.acquire() as holder, holder.transaction():  # an API request holding the row
+        await holder.execute(
+            "SELECT 1 FROM workspaces WHERE workspace_id = $1 FOR UPDATE", locked_ids["workspace_id"]
+        )
+        outcomes = await asyncio.gather(
+            batcher.process(locked_events[1]["id"]),
+            batcher.process(free_events[0]["id"]),
+            return_exceptions=True,
+        )
+    assert all(isinstance(o, asyncpg.exceptions.LockNotAvailableError) for o in outcomes)
+    statuses = [await store.get_event(pool, e["id"]) for e in (locked_events[1], free_events[0])]
+    assert [s["status"] for s in statuses if s is not None] == ["received", "received"]
+    # Once the lock is gone, the same events go through (as arq's retry will do).
+    again = await asyncio.gather(
+        batcher.process(locked_events[1]["id"]), batcher.process(free_events[0]["id"])
+    )
+    assert [r.status for r in again] == ["processed", "processed"]
+
+
+async def _ignore(results: Any) -> None:
+    return None

@@ -4,8 +4,10 @@ arq runs up to ``max_jobs`` jobs at once, one per event. Rather than one transac
 round trips) per event, each job hands its event id to the batcher and waits for its own result.
 Whatever arrives while a batch is being written goes into the next one, so a lone event is
 processed at once (no timer, no added latency) and a burst shares the per-transaction cost.
-Each job still ends with its own event's result or error: when a batch fails, its events are
-retried one by one, so one bad event fails only its own job and arq retries it as before.
+Each job still ends with its own event's result or error: when a batch fails on an event (a bug,
+a constraint), its events are retried one by one, so one bad event fails only its own job and
+arq retries it as before; when it fails on the database (down, lock timeout, deadlock), every job
+of the batch gets that error and arq's backoff.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from worker import metrics
+from worker.db import is_transient
 from worker.logging import get_logger
 from worker.processor import EventProcessor, ProcessResult
 
@@ -80,8 +83,10 @@ class EventBatcher:
         try:
             outcomes: list[ProcessResult | BaseException] = list(await self._processor.process_many(ids))
         except Exception as exc:
-            if len(batch) == 1:
-                outcomes = [exc]
+            if len(batch) == 1 or is_transient(exc):
+                # The database is down or busy (lock or statement timeout, deadlock): every event
+                # of the batch gets the error and arq's backoff, rather than N slow retries now.
+                outcomes = [exc] * len(batch)
             else:
                 log.info("batch_retried_singly", size=len(batch), error=f"{type(exc).__name__}: {exc}"[:300])
                 outcomes = [await self._single(event_id) for event_id in ids]
