@@ -13,17 +13,18 @@ from datetime import UTC, datetime
 
 import stripe
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from handlers.normalize import PayloadError, validate_event_envelope
 from worker import metrics, store
 from worker.db import is_transient
 from worker.hardening import request_timeout
 from worker.http_errors import error, json_errors
+from worker.inbox_batcher import InboxBatcher, InboxUnavailable
 from worker.logging import get_logger
 from worker.services import SERVICES, Services
 
 log = get_logger("receiver")
+BATCHER = web.AppKey("inbox_batcher", InboxBatcher)
 
 # The SDK's messages, mapped to stable codes (stripe/_webhook.py, 16.x).
 _SIGNATURE_CODES = (
@@ -113,48 +114,52 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     fields.update(event_id=event_id, event_type=event_type)
 
     try:
-        is_new, status = await store_in_inbox(services, raw, text)
-    except Exception as exc:
-        if not is_transient(exc):
-            log.exception("webhook_store_failed", **fields)
+        stored = await request.app[BATCHER].submit(inbox_row(raw, text))
+    except InboxUnavailable as exc:
+        if exc.reason == "database" and not is_transient(exc.error):
+            log.error("webhook_store_failed", exc_info=exc.error, **fields)
         metrics.WEBHOOKS.labels(type=event_type, outcome="unavailable").inc()
         log.warning(
             "webhook_unavailable",
-            reason="database",
-            error=type(exc).__name__,
+            reason=exc.reason,
+            error=type(exc.error).__name__,
             duration_ms=_ms(started),
             **fields,
         )
-        return error(503, "database_unavailable", "the event could not be stored; retry later")
-    if is_new or status == "received":
-        try:
-            await services.queue.enqueue_event(event_id)
-        except (RedisError, OSError) as exc:
-            metrics.WEBHOOKS.labels(type=event_type, outcome="unavailable").inc()
-            log.warning(
-                "webhook_unavailable",
-                reason="queue",
-                error=type(exc).__name__,
-                duration_ms=_ms(started),
-                **fields,
-            )
-            return error(503, "queue_unavailable", "the event is stored but could not be queued; retry later")
+        if exc.reason == "database":
+            return error(503, "database_unavailable", "the event could not be stored; retry later")
+        return error(503, "queue_unavailable", "the event is stored but could not be queued; retry later")
+    is_new, status = stored.is_new, stored.status
     outcome = "accepted" if is_new else "duplicate"
     metrics.WEBHOOKS.labels(type=event_type, outcome=outcome).inc()
     log.info("webhook_received", outcome=outcome, status=status, duration_ms=_ms(started), **fields)
     return web.json_response({"received": True, "duplicate": not is_new, "event_id": event_id})
 
 
-async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool, str]:
-    """Insert a verified, envelope-checked event into the inbox (the receiver and backfill)."""
-    return await store.insert_event(
-        services.pool,
+def inbox_row(raw: dict, text: str) -> store.InboxRow:
+    """The inbox row of a verified, envelope-checked event."""
+    api_version = raw.get("api_version")
+    return store.InboxRow(
         event_id=raw["id"],
         event_type=raw["type"],
-        api_version=raw.get("api_version") if isinstance(raw.get("api_version"), str) else None,
+        api_version=api_version if isinstance(api_version, str) else None,
         created=datetime.fromtimestamp(raw["created"], UTC),
         livemode=bool(raw.get("livemode", False)),
         payload=text,
+    )
+
+
+async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool, str]:
+    """Insert one verified, envelope-checked event into the inbox (backfill; the receiver batches)."""
+    row = inbox_row(raw, text)
+    return await store.insert_event(
+        services.pool,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        api_version=row.api_version,
+        created=row.created,
+        livemode=row.livemode,
+        payload=row.payload,
     )
 
 
@@ -166,12 +171,25 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+async def _start_batcher(app: web.Application) -> None:
+    app[BATCHER].start()
+
+
+async def _stop_batcher(app: web.Application) -> None:
+    # on_cleanup runs after aiohttp has let in-flight requests finish: pending ones are flushed
+    # (or answered 503), none is left waiting.
+    await app[BATCHER].stop()
+
+
 def create_receiver_app(services: Services) -> web.Application:
     # aiohttp's own cap sits just above ours so oversized bodies reach our 413 JSON answer.
     app = web.Application(
         client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors, request_timeout]
     )
     app[SERVICES] = services
+    app[BATCHER] = InboxBatcher(services.pool, services.queue)
+    app.on_startup.append(_start_batcher)
+    app.on_cleanup.append(_stop_batcher)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     return app
