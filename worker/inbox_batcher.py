@@ -2,10 +2,12 @@
 
 Why: a webhook may be answered 200 only once its row is durable and its job queued. Done one
 request at a time that is a PostgreSQL commit and a Redis round trip per webhook, which is most
-of the receiver's CPU. Here every verified webhook hands its event to one batcher and waits;
-while a flush is in flight new arrivals accumulate, and the next flush takes all of them (up to
-``max_batch``): one multi-row INSERT (``store.insert_events``), one ``JobQueue.enqueue_events``
-for the events that are new or still ``received``, then each waiting request gets its answer.
+of the receiver's CPU. Here every verified webhook hands its event to one batcher and waits.
+At most ``max_in_flight`` flushes run at once (2: an arrival never waits for a whole flush it
+missed, yet under load batches grow); while they are busy, new arrivals accumulate and the next
+flush takes all of them (up to ``max_batch``): one multi-row INSERT (``store.insert_events``),
+one ``JobQueue.enqueue_events`` for the events that are new or still ``received``, then each
+waiting request gets its answer.
 A database failure fails the whole batch (nothing is queued); a Redis failure fails the events
 that needed a job (their rows stay stored for Stripe's retry and the sweep).
 """
@@ -56,11 +58,18 @@ class InboxBatcher:
     """Stores and queues events in batches; ``submit`` answers once its event's batch is done."""
 
     def __init__(
-        self, pool: asyncpg.Pool, queue: JobQueue, *, max_batch: int = 500, stop_timeout: float = 10.0
+        self,
+        pool: asyncpg.Pool,
+        queue: JobQueue,
+        *,
+        max_batch: int = 500,
+        max_in_flight: int = 2,
+        stop_timeout: float = 10.0,
     ) -> None:
         self._pool = pool
         self._queue = queue
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._stop_timeout = stop_timeout
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
@@ -97,21 +106,39 @@ class InboxBatcher:
         return result
 
     async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                try:
-                    await self._flush(batch)
-                except asyncio.CancelledError:
-                    self._fail(batch, Unavailable("database", RuntimeError("the receiver is stopping")))
-                    raise
-            if self._closing:
-                return
+        in_flight: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self._wakeup.set()
+
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._pending and len(in_flight) < self._max_in_flight:
+                    batch = self._pending[: self._max_batch]
+                    del self._pending[: self._max_batch]
+                    task = asyncio.get_running_loop().create_task(self._flush(batch))
+                    in_flight.add(task)
+                    task.add_done_callback(done)
+                if self._closing and not self._pending and not in_flight:
+                    return
+        except asyncio.CancelledError:
+            for task in list(in_flight):
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            raise
 
     async def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            await self._store_and_queue(batch)
+        except BaseException as exc:  # cancelled at shutdown, or a bug: nobody is left waiting
+            self._fail(batch, Unavailable("database", exc))
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("inbox_batch_failed", size=len(batch))
+
+    async def _store_and_queue(self, batch: list[_Pending]) -> None:
         rows: dict[str, store.InboxRow] = {}
         for row, _ in batch:
             rows.setdefault(row.event_id, row)  # the first delivery of an id inserts, the rest are duplicates

@@ -7,10 +7,12 @@ Only ``POST /webhooks/stripe`` and ``GET /healthz`` exist on this port. Answers:
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import orjson
 import stripe
 from aiohttp import web
 
@@ -60,8 +62,14 @@ def verify_signature(payload: str, header: str, secrets: tuple[str, ...], tolera
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The raw bytes, or None past ``limit`` (checked on Content-Length and while reading)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            return None
+        try:  # the HTTP parser ends the payload at Content-Length: one read, no chunk loop
+            return await request.content.readexactly(length)
+        except asyncio.IncompleteReadError as exc:  # the client went away mid-body
+            return exc.partial
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(65536):
         size += len(chunk)
@@ -103,8 +111,10 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         }.get(code, "the signature is invalid")
         return reject(400, code, message)
     try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+        # orjson: ~5x faster than json on a 3.5 kB event; strict RFC 8259 (no NaN, no lone
+        # surrogates) and depth-limited, so hostile nesting is a plain decode error.
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return reject(400, "invalid_json", "the body is not valid JSON")
     try:
         validate_event_envelope(raw)
@@ -171,14 +181,14 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-async def _start_batcher(app: web.Application) -> None:
-    app[BATCHER].start()
-
-
-async def _stop_batcher(app: web.Application) -> None:
-    # on_cleanup runs after aiohttp has let in-flight requests finish: pending ones are flushed
-    # (or answered 503), none is left waiting.
-    await app[BATCHER].stop()
+async def _inbox_batcher(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    app[BATCHER] = batcher = InboxBatcher(services.pool, services.queue)
+    batcher.start()
+    yield
+    # Cleanup runs after aiohttp has let in-flight requests finish: what is still pending is
+    # flushed (or answered 503); no request is left waiting.
+    await batcher.stop()
 
 
 def create_receiver_app(services: Services) -> web.Application:
@@ -187,9 +197,7 @@ def create_receiver_app(services: Services) -> web.Application:
         client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors, request_timeout]
     )
     app[SERVICES] = services
-    app[BATCHER] = InboxBatcher(services.pool, services.queue)
-    app.on_startup.append(_start_batcher)
-    app.on_cleanup.append(_stop_batcher)
+    app.cleanup_ctx.append(_inbox_batcher)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     return app
