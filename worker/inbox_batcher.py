@@ -64,7 +64,7 @@ class InboxBatcher:
         *,
         max_batch: int = 500,
         max_in_flight: int = 2,
-        stop_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
     ) -> None:
         self._pool = pool
         self._queue = queue
@@ -79,8 +79,13 @@ class InboxBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="inbox-batcher")
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     async def stop(self) -> None:
-        """Flush what is pending (within ``stop_timeout``), then answer anything left 503."""
+        """Flush what is pending (within ``stop_timeout``), then answer anything left 503.
+        Idempotent; new submissions are refused from the first call on."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:

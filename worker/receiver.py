@@ -186,9 +186,13 @@ async def _inbox_batcher(app: web.Application) -> AsyncIterator[None]:
     app[BATCHER] = batcher = InboxBatcher(services.pool, services.queue)
     batcher.start()
     yield
-    # Cleanup runs after aiohttp has let in-flight requests finish: what is still pending is
-    # flushed (or answered 503); no request is left waiting.
-    await batcher.stop()
+    await batcher.stop()  # already done by on_shutdown unless start-up failed half-way
+
+
+async def _stop_batcher(app: web.Application) -> None:
+    # on_shutdown: the sockets no longer accept, and aiohttp has not yet started waiting for the
+    # running requests: what is pending is flushed (or answered 503), so none is left waiting.
+    await app[BATCHER].stop()
 
 
 def create_receiver_app(services: Services) -> web.Application:
@@ -198,6 +202,7 @@ def create_receiver_app(services: Services) -> web.Application:
     )
     app[SERVICES] = services
     app.cleanup_ctx.append(_inbox_batcher)
+    app.on_shutdown.append(_stop_batcher)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     return app
