@@ -23,7 +23,7 @@ import pytest
 from tests.helpers import make_settings, running_service, sign, wait_for
 from tests.services import free_port
 from worker.config import Settings
-from worker.inbox_batcher import InboxBatcher, InboxUnavailable, Stored
+from worker.inbox_batcher import InboxBatcher, InboxUnavailable, ReceiverStopping, Stored
 from worker.migrate import migrate
 from worker.receiver import BATCHER, create_receiver_app, inbox_row
 from worker.runner import start_site
@@ -261,7 +261,12 @@ async def test_shutdown_answers_503_to_what_cannot_be_flushed_in_time(settings: 
         rest = [asyncio.create_task(batcher.submit(inbox_row(e, json.dumps(e)))) for e in events[1:]]
         await asyncio.wait_for(batcher.stop(), 10)
         results = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 10)
-        assert all(isinstance(r, InboxUnavailable) and r.reason == "database" for r in results), results
+        assert all(
+            isinstance(r, InboxUnavailable)
+            and r.reason == "database"
+            and isinstance(r.error, ReceiverStopping)
+            for r in results
+        ), results
         with pytest.raises(InboxUnavailable):  # nothing is taken once stopped
             await batcher.submit(inbox_row(_event(), "{}"))
         assert await _queued_jobs(services, [e["id"] for e in events]) == []

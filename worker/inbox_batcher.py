@@ -44,6 +44,14 @@ class Unavailable:
     error: BaseException
 
 
+class ReceiverStopping(ConnectionError):
+    """Shutdown came before the event was stored: transient, Stripe retries (no traceback logged)."""
+
+
+def _stopping() -> Unavailable:
+    return Unavailable("database", ReceiverStopping("the receiver is stopping"))
+
+
 class InboxUnavailable(Exception):
     def __init__(self, failure: Unavailable) -> None:
         super().__init__(failure.reason)
@@ -95,13 +103,13 @@ class InboxBatcher:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        self._fail(self._pending, Unavailable("database", RuntimeError("the receiver is stopping")))
+        self._fail(self._pending, _stopping())
         self._pending = []
 
     async def submit(self, row: store.InboxRow) -> Stored:
         """Store and queue ``row``'s event; raises ``InboxUnavailable`` when it cannot."""
         if self._closing or self._task is None or self._task.done():
-            raise InboxUnavailable(Unavailable("database", RuntimeError("the receiver is stopping")))
+            raise InboxUnavailable(_stopping())
         future: asyncio.Future[Stored | Unavailable] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
         self._wakeup.set()
@@ -138,10 +146,12 @@ class InboxBatcher:
     async def _flush(self, batch: list[_Pending]) -> None:
         try:
             await self._store_and_queue(batch)
-        except BaseException as exc:  # cancelled at shutdown, or a bug: nobody is left waiting
+        except asyncio.CancelledError:  # shutdown ran out of time: nobody is left waiting
+            self._fail(batch, _stopping())
+            raise
+        except Exception as exc:  # a bug: answer 503 rather than leave the requests hanging
+            log.exception("inbox_batch_failed", size=len(batch))
             self._fail(batch, Unavailable("database", exc))
-            if not isinstance(exc, asyncio.CancelledError):
-                log.exception("inbox_batch_failed", size=len(batch))
 
     async def _store_and_queue(self, batch: list[_Pending]) -> None:
         rows: dict[str, store.InboxRow] = {}
