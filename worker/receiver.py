@@ -7,23 +7,25 @@ Only ``POST /webhooks/stripe`` and ``GET /healthz`` exist on this port. Answers:
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import stripe
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from handlers.normalize import PayloadError, validate_event_envelope
-from worker import metrics, store
+from worker import json_codec, metrics, store
 from worker.db import is_transient
 from worker.hardening import request_timeout
 from worker.http_errors import error, json_errors
+from worker.inbox_batcher import InboxBatcher, InboxUnavailable
 from worker.logging import get_logger
 from worker.services import SERVICES, Services
 
 log = get_logger("receiver")
+BATCHER = web.AppKey("inbox_batcher", InboxBatcher)
 
 # The SDK's messages, mapped to stable codes (stripe/_webhook.py, 16.x).
 _SIGNATURE_CODES = (
@@ -59,8 +61,14 @@ def verify_signature(payload: str, header: str, secrets: tuple[str, ...], tolera
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The raw bytes, or None past ``limit`` (checked on Content-Length and while reading)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            return None
+        try:  # the HTTP parser ends the payload at Content-Length: one read, no chunk loop
+            return await request.content.readexactly(length)
+        except asyncio.IncompleteReadError as exc:  # the client went away mid-body
+            return exc.partial
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(65536):
         size += len(chunk)
@@ -102,8 +110,10 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         }.get(code, "the signature is invalid")
         return reject(400, code, message)
     try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+        # orjson: ~5x faster than json on a 3.5 kB event; strict RFC 8259 (no NaN, no lone
+        # surrogates) and depth-limited, so hostile nesting is a plain decode error.
+        raw = json_codec.loads(body)
+    except json_codec.JSONDecodeError:
         return reject(400, "invalid_json", "the body is not valid JSON")
     try:
         validate_event_envelope(raw)
@@ -113,48 +123,52 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     fields.update(event_id=event_id, event_type=event_type)
 
     try:
-        is_new, status = await store_in_inbox(services, raw, text)
-    except Exception as exc:
-        if not is_transient(exc):
-            log.exception("webhook_store_failed", **fields)
+        stored = await request.app[BATCHER].submit(inbox_row(raw, text))
+    except InboxUnavailable as exc:
+        if exc.reason == "database" and not is_transient(exc.error):
+            log.error("webhook_store_failed", exc_info=exc.error, **fields)
         metrics.WEBHOOKS.labels(type=event_type, outcome="unavailable").inc()
         log.warning(
             "webhook_unavailable",
-            reason="database",
-            error=type(exc).__name__,
+            reason=exc.reason,
+            error=type(exc.error).__name__,
             duration_ms=_ms(started),
             **fields,
         )
-        return error(503, "database_unavailable", "the event could not be stored; retry later")
-    if is_new or status == "received":
-        try:
-            await services.queue.enqueue_event(event_id)
-        except (RedisError, OSError) as exc:
-            metrics.WEBHOOKS.labels(type=event_type, outcome="unavailable").inc()
-            log.warning(
-                "webhook_unavailable",
-                reason="queue",
-                error=type(exc).__name__,
-                duration_ms=_ms(started),
-                **fields,
-            )
-            return error(503, "queue_unavailable", "the event is stored but could not be queued; retry later")
+        if exc.reason == "database":
+            return error(503, "database_unavailable", "the event could not be stored; retry later")
+        return error(503, "queue_unavailable", "the event is stored but could not be queued; retry later")
+    is_new, status = stored.is_new, stored.status
     outcome = "accepted" if is_new else "duplicate"
     metrics.WEBHOOKS.labels(type=event_type, outcome=outcome).inc()
     log.info("webhook_received", outcome=outcome, status=status, duration_ms=_ms(started), **fields)
     return web.json_response({"received": True, "duplicate": not is_new, "event_id": event_id})
 
 
-async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool, str]:
-    """Insert a verified, envelope-checked event into the inbox (the receiver and backfill)."""
-    return await store.insert_event(
-        services.pool,
+def inbox_row(raw: dict, text: str) -> store.InboxRow:
+    """The inbox row of a verified, envelope-checked event."""
+    api_version = raw.get("api_version")
+    return store.InboxRow(
         event_id=raw["id"],
         event_type=raw["type"],
-        api_version=raw.get("api_version") if isinstance(raw.get("api_version"), str) else None,
+        api_version=api_version if isinstance(api_version, str) else None,
         created=datetime.fromtimestamp(raw["created"], UTC),
         livemode=bool(raw.get("livemode", False)),
         payload=text,
+    )
+
+
+async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool, str]:
+    """Insert one verified, envelope-checked event into the inbox (backfill; the receiver batches)."""
+    row = inbox_row(raw, text)
+    return await store.insert_event(
+        services.pool,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        api_version=row.api_version,
+        created=row.created,
+        livemode=row.livemode,
+        payload=row.payload,
     )
 
 
@@ -166,12 +180,28 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+async def _inbox_batcher(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    app[BATCHER] = batcher = InboxBatcher(services.pool, services.queue)
+    batcher.start()
+    yield
+    await batcher.stop()  # already done by on_shutdown unless start-up failed half-way
+
+
+async def _stop_batcher(app: web.Application) -> None:
+    # on_shutdown: the sockets no longer accept, and aiohttp has not yet started waiting for the
+    # running requests: what is pending is flushed (or answered 503), so none is left waiting.
+    await app[BATCHER].stop()
+
+
 def create_receiver_app(services: Services) -> web.Application:
     # aiohttp's own cap sits just above ours so oversized bodies reach our 413 JSON answer.
     app = web.Application(
         client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors, request_timeout]
     )
     app[SERVICES] = services
+    app.cleanup_ctx.append(_inbox_batcher)
+    app.on_shutdown.append(_stop_batcher)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     return app

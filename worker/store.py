@@ -68,6 +68,52 @@ async def insert_event(
     return row["new"], row["status"]
 
 
+@dataclass(frozen=True)
+class InboxRow:
+    """One verified event for ``insert_events``."""
+
+    event_id: str
+    event_type: str
+    api_version: str | None
+    created: datetime
+    livemode: bool
+    payload: str
+
+
+async def insert_events(
+    conn: asyncpg.Connection, rows: Sequence[InboxRow]
+) -> dict[str, tuple[bool, str | None]]:
+    """``insert_event`` for many events (distinct ids) in two statements; each id → (is_new, status).
+
+    One multi-row INSERT … ON CONFLICT DO NOTHING, then the status of the ids that conflicted,
+    read by a new statement so that it sees deliveries committed concurrently. Each statement
+    commits on its own (no transaction): a returned row is durable.
+    """
+    inserted = await conn.fetch(
+        """
+        INSERT INTO webhook_events (event_id, type, api_version, created, livemode, payload)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::text[])
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id, status
+        """,
+        [r.event_id for r in rows],
+        [r.event_type for r in rows],
+        [r.api_version for r in rows],
+        [r.created for r in rows],
+        [r.livemode for r in rows],
+        [r.payload for r in rows],
+    )
+    out: dict[str, tuple[bool, str | None]] = {r["event_id"]: (True, r["status"]) for r in inserted}
+    conflicted = [r.event_id for r in rows if r.event_id not in out]
+    if conflicted:
+        existing = await conn.fetch(
+            "SELECT event_id, status FROM webhook_events WHERE event_id = ANY($1::text[])", conflicted
+        )
+        found = {r["event_id"]: r["status"] for r in existing}
+        out.update((event_id, (False, found.get(event_id))) for event_id in conflicted)
+    return out
+
+
 async def lock_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
     """Row-lock inbox events in id order (two batches never wait on each other in a cycle)."""
     rows = await conn.fetch(
