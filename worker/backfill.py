@@ -58,13 +58,15 @@ async def run_pages(
     """Read pages from the stored cursor on; stops when done or after ``max_pages`` (then the
     run stays ``running`` and the caller continues it). Stripe errors mark the run ``failed``.
     One reader per run at a time (a session advisory lock): a second one gets ``BackfillBusy``."""
-    async with services.pool.acquire() as lock:
+    # Its own connection, not a pooled one: closing it frees the lock whatever happens, and pooled
+    # connections never carry session state (worker.db.keep_session relies on that).
+    lock = await asyncpg.connect(services.settings.database_url)
+    try:
         if not await lock.fetchval("SELECT pg_try_advisory_lock($1, $2)", BACKFILL_LOCK, run_id):
             raise BackfillBusy(run_id)
-        try:
-            return await _read(services, gateway, run_id, max_pages)
-        finally:
-            await lock.execute("SELECT pg_advisory_unlock($1, $2)", BACKFILL_LOCK, run_id)
+        return await _read(services, gateway, run_id, max_pages)
+    finally:
+        await lock.close()
 
 
 async def _read(

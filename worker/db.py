@@ -16,12 +16,20 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (``RESET ALL; UNLISTEN *; …``: a round trip and
+    server work on every pool use). Safe because no pooled connection carries session state:
+    settings are ``SET LOCAL`` inside transactions, nothing LISTENs, and the one session advisory
+    lock (backfill) lives on its own connection. asyncpg still rolls back an open transaction."""
+
+
 async def create_pool(url: str, size: int = 10, **kwargs: Any) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         url,
         min_size=1,
         max_size=size,
         init=init_connection,
+        reset=keep_session,
         command_timeout=30,
         **kwargs,
     )

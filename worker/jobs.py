@@ -11,6 +11,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from arq import Retry, cron
@@ -48,7 +49,7 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
         lag = (services.clock() - ctx["enqueue_time"]).total_seconds()
         metrics.INBOX_TO_JOB_LATENCY.observe(max(lag, 0.0))
     try:
-        result = await _batcher(ctx).process(event_id)
+        result = await ctx["batcher"].process(event_id)
     except Exception as exc:
         dead = job_try >= services.settings.max_tries
         kind = "transient" if is_transient(exc) else "error"
@@ -116,30 +117,27 @@ async def after_commits(services: Services, committed: Sequence[tuple[Change, tu
         await release_waiting(services, change.workspace_id, change.version, effects)
 
 
-def _batcher(ctx: dict[str, Any]) -> EventBatcher:
-    """The worker's group-commit batcher, made by ``build_worker`` (arq copies ctx per job, so
-    it must exist before the first job)."""
-    return ctx["batcher"]
-
-
 def event_batcher(services: Services) -> EventBatcher:
-    async def after_events(results: Sequence[ProcessResult]) -> None:
-        await after_events_committed(services, results)
-
-    return EventBatcher(services.processor, after_events)
+    """The worker's group-commit batcher; ``build_worker`` puts it in the worker's ctx before the
+    first job (arq copies ctx per job, so a batcher made inside a job would serve that job only)."""
+    return EventBatcher(services.processor, partial(after_events_committed, services))
 
 
 async def after_events_committed(services: Services, results: Sequence[ProcessResult]) -> None:
     """``after_commit`` for a batch of processed events: the change notifications in one round
-    trip, then the reactions to their effects and to newly mapped customers."""
-    await after_commits(
-        services,
-        [
-            (Change(r.workspace_id, r.version, r.changes, r.event_id), r.effects)
-            for r in results
-            if r.workspace_id is not None and r.version is not None and r.changes
-        ],
-    )
+    trip, then the reactions to their effects and to newly mapped customers (each best effort:
+    the sweeps catch up on what fails here)."""
+    try:
+        await after_commits(
+            services,
+            [
+                (Change(r.workspace_id, r.version, r.changes, r.event_id), r.effects)
+                for r in results
+                if r.workspace_id is not None and r.version is not None and r.changes
+            ],
+        )
+    except Exception as exc:
+        log.warning("release_waiting_failed", size=len(results), error=repr(exc)[:300])
     for r in results:
         if services.stripe is not None and any(isinstance(e, RefetchRequested) for e in r.effects):
             from worker.ops_jobs import enqueue_reconcile  # ops_jobs → backfill → receiver → jobs

@@ -80,7 +80,8 @@ class EventProcessor:
 
     async def process_many(self, event_ids: Sequence[str]) -> list[ProcessResult]:
         """Apply the events as if one after the other, in one transaction; one result per id, in
-        order. Any error rolls the whole batch back (the caller then retries events one by one)."""
+        order. Any error rolls the whole batch back (``worker.event_batches`` then retries its events
+        one by one, or hands a database error to every job of the batch)."""
         now = self.clock()
         ids = list(dict.fromkeys(event_ids))
         writes = _Writes()
