@@ -163,9 +163,26 @@ async def test_events_before_their_customer_is_known_wait_as_unmatched(
     await _insert(pool, [invoice, created])
     unmatched, mapped = await processor.process_many([invoice["id"], created["id"]])
     assert (unmatched.status, unmatched.outcome) == ("unmatched", "unmatched")
-    assert mapped.newly_mapped_customer == ids["customer"]
+    # The event that maps the customer hands the one left waiting in its own batch to the requeue.
+    assert (mapped.newly_mapped_customer, mapped.requeue) == (ids["customer"], (invoice["id"],))
     again = await processor.process(invoice["id"])  # what the requeue after the commit does
     assert (again.status, again.workspace_id) == ("processed", ids["workspace_id"])
+
+
+async def test_events_stored_unmatched_are_requeued_by_the_batch_that_maps_their_customer(
+    pool: asyncpg.Pool, processor: EventProcessor
+):
+    ids = _ids("late")
+    events = _history(ids)
+    created = next(e for e in events if e["type"] == "customer.subscription.created")
+    orphans = [json.loads(json.dumps(e)) for e in events if e["type"].startswith("invoice.")][:2]
+    for e in orphans:
+        e["data"]["object"]["parent"]["subscription_details"]["metadata"] = {}
+    await _insert(pool, [*orphans, created])
+    assert [r.status for r in await processor.process_many([e["id"] for e in orphans])] == ["unmatched"] * 2
+    (mapped,) = await processor.process_many([created["id"]])
+    assert mapped.newly_mapped_customer == ids["customer"]
+    assert sorted(mapped.requeue) == sorted(e["id"] for e in orphans)
 
 
 class _Failing(EventProcessor):

@@ -18,7 +18,7 @@ from arq import Retry, cron
 from arq.worker import Worker, func
 
 from handlers.reducer import Effect, RefetchRequested
-from worker import metrics, store
+from worker import metrics
 from worker.db import is_transient
 from worker.event_batches import EventBatcher
 from worker.logging import get_logger
@@ -146,15 +146,15 @@ async def after_events_committed(services: Services, results: Sequence[ProcessRe
                 await enqueue_reconcile(services, r.workspace_id or "")
             except Exception as exc:  # the deterministic tie-break already gave a state
                 log.warning("refetch_not_enqueued", workspace_id=r.workspace_id, error=repr(exc))
-    mapped = sorted({r.newly_mapped_customer for r in results if r.newly_mapped_customer})
-    if mapped:
-        # Events that arrived before we knew these customers need not wait for their backoff
+    requeue = [event_id for r in results for event_id in r.requeue]
+    if requeue:
+        # Events that arrived before we knew their customer need not wait for their backoff
         # (if this fails, the inbox sweep still retries them on their backoff schedule).
         try:
-            for waiting in await store.unmatched_for_customers(services.pool, mapped):
-                await services.queue.enqueue_event(waiting)
+            for event_id in requeue:
+                await services.queue.enqueue_event(event_id)
         except Exception as exc:
-            log.warning("unmatched_requeue_failed", customer_ids=mapped, error=repr(exc))
+            log.warning("unmatched_requeue_failed", count=len(requeue), error=repr(exc))
 
 
 async def _close_batcher(ctx: dict[str, Any]) -> None:

@@ -42,6 +42,8 @@ class ProcessResult:
     effects: tuple[Effect, ...] = ()
     newly_mapped_customer: str | None = None
     changes: dict[str, object] = field(default_factory=dict)
+    # Unmatched events that waited for the customer this event mapped: queue them now.
+    requeue: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,18 +104,20 @@ class EventProcessor:
                         parsed.append((row, event))
             routed, new_mappings = await self._route(conn, parsed, writes, results, now)
             if routed:
-                await self._apply(conn, routed, new_mappings, writes, results, now)
+                await self._apply(conn, routed, writes, results, now)
             await credits_store.append_many(conn, writes.credit_entries, now)
             await plan_changes.record_confirmations(conn, [r.event.meta for r in routed])
-            await store.write_batch(
+            mapped = await store.write_batch(
                 conn,
                 subscriptions=writes.subscriptions,
                 invoices=writes.invoices,
                 workspaces=[(w.state, w.view, w.view_json) for w in writes.workspaces.values()],
                 audit=writes.audit,
                 finishes=writes.finishes,
+                customers=new_mappings,
                 now=now,
             )
+        _credit_mappings(routed, mapped, writes.finishes, results)
         return _in_request_order(event_ids, results)
 
     def _decode(
@@ -191,7 +195,6 @@ class EventProcessor:
         self,
         conn: asyncpg.Connection,
         routed: list[_Routed],
-        new_mappings: dict[str, str],
         writes: _Writes,
         results: dict[str, ProcessResult],
         now: datetime,
@@ -204,7 +207,6 @@ class EventProcessor:
             locked.update(await store.ensure_workspaces(conn, first_seen, self.catalog, now))
             if raced := [w for w in first_seen if w not in locked]:  # created meanwhile by another
                 locked.update(await store.lock_workspaces(conn, raced, touched))
-        newly_mapped = await store.remember_customers(conn, new_mappings)
         grants = {r.event_id: credit_grants(r.event, self.catalog) for r in routed}
         granted = set(
             await credits_store.granted_keys(conn, (g.source_key for gs in grants.values() for g in gs))
@@ -224,8 +226,6 @@ class EventProcessor:
             writes.finishes.append(
                 EventFinish(r.event_id, "processed", outcome.result, r.workspace_id, r.customer_id)
             )
-            mapped = r.customer_id if r.customer_id in newly_mapped else None
-            newly_mapped.discard(r.customer_id or "")
             results[r.event_id] = ProcessResult(
                 r.event_id,
                 "processed",
@@ -234,7 +234,7 @@ class EventProcessor:
                 r.workspace_id,
                 outcome.state.version,
                 outcome.effects,
-                mapped,
+                None,
                 changes if outcome.result == APPLIED else {},
             )
 
@@ -290,6 +290,26 @@ class EventProcessor:
                 error[:4000],
                 None if retry_in is None else now + timedelta(seconds=retry_in),
             )
+
+
+def _credit_mappings(
+    routed: list[_Routed],
+    mapped: dict[str, list[str]],
+    finishes: list[EventFinish],
+    results: dict[str, ProcessResult],
+) -> None:
+    """The first event of each customer this batch mapped carries the mapping and the events
+    left unmatched waiting for it: those stored before, and those of this very batch."""
+    in_batch = {f.event_id for f in finishes}
+    for r in routed:
+        waiting = mapped.pop(r.customer_id, None) if r.customer_id else None
+        if waiting is None:
+            continue
+        stored = [e for e in waiting if e not in in_batch]
+        here = [f.event_id for f in finishes if f.outcome == "unmatched" and f.customer_id == r.customer_id]
+        results[r.event_id] = replace(
+            results[r.event_id], newly_mapped_customer=r.customer_id, requeue=tuple(stored + here)
+        )
 
 
 def _in_request_order(event_ids: Sequence[str], results: dict[str, ProcessResult]) -> list[ProcessResult]:

@@ -163,16 +163,6 @@ async def get_event(conn: asyncpg.Connection | asyncpg.Pool, event_id: str) -> a
     )
 
 
-async def unmatched_for_customers(
-    conn: asyncpg.Connection | asyncpg.Pool, customer_ids: Sequence[str]
-) -> list[str]:
-    rows = await conn.fetch(
-        "SELECT event_id FROM webhook_events WHERE status = 'unmatched' AND customer_id = ANY($1::text[])",
-        customer_ids,
-    )
-    return [r["event_id"] for r in rows]
-
-
 # ---------------------------------------------------------------- workspace mapping
 
 
@@ -183,20 +173,6 @@ async def workspaces_for_customers(conn: asyncpg.Connection, customer_ids: Seque
         "SELECT customer_id, workspace_id FROM customers WHERE customer_id = ANY($1::text[])", customer_ids
     )
     return {r["customer_id"]: r["workspace_id"] for r in rows}
-
-
-async def remember_customers(conn: asyncpg.Connection, mappings: Mapping[str, str]) -> set[str]:
-    """Remember customer → workspace (the first mapping stays); returns the customers that are new."""
-    if not mappings:
-        return set()
-    rows = await conn.fetch(
-        "INSERT INTO customers (customer_id, workspace_id) "
-        "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (customer_id) DO NOTHING "
-        "RETURNING customer_id",
-        list(mappings),
-        list(mappings.values()),
-    )
-    return {r["customer_id"] for r in rows}
 
 
 # ---------------------------------------------------------------- workspace state
@@ -609,15 +585,25 @@ WITH subs AS (
                   $50::text[], $51::timestamptz[]) WITH ORDINALITY
            AS t(ws, version, ck, ci, changes, before, after, eff, n)
      ORDER BY n
+), fin AS (
+    UPDATE webhook_events e
+       SET status = t.st, outcome = t.outcome, workspace_id = COALESCE(t.ws, e.workspace_id),
+           customer_id = COALESCE(t.cus, e.customer_id), attempts = e.attempts + 1,
+           processed_at = CASE WHEN t.st IN ('processed', 'ignored') THEN $56 ELSE e.processed_at END,
+           last_error = t.err, next_retry_at = t.nxt
+      FROM unnest($52::text[], $53::text[], $54::text[], $55::text[], $57::text[], $58::text[],
+                  $59::timestamptz[]) AS t(id, st, outcome, ws, cus, err, nxt)
+     WHERE e.event_id = t.id
+), mapped AS (
+    INSERT INTO customers (customer_id, workspace_id)
+    SELECT * FROM unnest($60::text[], $61::text[])
+    ON CONFLICT (customer_id) DO NOTHING
+    RETURNING customer_id
 )
-UPDATE webhook_events e
-   SET status = t.st, outcome = t.outcome, workspace_id = COALESCE(t.ws, e.workspace_id),
-       customer_id = COALESCE(t.cus, e.customer_id), attempts = e.attempts + 1,
-       processed_at = CASE WHEN t.st IN ('processed', 'ignored') THEN $56 ELSE e.processed_at END,
-       last_error = t.err, next_retry_at = t.nxt
-  FROM unnest($52::text[], $53::text[], $54::text[], $55::text[], $57::text[], $58::text[],
-              $59::timestamptz[]) AS t(id, st, outcome, ws, cus, err, nxt)
- WHERE e.event_id = t.id
+-- The customers mapped by this batch, with the events that were waiting for them (as of before
+-- this statement: the caller adds the batch's own unmatched events).
+SELECT m.customer_id, e.event_id
+  FROM mapped m LEFT JOIN webhook_events e ON e.customer_id = m.customer_id AND e.status = 'unmatched'
 """
 
 
@@ -634,10 +620,13 @@ async def write_batch(
     workspaces: Sequence[tuple[WorkspaceState, WorkspaceView, Mapping[str, Any]]],
     audit: Sequence[AuditEntry],
     finishes: Sequence[EventFinish],
+    customers: Mapping[str, str],
     now: datetime,
-) -> None:
+) -> dict[str, list[str]]:
     """Every write of a batch of events in one statement (one round trip). Observations of one
-    object written twice in the batch keep the later record, as sequential upserts would."""
+    object written twice in the batch keep the later record, as sequential upserts would.
+    ``customers`` maps new customers to workspaces (the first mapping stays); returns each customer
+    this batch mapped, with the ids of the events that were unmatched waiting for it."""
     dumps = json_codec.dumps
     subs = {
         r.snapshot.subscription_id: (
@@ -677,7 +666,7 @@ async def write_batch(
         for f in finishes
     ]
     fin_columns = _columns(fins, 7)
-    await conn.execute(
+    rows = await conn.fetch(
         _WRITE_BATCH,
         *_columns(list(subs.values()), 7),
         *_columns(list(invs.values()), 18),
@@ -686,7 +675,15 @@ async def write_batch(
         *fin_columns[:4],
         now,
         *fin_columns[4:],
+        list(customers),
+        list(customers.values()),
     )
+    mapped: dict[str, list[str]] = {}
+    for r in rows:
+        waiting = mapped.setdefault(r["customer_id"], [])
+        if r["event_id"] is not None:
+            waiting.append(r["event_id"])
+    return mapped
 
 
 # ---------------------------------------------------------------- reads for the API
