@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -164,3 +165,29 @@ async def running_service(
         if worker_task is not None:
             await asyncio.gather(worker_task, return_exceptions=True)
         await services.close()
+
+
+def history_ids(tag: str) -> dict[str, str]:
+    """Fresh ids for one workspace's history (``stripe_factory.history_*`` keyword arguments)."""
+    u = uuid.uuid4().hex[:10]
+    return {
+        "workspace_id": f"ws_{tag}_{u}",
+        "customer": f"cus_{tag}{u}",
+        "sub_id": f"sub_{tag}{u}",
+        "id_prefix": f"evt_{tag}{u}",
+    }
+
+
+def customer_event(customer_id: str, event_id: str | None = None) -> dict[str, Any]:
+    """A minimal, valid ``customer.created`` event (the worker ignores it): for receiver tests."""
+    return {
+        "id": event_id or f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "api_version": "2026-09-30.endive",
+        "created": int(time.time()),
+        "type": "customer.created",
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "data": {"object": {"id": customer_id, "object": "customer", "metadata": {}}},
+    }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from handlers.codec import to_jsonable
 from tests import stripe_factory as sf
+from tests.helpers import history_ids
 from worker import store
 from worker.db import create_pool
 from worker.event_batches import EventBatcher
@@ -39,16 +39,6 @@ async def pool(migrated_pg_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def processor(pool: asyncpg.Pool) -> EventProcessor:
     return EventProcessor(pool, load_catalog(None), lambda: NOW)
-
-
-def _ids(tag: str) -> dict[str, str]:
-    u = uuid.uuid4().hex[:10]
-    return {
-        "workspace_id": f"ws_{tag}_{u}",
-        "customer": f"cus_{tag}{u}",
-        "sub_id": f"sub_{tag}{u}",
-        "id_prefix": f"evt_{tag}{u}",
-    }
 
 
 def _history(ids: dict[str, str]) -> list[dict[str, Any]]:
@@ -97,7 +87,7 @@ async def test_any_batching_of_a_shuffled_delivery_equals_one_by_one(
 ):
     rng = random.Random(20261122)
     for attempt in range(8):
-        one_ids, batch_ids = _ids(f"one{attempt}"), _ids(f"bat{attempt}")
+        one_ids, batch_ids = history_ids(f"one{attempt}"), history_ids(f"bat{attempt}")
         singly, batched = _history(one_ids), _history(batch_ids)
         await _insert(pool, singly + batched)
         # The same delivery (shuffled, half of it twice) for both workspaces.
@@ -123,7 +113,7 @@ async def test_any_batching_of_a_shuffled_delivery_equals_one_by_one(
 async def test_one_batch_holding_a_whole_history_equals_one_by_one(
     pool: asyncpg.Pool, processor: EventProcessor
 ):
-    reference_ids, batch_ids = _ids("seq"), _ids("all")
+    reference_ids, batch_ids = history_ids("seq"), history_ids("all")
     reference, together = _history(reference_ids), _history(batch_ids)
     await _insert(pool, reference + together)
     for e in reference:
@@ -139,7 +129,7 @@ async def test_one_batch_holding_a_whole_history_equals_one_by_one(
 async def test_an_event_mapping_a_customer_matches_the_later_events_of_its_batch(
     pool: asyncpg.Pool, processor: EventProcessor
 ):
-    ids = _ids("map")
+    ids = history_ids("map")
     events = _history(ids)
     created = next(e for e in events if e["type"] == "customer.subscription.created")
     invoice_events = [json.loads(json.dumps(e)) for e in events if e["type"].startswith("invoice.")]
@@ -155,7 +145,7 @@ async def test_an_event_mapping_a_customer_matches_the_later_events_of_its_batch
 async def test_events_before_their_customer_is_known_wait_as_unmatched(
     pool: asyncpg.Pool, processor: EventProcessor
 ):
-    ids = _ids("early")
+    ids = history_ids("early")
     events = _history(ids)
     created = next(e for e in events if e["type"] == "customer.subscription.created")
     invoice = json.loads(json.dumps(next(e for e in events if e["type"].startswith("invoice."))))
@@ -172,7 +162,7 @@ async def test_events_before_their_customer_is_known_wait_as_unmatched(
 async def test_events_stored_unmatched_are_requeued_by_the_batch_that_maps_their_customer(
     pool: asyncpg.Pool, processor: EventProcessor
 ):
-    ids = _ids("late")
+    ids = history_ids("late")
     events = _history(ids)
     created = next(e for e in events if e["type"] == "customer.subscription.created")
     orphans = [json.loads(json.dumps(e)) for e in events if e["type"].startswith("invoice.")][:2]
@@ -197,7 +187,7 @@ class _Failing(EventProcessor):
 
 
 async def test_a_failing_event_fails_only_its_own_job(pool: asyncpg.Pool):
-    ids = _ids("poison")
+    ids = history_ids("poison")
     events = _history(ids)[:4]
     await _insert(pool, events)
     processor = _Failing(pool, load_catalog(None), lambda: NOW)
@@ -217,7 +207,7 @@ async def test_a_failing_event_fails_only_its_own_job(pool: asyncpg.Pool):
 
 
 async def test_a_lock_timeout_fails_the_whole_batch_at_once_and_writes_nothing(pool: asyncpg.Pool):
-    locked_ids, free_ids = _ids("lockd"), _ids("free")
+    locked_ids, free_ids = history_ids("lockd"), history_ids("free")
     locked_events, free_events = _history(locked_ids)[:2], _history(free_ids)[:1]
     await _insert(pool, locked_events + free_events)
     processor = EventProcessor(pool, load_catalog(None), lambda: NOW, lock_timeout_ms=200)

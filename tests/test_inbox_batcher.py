@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.helpers import make_settings, running_service, sign, wait_for
+from tests.helpers import customer_event, make_settings, running_service, sign, wait_for
 from tests.services import free_port
 from worker.config import Settings
 from worker.inbox_batcher import InboxBatcher, InboxUnavailable, ReceiverStopping, Stored
@@ -28,20 +26,6 @@ from worker.migrate import migrate
 from worker.receiver import BATCHER, create_receiver_app, inbox_row
 from worker.runner import start_site
 from worker.services import Services
-
-
-def _event(event_id: str | None = None) -> dict[str, Any]:
-    return {
-        "id": event_id or f"evt_{uuid.uuid4().hex}",
-        "object": "event",
-        "api_version": "2026-09-30.endive",
-        "created": int(time.time()),
-        "type": "customer.created",
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "data": {"object": {"id": "cus_batch", "object": "customer", "metadata": {}}},
-    }
 
 
 async def _post(http: aiohttp.ClientSession, url: str, event: dict[str, Any]) -> tuple[int, Any]:
@@ -83,7 +67,7 @@ async def service(settings: Settings) -> AsyncIterator[Any]:
 
 
 async def test_many_concurrent_deliveries_are_each_stored_and_queued_once(service):
-    events = [_event() for _ in range(300)]
+    events = [customer_event("cus_batch") for _ in range(300)]
     answers = await asyncio.gather(*(_post(service.http, service.receiver_url, e) for e in events))
     ids = [e["id"] for e in events]
     assert [a for a in answers if a[0] != 200] == []
@@ -100,7 +84,7 @@ async def test_many_concurrent_deliveries_are_each_stored_and_queued_once(servic
 
 async def test_duplicates_inside_one_batch_insert_once_and_answer_duplicate(service):
     """Submitted in one go, the deliveries of one id land in one batch: the first inserts."""
-    event, other = _event(), _event()
+    event, other = customer_event("cus_batch"), customer_event("cus_batch")
     batcher = InboxBatcher(service.services.pool, service.services.queue)
     batcher.start()
     try:
@@ -122,7 +106,7 @@ async def test_duplicates_inside_one_batch_insert_once_and_answer_duplicate(serv
 
 
 async def test_duplicate_http_deliveries_at_once_one_accepted_the_rest_duplicate(service):
-    event = _event()
+    event = customer_event("cus_batch")
     answers = await asyncio.gather(*(_post(service.http, service.receiver_url, event) for _ in range(20)))
     assert {a[0] for a in answers} == {200}
     assert sorted(a[1]["duplicate"] for a in answers) == [False] + [True] * 19
@@ -144,7 +128,7 @@ async def private_settings(embedded_postgres_factory, embedded_redis_factory) ->
 @pytest.mark.slow
 async def test_postgres_down_every_request_of_the_batch_gets_503_and_nothing_is_queued(private_settings):
     settings, postgres, _ = private_settings
-    events = [_event() for _ in range(40)]
+    events = [customer_event("cus_batch") for _ in range(40)]
     async with running_service(settings, worker=False) as svc:
         postgres.stop()
         answers = await asyncio.gather(*(_post(svc.http, svc.receiver_url, e) for e in events))
@@ -170,7 +154,7 @@ async def test_postgres_down_every_request_of_the_batch_gets_503_and_nothing_is_
 @pytest.mark.slow
 async def test_redis_down_answers_queue_unavailable_and_keeps_the_rows(private_settings):
     settings, _, redis = private_settings
-    events = [_event() for _ in range(40)]
+    events = [customer_event("cus_batch") for _ in range(40)]
     ids = [e["id"] for e in events]
     async with running_service(settings, worker=False) as svc:
         redis.stop()
@@ -227,9 +211,9 @@ async def _block_inserts_of(pool: asyncpg.Pool, event: dict[str, Any]) -> tuple[
 
 async def test_shutdown_flushes_pending_requests_before_stopping(own_receiver: _Receiver):
     pool = own_receiver.services.pool
-    blocker_event = _event()
+    blocker_event = customer_event("cus_batch")
     blocker, tx = await _block_inserts_of(pool, blocker_event)
-    events = [blocker_event] + [_event() for _ in range(30)]
+    events = [blocker_event] + [customer_event("cus_batch") for _ in range(30)]
     async with aiohttp.ClientSession() as http:
         posts = [asyncio.create_task(_post(http, own_receiver.url, e)) for e in events]
         # The first batch waits on the open transaction; the others queue up behind it.
@@ -250,12 +234,12 @@ async def test_shutdown_flushes_pending_requests_before_stopping(own_receiver: _
 
 async def test_shutdown_answers_503_to_what_cannot_be_flushed_in_time(settings: Settings):
     services = await Services.start(settings)
-    blocker_event = _event()
+    blocker_event = customer_event("cus_batch")
     blocker, tx = await _block_inserts_of(services.pool, blocker_event)
     batcher = InboxBatcher(services.pool, services.queue, max_in_flight=1, stop_timeout=0.5)
     batcher.start()
     try:
-        events = [blocker_event] + [_event() for _ in range(10)]
+        events = [blocker_event] + [customer_event("cus_batch") for _ in range(10)]
         first = asyncio.create_task(batcher.submit(inbox_row(events[0], json.dumps(events[0]))))
         await wait_for(lambda: _insert_waiting(services.pool), lambda n: n >= 1, what="a blocked INSERT")
         rest = [asyncio.create_task(batcher.submit(inbox_row(e, json.dumps(e)))) for e in events[1:]]
@@ -268,7 +252,7 @@ async def test_shutdown_answers_503_to_what_cannot_be_flushed_in_time(settings: 
             for r in results
         ), results
         with pytest.raises(InboxUnavailable):  # nothing is taken once stopped
-            await batcher.submit(inbox_row(_event(), "{}"))
+            await batcher.submit(inbox_row(customer_event("cus_batch"), "{}"))
         assert await _queued_jobs(services, [e["id"] for e in events]) == []
     finally:
         await tx.rollback()

@@ -15,18 +15,8 @@ from typing import Any
 import pytest
 
 from tests import stripe_factory as sf
-from tests.helpers import RunningService, running_service, wait_for
+from tests.helpers import RunningService, history_ids, running_service, wait_for
 from worker.config import Settings
-
-
-def _ids(tag: str) -> dict[str, str]:
-    u = uuid.uuid4().hex[:10]
-    return {
-        "workspace_id": f"ws_{tag}_{u}",
-        "customer": f"cus_{tag}{u}",
-        "sub_id": f"sub_{tag}{u}",
-        "id_prefix": f"evt_{tag}{u}",
-    }
 
 
 async def _deliver_and_wait(svc: RunningService, event: dict[str, Any]) -> None:
@@ -43,7 +33,7 @@ async def service(settings: Settings):
 
 
 async def test_subscription_lifecycle_over_http(service: RunningService):
-    ids = _ids("life")
+    ids = history_ids("life")
     created, trial_will_end, active, plan_change, cancel_requested, deleted = sf.history_lifecycle(**ids)
     ws = ids["workspace_id"]
 
@@ -83,7 +73,7 @@ async def test_subscription_lifecycle_over_http(service: RunningService):
 
 
 async def test_payment_failure_blocks_then_payment_lifts_it(service: RunningService):
-    ids = _ids("dun")
+    ids = history_ids("dun")
     events = sf.history_payment_failure(**ids, invoice_id=f"in_{ids['sub_id']}", failures=2)
     ws = ids["workspace_id"]
     by_label = {e["id"].split("_", 3)[-1]: e for e in events}
@@ -130,7 +120,7 @@ async def test_unknown_event_type_is_stored_and_ignored(service: RunningService)
 
 
 async def test_event_of_an_unknown_customer_waits_unmatched_then_applies(service: RunningService):
-    ids = _ids("race")
+    ids = history_ids("race")
     invoice_id = f"in_{ids['sub_id']}"
     events = sf.history_payment_failure(**ids, invoice_id=invoice_id, outcome=None)
     # The invoice webhook can race the app's own write: strip the metadata that names the workspace.
@@ -173,7 +163,7 @@ def _history(ids: dict[str, str], invoice_id: str) -> list[dict[str, Any]]:
 
 
 async def test_shuffled_duplicated_delivery_gives_the_in_order_state(service: RunningService):
-    ordered_ids, shuffled_ids = _ids("ord"), _ids("shf")
+    ordered_ids, shuffled_ids = history_ids("ord"), history_ids("shf")
     ordered = _history(ordered_ids, "in_ord" + ordered_ids["sub_id"][-10:])
     shuffled = _history(shuffled_ids, "in_shf" + shuffled_ids["sub_id"][-10:])
 

@@ -7,27 +7,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from typing import Any
 
 import pytest
 
-from tests.helpers import SECRET_A, SECRET_B, RunningService, running_service, sign
+from tests.helpers import SECRET_A, SECRET_B, RunningService, customer_event, running_service, sign
 from worker.config import Settings
-
-
-def _event(event_id: str | None = None) -> dict[str, Any]:
-    return {
-        "id": event_id or f"evt_{uuid.uuid4().hex}",
-        "object": "event",
-        "api_version": "2026-09-30.endive",
-        "created": int(time.time()),
-        "type": "customer.created",
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "data": {"object": {"id": "cus_sig", "object": "customer", "metadata": {}}},
-    }
 
 
 @pytest.fixture
@@ -53,7 +37,7 @@ async def _queued(svc: RunningService, event_id: str) -> bool:
 async def test_valid_signature_with_any_active_secret_is_stored_and_queued(
     service: RunningService, secret: str
 ):
-    event = _event()
+    event = customer_event("cus_sig")
     status, body = await service.post_event(event, secret=secret)
     assert (status, body["duplicate"]) == (200, False)
     assert await _stored(service, event["id"])
@@ -61,7 +45,7 @@ async def test_valid_signature_with_any_active_secret_is_stored_and_queued(
 
 
 async def test_duplicate_delivery_answers_200_and_says_duplicate(service: RunningService):
-    event = _event()
+    event = customer_event("cus_sig")
     assert (await service.post_event(event))[0] == 200
     status, body = await service.post_event(event, secret=SECRET_B)
     assert status == 200
@@ -143,7 +127,7 @@ def _not_utf8(event):
 async def test_rejected_requests_store_and_enqueue_nothing(
     service: RunningService, build, status: int, code: str
 ):
-    event = _event()
+    event = customer_event("cus_sig")
     body, headers = build(event)
     got_status, got = await service.post_raw(body, headers)
     assert (got_status, got["error"]["code"]) == (status, code), got

@@ -346,73 +346,13 @@ def _invoice_record(row: asyncpg.Record) -> InvoiceRecord:
     )
 
 
-_SAVE_SUBSCRIPTION = """
-    INSERT INTO subscriptions (subscription_id, workspace_id, customer_id, status, snapshot,
-                               observed_at, observed_event_id, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-    ON CONFLICT (subscription_id) DO UPDATE
-       SET workspace_id = EXCLUDED.workspace_id, customer_id = EXCLUDED.customer_id,
-           status = EXCLUDED.status, snapshot = EXCLUDED.snapshot,
-           observed_at = EXCLUDED.observed_at, observed_event_id = EXCLUDED.observed_event_id,
-           updated_at = now()
-"""
-
-
 async def save_subscription(conn: asyncpg.Connection, workspace_id: str, record: SubscriptionRecord) -> None:
-    await save_subscriptions(conn, [(workspace_id, record)])
-
-
-async def save_subscriptions(
-    conn: asyncpg.Connection, records: Sequence[tuple[str, SubscriptionRecord]]
-) -> None:
-    """Upsert in order (one pipelined round trip): a later record of the same object wins."""
-    if not records:
-        return
-    await conn.executemany(
-        _SAVE_SUBSCRIPTION,
-        [
-            (
-                r.snapshot.subscription_id,
-                workspace_id,
-                r.snapshot.customer_id,
-                r.snapshot.status,
-                to_jsonable(r.snapshot),
-                r.observed_at,
-                r.observed_event_id,
-            )
-            for workspace_id, r in records
-        ],
-    )
-
-
-_SAVE_INVOICE = """
-    INSERT INTO invoices (invoice_id, workspace_id, customer_id, subscription_id, status, currency,
-                          amount_due, amount_paid, amount_remaining, attempt_count,
-                          next_payment_attempt, billing_reason, invoice_created, first_failed_at,
-                          last_failed_at, snapshot, observed_at, observed_event_id, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
-    ON CONFLICT (invoice_id) DO UPDATE
-       SET workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status,
-           subscription_id = EXCLUDED.subscription_id, currency = EXCLUDED.currency,
-           amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
-           amount_remaining = EXCLUDED.amount_remaining, attempt_count = EXCLUDED.attempt_count,
-           next_payment_attempt = EXCLUDED.next_payment_attempt,
-           billing_reason = EXCLUDED.billing_reason, first_failed_at = EXCLUDED.first_failed_at,
-           last_failed_at = EXCLUDED.last_failed_at, snapshot = EXCLUDED.snapshot,
-           observed_at = EXCLUDED.observed_at, observed_event_id = EXCLUDED.observed_event_id,
-           updated_at = now()
-"""
+    """Upsert one observation (reconcile) through the batch's write statement."""
+    await write_batch(conn, subscriptions=[(workspace_id, record)])
 
 
 async def save_invoice(conn: asyncpg.Connection, workspace_id: str, record: InvoiceRecord) -> None:
-    await save_invoices(conn, [(workspace_id, record)])
-
-
-async def save_invoices(conn: asyncpg.Connection, records: Sequence[tuple[str, InvoiceRecord]]) -> None:
-    """Upsert in order (one pipelined round trip): a later record of the same object wins."""
-    if not records:
-        return
-    await conn.executemany(_SAVE_INVOICE, [_invoice_values(ws, r) for ws, r in records])
+    await write_batch(conn, invoices=[(workspace_id, record)])
 
 
 def _invoice_values(workspace_id: str, record: InvoiceRecord) -> tuple[Any, ...]:
@@ -615,18 +555,21 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 async def write_batch(
     conn: asyncpg.Connection,
     *,
-    subscriptions: Sequence[tuple[str, SubscriptionRecord]],
-    invoices: Sequence[tuple[str, InvoiceRecord]],
-    workspaces: Sequence[tuple[WorkspaceState, WorkspaceView, Mapping[str, Any]]],
-    audit: Sequence[AuditEntry],
-    finishes: Sequence[EventFinish],
-    customers: Mapping[str, str],
-    now: datetime,
+    subscriptions: Sequence[tuple[str, SubscriptionRecord]] = (),
+    invoices: Sequence[tuple[str, InvoiceRecord]] = (),
+    workspaces: Sequence[tuple[WorkspaceState, WorkspaceView, Mapping[str, Any]]] = (),
+    audit: Sequence[AuditEntry] = (),
+    finishes: Sequence[EventFinish] = (),
+    customers: Mapping[str, str] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, list[str]]:
     """Every write of a batch of events in one statement (one round trip). Observations of one
     object written twice in the batch keep the later record, as sequential upserts would.
     ``customers`` maps new customers to workspaces (the first mapping stays); returns each customer
-    this batch mapped, with the ids of the events that were unmatched waiting for it."""
+    this batch mapped, with the ids of the events that were unmatched waiting for it. ``now``
+    (the processing time) is needed when workspaces or inbox statuses are written."""
+    if now is None and (workspaces or finishes):
+        raise ValueError("write_batch: now is required to write workspaces or inbox statuses")
     dumps = json_codec.dumps
     subs = {
         r.snapshot.subscription_id: (
@@ -675,8 +618,8 @@ async def write_batch(
         *fin_columns[:4],
         now,
         *fin_columns[4:],
-        list(customers),
-        list(customers.values()),
+        list(customers or {}),
+        list((customers or {}).values()),
     )
     mapped: dict[str, list[str]] = {}
     for r in rows:
