@@ -24,19 +24,16 @@ def field_names(cls: type) -> tuple[str, ...]:
 
 
 _PLAIN = frozenset({str, int, bool, float, type(None)})
-_ENCODERS: dict[type, Callable[[Any], Any]] = {}
 
 
 def to_jsonable(value: Any) -> Any:
     cls = type(value)
     if cls in _PLAIN:
         return value
-    encode = _ENCODERS.get(cls)
-    if encode is None:
-        encode = _ENCODERS[cls] = _encoder(cls)
-    return encode(value)
+    return _encoder(cls)(value)
 
 
+@cache
 def _encoder(cls: type) -> Callable[[Any], Any]:
     """How values of ``cls`` encode, decided once per type (every event encodes views and
     snapshots; dispatching on isinstance chains per value was the slow part)."""

@@ -137,23 +137,6 @@ class EventFinish:
     next_retry_at: datetime | None = None
 
 
-async def finish_events(conn: asyncpg.Connection, finishes: Sequence[EventFinish], now: datetime) -> None:
-    await conn.executemany(
-        """
-        UPDATE webhook_events
-           SET status = $2, outcome = $3, workspace_id = COALESCE($4, workspace_id),
-               customer_id = COALESCE($5, customer_id), attempts = attempts + 1,
-               processed_at = CASE WHEN $2 IN ('processed', 'ignored') THEN $6 ELSE processed_at END,
-               last_error = $7, next_retry_at = $8
-         WHERE event_id = $1
-        """,
-        [
-            (f.event_id, f.status, f.outcome, f.workspace_id, f.customer_id, now, f.error, f.next_retry_at)
-            for f in finishes
-        ],
-    )
-
-
 async def get_event(conn: asyncpg.Connection | asyncpg.Pool, event_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT event_id, type, api_version, created, livemode, status, outcome, workspace_id, "
@@ -385,24 +368,8 @@ async def save_workspace(
     view: WorkspaceView,
     now: datetime,
 ) -> None:
-    await save_workspaces(conn, [(state, view, to_jsonable(view))], now)
-
-
-async def save_workspaces(
-    conn: asyncpg.Connection,
-    saves: Sequence[tuple[WorkspaceState, WorkspaceView, Mapping[str, Any]]],
-    now: datetime,
-) -> None:
-    """Write state + view (with the view's JSON, already encoded) of each workspace."""
-    await conn.executemany(
-        f"UPDATE workspaces SET ({_VIEW_COLUMNS}, customer_id, version, updated_at) = "
-        "($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) "
-        "WHERE workspace_id = $1",
-        [
-            (state.workspace_id, *_view_values(view, encoded), state.customer_id, state.version, now)
-            for state, view, encoded in saves
-        ],
-    )
+    """Write one workspace's state and view through the batch's write statement."""
+    await write_batch(conn, workspaces=[(state, view, to_jsonable(view))], now=now)
 
 
 @dataclass(frozen=True)
@@ -441,29 +408,7 @@ async def append_audit(
         to_jsonable(after),
         effective_at,
     )
-    await append_audits(conn, [entry])
-
-
-async def append_audits(conn: asyncpg.Connection, entries: Sequence[AuditEntry]) -> None:
-    if not entries:
-        return
-    await conn.executemany(
-        "INSERT INTO audit_log (workspace_id, version, cause_kind, cause_id, changes, before, after, effective_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        [
-            (
-                e.workspace_id,
-                e.version,
-                e.cause_kind,
-                e.cause_id,
-                {k: list(v) for k, v in e.changes.items()},
-                e.before,
-                e.after,
-                e.effective_at,
-            )
-            for e in entries
-        ],
-    )
+    await write_batch(conn, audit=[entry])
 
 
 # ---------------------------------------------------------------- a batch's writes in one statement
