@@ -16,10 +16,11 @@ Proration lines are money on invoices and never become AI credits.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from handlers.catalog import Catalog
 from handlers.events import BillingEvent, CheckoutCompleted, InvoiceObserved
+from handlers.evolve import evolve
 from handlers.state import WorkspaceState
 
 CYCLE_BILLING_REASONS = frozenset({"subscription_create", "subscription_cycle"})
@@ -94,7 +95,7 @@ def grant(
     new = tuple(e for e in candidates if e.source_key not in state.credit_keys)
     if not new:
         return state, ()
-    return replace(
+    return evolve(
         state,
         credit_balance=state.credit_balance + sum(e.amount for e in new),
         credit_keys=state.credit_keys | {e.source_key for e in new},
@@ -115,7 +116,7 @@ def consume(
         return InsufficientCredits(state.credit_balance, amount)
     key = consume_key(state.workspace_id, idempotency_key)
     entry = CreditEntry(key, -amount, CONSUME, idempotency_key, reason)
-    return replace(
+    return evolve(
         state,
         credit_balance=state.credit_balance - amount,
         credit_keys=state.credit_keys | {key},

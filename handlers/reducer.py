@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from handlers.events import (
     InvoiceObserved,
     SubscriptionObserved,
 )
+from handlers.evolve import evolve
 from handlers.state import InvoiceRecord, SubscriptionRecord, WorkspaceState, WorkspaceView
 from handlers.view import derive_view
 
@@ -91,12 +92,12 @@ def _checkout(
     candidates = credit_grants(event, catalog)
     if not candidates:
         return Outcome(IGNORED, state, before, {})
-    state = replace(state, customer_id=state.customer_id or event.customer_id)
+    state = evolve(state, customer_id=state.customer_id or event.customer_id)
     state, granted = grant(state, candidates)
     if not granted:
         return Outcome(STALE, state, before, {})
     outcome = _finish(state, before, derive_view(state, catalog, now), None, None)
-    return replace(outcome, credit_entries=granted)
+    return evolve(outcome, credit_entries=granted)
 
 
 def _subscription(
@@ -108,14 +109,14 @@ def _subscription(
     tie = _tie(current, record, "subscription", snap.subscription_id)
     if current is not None and current.order_key >= record.order_key:
         return Outcome(STALE, state, before, {}, effects=tie)
-    state = replace(
+    state = evolve(
         state,
         customer_id=state.customer_id or snap.customer_id,
         subscriptions={**state.subscriptions, snap.subscription_id: record},
     )
     changes = {f"subscription.{snap.subscription_id}.status": (_status(current), snap.status)}
     outcome = _finish(state, before, derive_view(state, catalog, now), record, None, changes)
-    return replace(outcome, effects=outcome.effects + tie)
+    return evolve(outcome, effects=outcome.effects + tie)
 
 
 def _invoice(
@@ -133,7 +134,7 @@ def _invoice(
     )
     if merged == current:
         return Outcome(STALE, state, before, {}, effects=tie)
-    state = replace(
+    state = evolve(
         state,
         customer_id=state.customer_id or snap.customer_id,
         invoices={**state.invoices, snap.invoice_id: merged},
@@ -149,7 +150,7 @@ def _invoice(
         )
     state, granted = grant(state, credit_grants(event, catalog))
     outcome = _finish(state, before, derive_view(state, catalog, now), None, merged, changes)
-    return replace(outcome, credit_entries=granted, effects=outcome.effects + tie)
+    return evolve(outcome, credit_entries=granted, effects=outcome.effects + tie)
 
 
 def _tie(
@@ -172,7 +173,7 @@ def _tie(
 def _merge_invoice(a: InvoiceRecord, b: InvoiceRecord) -> InvoiceRecord:
     """Join of two observations of one invoice: commutative, associative, idempotent."""
     latest = a if a.order_key >= b.order_key else b
-    return replace(
+    return evolve(
         latest,
         first_failed_at=_min(a.first_failed_at, b.first_failed_at),
         last_failed_at=_max(a.last_failed_at, b.last_failed_at),
@@ -191,7 +192,7 @@ def _finish(
     changes.update(view_diff(before, after))
     if not changes and subscription is None and invoice is None:
         return Outcome(STALE, state, after, {})
-    state = replace(state, version=state.version + 1)
+    state = evolve(state, version=state.version + 1)
     return Outcome(APPLIED, state, after, changes, subscription, invoice, _block_effects(before, after))
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 from handlers.catalog import Catalog
 from handlers.dunning import evaluate_block
 from handlers.events import TERMINAL_SUBSCRIPTION_STATUSES, SubscriptionItem
+from handlers.evolve import evolve
 from handlers.state import SubscriptionRecord, WorkspaceState, WorkspaceView
 
 
@@ -44,7 +44,7 @@ def with_usage(view: WorkspaceView, state: WorkspaceState) -> WorkspaceView:
     """Usage warnings and the credit balance are derived like the rest of the view, never patched.
     ``seats`` is already the plan's seat limit on Free."""
     members, used = state.usage.members, state.usage.storage_used_bytes
-    return replace(
+    return evolve(
         view,
         members=members,
         over_seat_limit=members is not None and members > view.seats,

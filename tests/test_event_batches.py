@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from arq.connections import create_pool as create_redis
 
 from handlers.codec import to_jsonable
 from tests import stripe_factory as sf
@@ -24,7 +26,8 @@ from worker import store
 from worker.db import create_pool
 from worker.event_batches import EventBatcher
 from worker.processor import EventProcessor, ProcessResult
-from worker.services import load_catalog
+from worker.queue import JobQueue
+from worker.services import load_catalog, redis_settings
 
 NOW = sf.at(sf.T0) + timedelta(days=45)
 
@@ -39,6 +42,25 @@ async def pool(migrated_pg_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def processor(pool: asyncpg.Pool) -> EventProcessor:
     return EventProcessor(pool, load_catalog(None), lambda: NOW)
+
+
+@pytest.fixture
+async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[JobQueue]:
+    """A real arq queue of its own (the session's prefix: its keys are removed at the end)."""
+    redis = await create_redis(redis_settings(redis_url))
+    prefix = f"{redis_prefix}:{secrets.token_hex(4)}"
+    yield JobQueue(redis, prefix, f"{prefix}:queue")
+    await redis.aclose()
+
+
+class _Batches:
+    """The batcher's after-commit hook: what each committed batch held, in commit order."""
+
+    def __init__(self) -> None:
+        self.committed: list[list[str]] = []
+
+    async def __call__(self, results: Any) -> None:
+        self.committed.append([r.event_id for r in results])
 
 
 def _history(ids: dict[str, str]) -> list[dict[str, Any]]:
@@ -180,10 +202,10 @@ class _Failing(EventProcessor):
 
     poison: str = ""
 
-    async def process_many(self, event_ids: Any) -> list[ProcessResult]:
-        if self.poison in event_ids:
+    async def process_batch(self, event_ids: Any, read_ahead: Any = ()) -> Any:
+        if self.poison in event_ids or self.poison in read_ahead:
             raise RuntimeError("poisoned")
-        return await super().process_many(event_ids)
+        return await super().process_batch(event_ids, read_ahead)
 
 
 async def test_a_failing_event_fails_only_its_own_job(pool: asyncpg.Pool):
@@ -234,3 +256,98 @@ async def test_a_lock_timeout_fails_the_whole_batch_at_once_and_writes_nothing(p
 
 async def _ignore(results: Any) -> None:
     return None
+
+
+async def test_an_unmatched_event_whose_customer_its_batch_maps_ends_matched(
+    pool: asyncpg.Pool, processor: EventProcessor
+):
+    ids = history_ids("round")
+    events = _history(ids)
+    created = next(e for e in events if e["type"] == "customer.subscription.created")
+    invoice = json.loads(json.dumps(next(e for e in events if e["type"].startswith("invoice."))))
+    invoice["data"]["object"]["parent"]["subscription_details"]["metadata"] = {}
+    await _insert(pool, [invoice, created])
+    batches = _Batches()
+    batcher = EventBatcher(processor, batches, concurrency=1)
+    # One batch: the invoice comes first and finds no workspace; the subscription then maps the
+    # customer, so the invoice's job goes round again instead of waiting for its backoff.
+    got_invoice, got_created = await asyncio.gather(
+        batcher.process(invoice["id"]), batcher.process(created["id"])
+    )
+    assert (got_invoice.status, got_invoice.workspace_id) == ("processed", ids["workspace_id"])
+    assert got_created.newly_mapped_customer == ids["customer"]
+    assert batches.committed == [[invoice["id"], created["id"]], [invoice["id"]]]
+
+
+async def _queued(queue: JobQueue, events: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """Enqueue the events as the receiver does; their jobs' (event id, score) in arq's order."""
+    assert all(await queue.enqueue_events([e["id"] for e in events]))
+    due = await queue.due_events(1000)
+    assert sorted(e for e, _ in due) == sorted(e["id"] for e in events)
+    return due
+
+
+async def test_read_ahead_writes_a_backlog_in_one_batch_and_each_job_gets_its_own_result(
+    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
+):
+    reference_ids, backlog_ids = history_ids("ref"), history_ids("ahead")
+    reference, backlog = _history(reference_ids), _history(backlog_ids)
+    await _insert(pool, reference + backlog)
+    due = await _queued(queue, backlog)
+    # The reference workspace gets the same history one by one, in the order arq starts the jobs.
+    twin = {b["id"]: r["id"] for b, r in zip(backlog, reference, strict=True)}
+    for event_id, _ in due:
+        await processor.process(twin[event_id])
+    batches = _Batches()
+    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, concurrency=1)
+    # arq has started two jobs; the rest of the backlog is still queued.
+    started = await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
+    assert len(batches.committed) == 1 and sorted(batches.committed[0]) == sorted(e for e, _ in due)
+    # When arq starts the other jobs, each gets its own event's result without a transaction.
+    rest = [await batcher.process(e, score) for e, score in due[2:]]
+    assert [r.event_id for r in [*started, *rest]] == [e for e, _ in due]
+    assert {r.status for r in [*started, *rest]} == {"processed"}
+    assert len(batches.committed) == 1
+    assert await _observable(pool, backlog_ids) == await _observable(pool, reference_ids)
+    # A replay is a new enqueueing (a new score): it is processed, not served the kept result.
+    event_id, score = due[-1]
+    replayed = await batcher.process(event_id, score + 1)
+    assert replayed.outcome == "duplicate" and batches.committed[1:] == [[event_id]]
+
+
+async def test_read_ahead_leaves_events_locked_elsewhere_or_not_fresh_to_their_own_jobs(
+    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
+):
+    ids = history_ids("skip")
+    events = _history(ids)[:5]
+    await _insert(pool, events)
+    await pool.execute("UPDATE webhook_events SET status = 'failed' WHERE event_id = $1", events[4]["id"])
+    due = dict(await _queued(queue, events))
+    batches = _Batches()
+    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, concurrency=1)
+    async with pool.acquire() as other, other.transaction():  # another worker's batch holds it
+        await other.execute("SELECT 1 FROM webhook_events WHERE event_id = $1 FOR UPDATE", events[3]["id"])
+        await asyncio.gather(*(batcher.process(e["id"], due[e["id"]]) for e in events[:2]))
+    assert [sorted(b) for b in batches.committed] == [sorted(e["id"] for e in events[:3])]
+    for e in events[3:]:  # processed by their own jobs, each in its own transaction
+        assert (await batcher.process(e["id"], due[e["id"]])).status == "processed"
+    assert batches.committed[1:] == [[events[3]["id"]], [events[4]["id"]]]
+
+
+async def test_a_failing_read_ahead_event_fails_only_its_own_job(pool: asyncpg.Pool, queue: JobQueue):
+    ids = history_ids("badahead")
+    events = _history(ids)[:4]
+    await _insert(pool, events)
+    due = dict(await _queued(queue, events))
+    processor = _Failing(pool, load_catalog(None), lambda: NOW)
+    processor.poison = events[3]["id"]
+    batches = _Batches()
+    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, concurrency=1)
+    first = await asyncio.gather(*(batcher.process(e["id"], due[e["id"]]) for e in events[:2]))
+    assert [r.status for r in first] == ["processed", "processed"]
+    assert [sorted(b) for b in batches.committed] == [sorted(e["id"] for e in events[:2])]
+    assert (await batcher.process(events[2]["id"], due[events[2]["id"]])).status == "processed"
+    with pytest.raises(RuntimeError, match="poisoned"):
+        await batcher.process(events[3]["id"], due[events[3]["id"]])
+    row = await store.get_event(pool, events[3]["id"])
+    assert row is not None and row["status"] == "received"

@@ -49,7 +49,7 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
         lag = (services.clock() - ctx["enqueue_time"]).total_seconds()
         metrics.INBOX_TO_JOB_LATENCY.observe(max(lag, 0.0))
     try:
-        result = await ctx["batcher"].process(event_id)
+        result = await ctx["batcher"].process(event_id, ctx.get("score"))
     except Exception as exc:
         dead = job_try >= services.settings.max_tries
         kind = "transient" if is_transient(exc) else "error"
@@ -120,7 +120,9 @@ async def after_commits(services: Services, committed: Sequence[tuple[Change, tu
 def event_batcher(services: Services) -> EventBatcher:
     """The worker's group-commit batcher; ``build_worker`` puts it in the worker's ctx before the
     first job (arq copies ctx per job, so a batcher made inside a job would serve that job only)."""
-    return EventBatcher(services.processor, partial(after_events_committed, services))
+    return EventBatcher(
+        services.processor, partial(after_events_committed, services), read_ahead=services.queue.due_events
+    )
 
 
 async def after_events_committed(services: Services, results: Sequence[ProcessResult]) -> None:

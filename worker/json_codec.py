@@ -14,3 +14,21 @@ JSONDecodeError = orjson.JSONDecodeError  # a ValueError
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _sorted_set(value: Any) -> list[Any]:
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps_record(value: Any) -> str:
+    """``dumps(to_jsonable(value))`` for our frozen records (dataclasses of str, int, bool, None,
+    UTC datetimes, tuples, dicts and frozensets of str), in one C call: the same text (field
+    order, ``Z`` datetimes, sorted sets), about ten times faster (tests/test_json_codec.py)."""
+    return orjson.dumps(value, default=_sorted_set, option=orjson.OPT_UTC_Z).decode()
+
+
+def jsonable(value: Any) -> Any:
+    """``to_jsonable(value)`` for our frozen records, through ``dumps_record``."""
+    return orjson.loads(orjson.dumps(value, default=_sorted_set, option=orjson.OPT_UTC_Z))

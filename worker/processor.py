@@ -11,16 +11,16 @@ A retry after a crash finds the events processed and does nothing (Postgres is t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from handlers.catalog import Catalog
-from handlers.codec import to_jsonable
 from handlers.credits import credit_grants
 from handlers.events import BillingEvent, IgnoredEvent, InvoiceObserved, customer_of, workspace_hint
+from handlers.evolve import evolve
 from handlers.normalize import PayloadError, normalize
 from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_diff
 from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
@@ -84,6 +84,15 @@ class EventProcessor:
         """Apply the events as if one after the other, in one transaction; one result per id, in
         order. Any error rolls the whole batch back (``worker.event_batches`` then retries its events
         one by one, or hands a database error to every job of the batch)."""
+        return (await self.process_batch(event_ids))[0]
+
+    async def process_batch(
+        self, event_ids: Sequence[str], read_ahead: Sequence[str] = ()
+    ) -> tuple[list[ProcessResult], dict[str, ProcessResult]]:
+        """``process_many`` for ``event_ids``, plus the ``read_ahead`` events whose jobs are queued
+        but not started yet: those are taken only when still ``received`` and not locked by another
+        transaction (``SKIP LOCKED``: read-ahead never waits), and applied after ``event_ids``.
+        Returns the results in request order and the read-ahead events taken, by id."""
         now = self.clock()
         ids = list(dict.fromkeys(event_ids))
         writes = _Writes()
@@ -91,8 +100,14 @@ class EventProcessor:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
             rows = await store.lock_events(conn, ids)
+            # Every blocking lock is taken before the first read-ahead one, so read-ahead locks
+            # are never held while waiting for another batch's events.
+            requested = set(ids)
+            ahead = [e for e in dict.fromkeys(read_ahead) if e not in requested]
+            ahead_rows = await store.lock_fresh_events(conn, ahead) if ahead else {}
+            rows.update(ahead_rows)
             parsed: list[tuple[asyncpg.Record, BillingEvent]] = []
-            for event_id in ids:
+            for event_id in [*ids, *ahead_rows]:
                 row = rows.get(event_id)
                 if row is None:
                     results[event_id] = ProcessResult(event_id, "missing", "missing")
@@ -118,7 +133,7 @@ class EventProcessor:
                 now=now,
             )
         _credit_mappings(routed, mapped, writes.finishes, results)
-        return _in_request_order(event_ids, results)
+        return _in_request_order(event_ids, results), {e: results[e] for e in ahead_rows}
 
     def _decode(
         self, row: asyncpg.Record, writes: _Writes, results: dict[str, ProcessResult]
@@ -214,7 +229,7 @@ class EventProcessor:
         for r in routed:
             current = locked[r.workspace_id]
             state = _as_loaded(current.state, r.event)
-            state = replace(
+            state = evolve(
                 state,
                 credit_keys=frozenset(g.source_key for g in grants[r.event_id] if g.source_key in granted),
             )
@@ -259,8 +274,8 @@ class EventProcessor:
             )
             granted.add(entry.source_key)
         # The reducer saw only the invoices a fresh load would read; the next event may touch others.
-        state = replace(outcome.state, invoices={**current.state.invoices, **outcome.state.invoices})
-        after = LockedWorkspace(state, outcome.view, to_jsonable(outcome.view))
+        state = evolve(outcome.state, invoices={**current.state.invoices, **outcome.state.invoices})
+        after = LockedWorkspace(state, outcome.view, json_codec.jsonable(outcome.view))
         writes.audit.append(
             AuditEntry(
                 r.workspace_id,
@@ -307,7 +322,7 @@ def _credit_mappings(
             continue
         stored = [e for e in waiting if e not in in_batch]
         here = [f.event_id for f in finishes if f.outcome == "unmatched" and f.customer_id == r.customer_id]
-        results[r.event_id] = replace(
+        results[r.event_id] = evolve(
             results[r.event_id], newly_mapped_customer=r.customer_id, requeue=tuple(stored + here)
         )
 
@@ -334,4 +349,4 @@ def _as_loaded(state: WorkspaceState, event: BillingEvent) -> WorkspaceState:
     invoices = {
         i: r for i, r in state.invoices.items() if r.status in UNPAID_INVOICE_STATUSES or i == touched
     }
-    return state if len(invoices) == len(state.invoices) else replace(state, invoices=invoices)
+    return state if len(invoices) == len(state.invoices) else evolve(state, invoices=invoices)

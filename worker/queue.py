@@ -92,5 +92,18 @@ class JobQueue:
         keys.append(self.queue_name)
         return [bool(flag) for flag in await self._enqueue_many(keys=keys, args=args)]
 
+    async def due_events(self, limit: int) -> list[tuple[str, int]]:
+        """The event jobs arq will start next, in its order: (event id, score) of the first
+        ``limit`` queued jobs that are due (a job's score identifies one enqueueing of it)."""
+        entries = await self.redis.zrangebyscore(
+            self.queue_name, "-inf", timestamp_ms(), start=0, num=limit, withscores=True
+        )
+        marker = f"{self.prefix}:evt:"
+        return [
+            (job_id[len(marker) :], int(score))
+            for raw, score in entries
+            if (job_id := raw.decode() if isinstance(raw, bytes) else raw).startswith(marker)
+        ]
+
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.queue_name))

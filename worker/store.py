@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from handlers.catalog import Catalog
-from handlers.codec import load, to_jsonable
+from handlers.codec import load
 from handlers.events import InvoiceSnapshot, SubscriptionSnapshot
 from handlers.state import (
     InvoiceRecord,
@@ -124,6 +124,18 @@ async def lock_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dic
     return {r["event_id"]: r for r in rows}
 
 
+async def lock_fresh_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """Row-lock those of the events that are still ``received`` and not locked by anyone else,
+    without waiting (read-ahead: an event another transaction holds is left to its own job)."""
+    rows = await conn.fetch(
+        "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "
+        "WHERE event_id = ANY($1::text[]) AND status = 'received' ORDER BY event_id "
+        "FOR UPDATE SKIP LOCKED",
+        event_ids,
+    )
+    return {r["event_id"]: r for r in rows}
+
+
 @dataclass(frozen=True)
 class EventFinish:
     """The inbox status an event ends its unit of work with."""
@@ -213,12 +225,12 @@ async def ensure_workspaces(
     """Create the rows that do not exist yet; returns those this transaction created (locked by
     the insert, and with no observations yet: subscriptions and invoices reference the row)."""
     columns: list[list[Any]] = [[] for _ in range(16)]
+    # Every new workspace starts with the same view (no observations yet): derived once.
+    view = derive_view(WorkspaceState.new(""), catalog, now)
+    view_json = json_codec.jsonable(view)
+    values = _view_values(view, json_codec.dumps(view_json))
     for workspace_id in sorted(workspace_ids):
-        view = derive_view(WorkspaceState.new(workspace_id), catalog, now)
-        values = _view_values(view, to_jsonable(view))
-        for column, value in zip(
-            columns, (workspace_id, *values[:-1], json_codec.dumps(values[-1])), strict=True
-        ):
+        for column, value in zip(columns, (workspace_id, *values), strict=True):
             column.append(value)
     rows = await conn.fetch(
         f"INSERT INTO workspaces (workspace_id, {_VIEW_COLUMNS}, created_at, updated_at) "
@@ -356,7 +368,7 @@ def _invoice_values(workspace_id: str, record: InvoiceRecord) -> tuple[Any, ...]
         s.created,
         record.first_failed_at,
         record.last_failed_at,
-        to_jsonable(s),
+        json_codec.dumps_record(s),
         record.observed_at,
         record.observed_event_id,
     )
@@ -369,7 +381,7 @@ async def save_workspace(
     now: datetime,
 ) -> None:
     """Write one workspace's state and view through the batch's write statement."""
-    await write_batch(conn, workspaces=[(state, view, to_jsonable(view))], now=now)
+    await write_batch(conn, workspaces=[(state, view, json_codec.jsonable(view))], now=now)
 
 
 @dataclass(frozen=True)
@@ -404,8 +416,8 @@ async def append_audit(
         cause_kind,
         cause_id,
         changes,
-        to_jsonable(before),
-        to_jsonable(after),
+        json_codec.jsonable(before),
+        json_codec.jsonable(after),
         effective_at,
     )
     await write_batch(conn, audit=[entry])
@@ -522,16 +534,13 @@ async def write_batch(
             ws,
             r.snapshot.customer_id,
             r.snapshot.status,
-            dumps(to_jsonable(r.snapshot)),
+            json_codec.dumps_record(r.snapshot),
             r.observed_at,
             r.observed_event_id,
         )
         for ws, r in subscriptions
     }
-    invs = {}
-    for ws, r in invoices:
-        values = _invoice_values(ws, r)
-        invs[r.snapshot.invoice_id] = (*values[:15], dumps(values[15]), *values[16:])
+    invs = {r.snapshot.invoice_id: _invoice_values(ws, r) for ws, r in invoices}
     wss = [
         (state.workspace_id, *_view_values(view, dumps(encoded)), state.customer_id, state.version)
         for state, view, encoded in workspaces

@@ -1,0 +1,79 @@
+"""``json_codec.dumps_record`` / ``jsonable`` must write exactly what ``to_jsonable`` writes.
+
+They replace ``dumps(to_jsonable(…))`` on the worker's hot path (snapshots, views, audit before
+and after), so every record the reducer produces from real histories is compared, plus the edge
+cases of the encoding rules: microseconds, UTC ``Z``, sets sorted, tuples as lists, None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from handlers.codec import to_jsonable
+from handlers.normalize import normalize
+from handlers.reducer import apply_event
+from handlers.state import WorkspaceState
+from tests import stripe_factory as sf
+from worker import json_codec
+from worker.services import load_catalog
+
+CATALOG = load_catalog(None)
+
+
+def _records() -> list[Any]:
+    """Every state, view, subscription and invoice record a few real histories go through."""
+    events = [
+        *sf.history_lifecycle(storage_units=2),
+        *sf.history_payment_failure(failures=3, outcome=None, workspace_id="ws_lifecycle"),
+    ]
+    state = WorkspaceState.new("ws_lifecycle")
+    records: list[Any] = []
+    for raw in sorted(events, key=lambda e: e["created"]):
+        now = sf.at(raw["created"]) + timedelta(days=20, microseconds=123_456)
+        outcome = apply_event(state, normalize(raw), now, CATALOG)
+        state = outcome.state
+        records += [outcome.view, outcome.subscription, outcome.invoice]
+        records += [*state.subscriptions.values(), *state.invoices.values()]
+    return [r for r in records if r is not None]
+
+
+RECORDS = _records()
+
+
+def test_the_histories_reach_the_interesting_shapes():
+    views = [r for r in RECORDS if type(r).__name__ == "WorkspaceView"]
+    assert any(v.block is not None for v in views)  # a frozenset and a tuple inside
+    assert any(v.storage_addon_units for v in views)
+
+
+@pytest.mark.parametrize("index", range(len(RECORDS)))
+def test_a_record_encodes_as_to_jsonable_does(index: int):
+    record = RECORDS[index]
+    assert json_codec.dumps_record(record) == json_codec.dumps(to_jsonable(record))
+    assert json_codec.jsonable(record) == to_jsonable(record)
+
+
+@dataclass(frozen=True)
+class _Edge:
+    at: datetime
+    maybe: datetime | None
+    tags: frozenset[str]
+    pair: tuple[int, ...]
+    nested: dict[str, Any]
+
+
+def test_the_encoding_rules_hold_at_the_edges():
+    edge = _Edge(
+        at=datetime(2026, 11, 22, 8, 30, 1, 5, tzinfo=UTC),
+        maybe=None,
+        tags=frozenset({"zeta", "alpha", "mu"}),
+        pair=(3, 1),
+        nested={"when": datetime(2026, 1, 1, tzinfo=UTC), "set": frozenset({"b", "a"})},
+    )
+    text = json_codec.dumps_record(edge)
+    assert text == json_codec.dumps(to_jsonable(edge))
+    assert '"2026-11-22T08:30:01.000005Z"' in text and '["alpha","mu","zeta"]' in text
