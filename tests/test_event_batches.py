@@ -351,3 +351,40 @@ async def test_a_failing_read_ahead_event_fails_only_its_own_job(pool: asyncpg.P
         await batcher.process(events[3]["id"], due[events[3]["id"]])
     row = await store.get_event(pool, events[3]["id"])
     assert row is not None and row["status"] == "received"
+
+
+async def test_while_a_backlog_lasts_results_are_kept_ready_up_to_the_prefetch_limit(
+    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
+):
+    ids = history_ids("prefetch")
+    events = _history(ids)[:12]
+    await _insert(pool, events)
+    due = await _queued(queue, events)
+    batches = _Batches()
+    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, max_batch=4, prefetch=8)
+    await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
+    await batcher.close()  # the flusher has stopped: the prefetch limit was reached
+    # The jobs' batch (2 waiting + 2 read ahead), then batches with no job waiting until 8
+    # results wait for their jobs.
+    assert [len(b) for b in batches.committed] == [4, 4, 4]
+    assert [e for b in batches.committed for e in b] == [e for e, _ in due]
+    rest = [await batcher.process(e, score) for e, score in due[2:]]
+    assert {r.status for r in rest} == {"processed"} and len(batches.committed) == 3
+
+
+async def test_a_kept_result_no_job_came_for_is_forgotten(
+    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
+):
+    ids = history_ids("stale")
+    events = _history(ids)[:3]
+    await _insert(pool, events)
+    due = await _queued(queue, events)
+    batches = _Batches()
+    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, keep_seconds=0)
+    await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
+    assert batches.committed == [[e for e, _ in due]]
+    await batcher.close()
+    batcher._room_ahead()  # what the next prefetch check does: another worker ran that job
+    event_id, score = due[2]
+    again = await batcher.process(event_id, score)
+    assert again.outcome == "duplicate" and batches.committed[1:] == [[event_id]]

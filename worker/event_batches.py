@@ -72,6 +72,8 @@ class EventBatcher:
         # Read-ahead results waiting for their job, by event id: (score, kept at, result).
         self._kept: dict[str, tuple[int, float, ProcessResult]] = {}
         self._backlog = False
+        # Events whose jobs just got their result: still in arq's queue until arq finishes them.
+        self._answered: dict[str, None] = {}
 
     async def process(self, event_id: str, score: int | None = None) -> ProcessResult:
         """This event's result once the batch holding it committed (and was notified), or its
@@ -81,6 +83,7 @@ class EventBatcher:
             kept = self._kept.get(event_id)
             if kept is not None and kept[0] == score:
                 del self._kept[event_id]
+                self._answer(event_id)
                 return kept[2]
             ahead = self._ahead.pop((event_id, score), None)
             if ahead is not None and (result := await ahead) is not None:
@@ -149,14 +152,19 @@ class EventBatcher:
                 continue
             if event_id in again:
                 self._wait(event_id, future)
-            elif isinstance(outcome, BaseException):
+                continue
+            self._answer(event_id)
+            if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
         for (event_id, score), pending in ahead.items():
             result = None if event_id in again else taken.get(event_id)
-            if self._ahead.pop((event_id, score), None) is not None and result is not None:
+            unclaimed = self._ahead.pop((event_id, score), None) is not None
+            if result is not None and unclaimed:
                 self._keep(event_id, score, result)  # no job came for it yet
+            elif result is not None:
+                self._answer(event_id)  # its job is waiting for it
             if not pending.done():
                 pending.set_result(result)
 
@@ -173,7 +181,7 @@ class EventBatcher:
         except Exception as exc:  # Redis is down: the jobs that wait go on without read-ahead
             log.warning("read_ahead_failed", error=repr(exc)[:300])
             return {}
-        skip = {*ids, *self._busy, *(event_id for event_id, _ in self._waiting)}
+        skip = {*ids, *self._busy, *self._answered, *(event_id for event_id, _ in self._waiting)}
         loop = asyncio.get_running_loop()
         ahead: dict[tuple[str, int], asyncio.Future[ProcessResult | None]] = {}
         for event_id, score in due:
@@ -184,6 +192,11 @@ class EventBatcher:
         self._backlog = bool(ahead)
         self._ahead.update(ahead)
         return ahead
+
+    def _answer(self, event_id: str) -> None:
+        self._answered[event_id] = None
+        if len(self._answered) > 4 * self._max_batch:
+            del self._answered[next(iter(self._answered))]
 
     def _keep(self, event_id: str, score: int, result: ProcessResult) -> None:
         self._kept.pop(event_id, None)  # a newer enqueueing's result goes to the end
