@@ -46,7 +46,7 @@ class EventBatcher:
         after_commit: AfterCommit,
         *,
         read_ahead: ReadAhead | None = None,
-        max_batch: int = 50,
+        max_batch: int = 100,
         concurrency: int = 2,
         extra_flusher_after: int = 16,
         prefetch: int | None = None,
