@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ import structlog
 from tests import stripe_factory as sf
 from tests.helpers import SECRET_A, TOKEN, running_service, wait_for
 from worker.config import Settings
-from worker.logging import configure, render_json
+from worker.logging import LineWriter, configure, render_json
 
 
 @dataclass
@@ -118,3 +119,29 @@ def test_a_structlog_aware_value_renders_through_its_hook():
             return "aware"
 
     assert json.loads(render_json(None, "info", {"v": Aware()})) == {"v": "aware"}
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes: list[str] = []  # what had been written at each flush
+
+    def flush(self) -> None:
+        self.flushes.append(self.getvalue())
+        super().flush()
+
+
+def test_lines_of_one_loop_iteration_are_flushed_together_before_the_loop_waits():
+    stream = _CountingStream()
+    writer = LineWriter(stream)
+
+    async def burst() -> list[str]:
+        for n in range(3):
+            writer.info(f"line {n}")
+        assert stream.flushes == []  # nothing flushed while the iteration runs
+        await asyncio.sleep(0)  # the loop turns: the scheduled flush runs
+        return list(stream.flushes)
+
+    assert asyncio.run(burst()) == ["line 0\nline 1\nline 2\n"]
+    writer.info("outside a loop")  # CLI and start-up: at once
+    assert stream.flushes[-1].endswith("outside a loop\n") and len(stream.flushes) == 2

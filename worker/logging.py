@@ -7,12 +7,15 @@ The full reference is docs/logging.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+import threading
+from collections.abc import Callable, MutableMapping
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -68,6 +71,45 @@ def render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
         return json.dumps(event, default=_fallback)
 
 
+class LineWriter:
+    """structlog's logger: one rendered line per call, flushed once per event-loop iteration.
+
+    structlog's ``PrintLogger`` flushes every line, a write system call per line (~40 µs of a
+    worker's ~1 ms per event). Here the lines written while the loop runs its ready callbacks go
+    out together, before the loop next waits for I/O, so a line is never held back while the
+    process idles; outside a running loop (CLI, start-up) every line is flushed at once. A
+    process killed mid-iteration loses at most that iteration's lines.
+    """
+
+    def __init__(self, file: TextIO | None = None) -> None:
+        self._file = file  # None: sys.stdout as it is at each write (pytest swaps it)
+        self._dirty: TextIO | None = None
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        file = self._file or sys.stdout
+        with self._lock:
+            file.write(message + "\n")
+            if self._dirty is file:
+                return  # a flush is already scheduled
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                file.flush()
+                return
+            self._dirty = file
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            file, self._dirty = self._dirty, None
+            if file is not None:
+                with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
+                    file.flush()
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg
+
+
 # Bumped by every ``configure``: loggers rebuild their bound logger once after it, not per line.
 _generation = 0
 
@@ -89,10 +131,14 @@ def configure(level: str = "info", stream: Any = None) -> None:
             render_json,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        logger_factory=_factory(LineWriter(stream)),
         cache_logger_on_first_use=False,
     )
     _generation += 1
+
+
+def _factory(writer: LineWriter) -> Callable[..., LineWriter]:
+    return lambda *_: writer
 
 
 class _ComponentLogger:
