@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from handlers.catalog import Catalog
-from handlers.codec import field_names, to_jsonable
+from handlers.codec import to_jsonable
 from handlers.credits import CreditEntry, credit_grants, grant
 from handlers.events import (
     BillingEvent,
@@ -199,12 +201,34 @@ def _finish(
 def view_diff(before: WorkspaceView, after: WorkspaceView) -> dict[str, tuple[Any, Any]]:
     """The fields that differ, as JSON-able (before, after) pairs. Values are compared before
     encoding: equal values encode equally, and most fields are equal."""
+    b = after.__dict__
+    return {
+        name: (to_jsonable(value), to_jsonable(b[name]))
+        for name, value in before.__dict__.items()
+        if value != b[name]
+    }
+
+
+def view_json_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``view_diff`` of two views given as their JSON (``to_jsonable``) documents: the stored view
+    need not be decoded to be compared. A field the stored document lacks (written before the
+    field existed) counts as its default, as decoding it would."""
+    defaults = _view_json_defaults()
     diff = {}
-    for name in field_names(WorkspaceView):
-        a, b = getattr(before, name), getattr(after, name)
-        if a != b:
-            diff[name] = (to_jsonable(a), to_jsonable(b))
+    for name, value in after.items():
+        old = before[name] if name in before else defaults.get(name)
+        if old != value:
+            diff[name] = (old, value)
     return diff
+
+
+@cache
+def _view_json_defaults() -> dict[str, Any]:
+    return {
+        f.name: to_jsonable(f.default)
+        for f in dataclasses.fields(WorkspaceView)
+        if f.default is not dataclasses.MISSING
+    }
 
 
 def _block_effects(before: WorkspaceView, after: WorkspaceView) -> tuple[Effect, ...]:

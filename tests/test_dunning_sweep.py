@@ -52,8 +52,14 @@ def _history(tag: str, **kw: Any) -> tuple[str, list[dict[str, Any]]]:
     return i["workspace_id"], events
 
 
-async def _sweep(svc: RunningService) -> int:
-    return await sweep_dunning({"services": svc.services})
+async def _sweep(svc: RunningService, *workspaces: str) -> int:
+    """Run the sweep once; how many of ``workspaces`` it changed. The test database is shared, so
+    other tests' workspaces may be due at this clock too: the sweep's own count is at least that."""
+    before = {ws: (await svc.workspace(ws))["version"] for ws in workspaces}
+    total = await sweep_dunning({"services": svc.services})
+    changed = sum([(await svc.workspace(ws))["version"] != version for ws, version in before.items()])
+    assert total >= changed
+    return changed
 
 
 async def test_failed_payment_escalates_by_the_sweep_and_payment_clears(
@@ -73,12 +79,12 @@ async def test_failed_payment_escalates_by_the_sweep_and_payment_clears(
     clock.now = since + timedelta(days=13)
     version = state["version"]
     notified = len(await changes_of(service, ws))
-    assert await _sweep(service) == 0
+    assert await _sweep(service, ws) == 0
     assert (await service.workspace(ws))["version"] == version
 
     # Past 14 days, with no new event: the sweep escalates, audited at since + 14 days.
     clock.now = since + timedelta(days=14, hours=5)
-    assert await _sweep(service) == 1
+    assert await _sweep(service, ws) == 1
     state = await service.workspace(ws)
     assert (state["dunning_level"], state["version"]) == ("restricted", version + 1)
     audit = await service.services.pool.fetchrow(
@@ -95,7 +101,7 @@ async def test_failed_payment_escalates_by_the_sweep_and_payment_clears(
 
     # Running again at the same level is a no-op: no version, no audit, no notification.
     clock.now += timedelta(hours=1)
-    assert await _sweep(service) == 0
+    assert await _sweep(service, ws) == 0
     assert (await service.workspace(ws))["version"] == state["version"]
     assert len(await changes_of(service, ws)) == notified + 1
 
@@ -104,7 +110,7 @@ async def test_failed_payment_escalates_by_the_sweep_and_payment_clears(
     state = await service.workspace(ws)
     assert (state["blocked"], state["dunning_level"], state["open_invoices"]) == (False, None, [])
     assert BlockLifted("restricted") in after_commit_calls.effects_for(ws)
-    assert await _sweep(service) == 0
+    assert await _sweep(service, ws) == 0
 
 
 async def test_uncollectible_blocking_is_configuration_and_the_sweep_applies_a_change(
@@ -120,7 +126,7 @@ async def test_uncollectible_blocking_is_configuration_and_the_sweep_applies_a_c
         catalog, policy=dataclasses.replace(catalog.policy, uncollectible_blocks=False)
     )
     clock.now += timedelta(minutes=5)
-    assert await _sweep(service) == 1
+    assert await _sweep(service, ws) == 1
     state = await service.workspace(ws)
     assert state["blocked"] is False
     lifted = [c for c in after_commit_calls.calls if c[0] == ws and c[3].startswith("dunning-sweep:")]
@@ -139,7 +145,7 @@ async def test_sweep_leaves_workspaces_without_unpaid_invoices_alone(
     await _deliver(service, clock, events)
     version = (await service.workspace(ws))["version"]
     clock.now += timedelta(days=60)
-    await _sweep(service)
+    await _sweep(service, ws)
     state = await service.workspace(ws)
     assert (state["blocked"], state["version"]) == (False, version)
 
@@ -156,6 +162,6 @@ async def test_sweep_walks_every_candidate_in_batches(
         workspaces.append(ws)
     since = parse_datetime((await service.workspace(workspaces[0]))["block"]["since"])
     clock.now = since + timedelta(days=31)
-    assert await _sweep(service) >= 5
+    assert await _sweep(service, *workspaces) == 5
     levels = {(await service.workspace(ws))["dunning_level"] for ws in workspaces}
     assert levels == {"suspended"}

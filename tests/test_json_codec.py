@@ -15,7 +15,7 @@ import pytest
 
 from handlers.codec import to_jsonable
 from handlers.normalize import normalize
-from handlers.reducer import apply_event
+from handlers.reducer import apply_event, view_diff, view_json_diff
 from handlers.state import WorkspaceState
 from tests import stripe_factory as sf
 from worker import json_codec
@@ -77,3 +77,19 @@ def test_the_encoding_rules_hold_at_the_edges():
     text = json_codec.dumps_record(edge)
     assert text == json_codec.dumps(to_jsonable(edge))
     assert '"2026-11-22T08:30:01.000005Z"' in text and '["alpha","mu","zeta"]' in text
+
+
+def test_views_compared_as_json_differ_as_the_views_do():
+    views = [r for r in RECORDS if type(r).__name__ == "WorkspaceView"]
+    pairs = [(a, b) for a in views[::3] for b in views[::3]]
+    assert any(view_diff(a, b) for a, b in pairs)
+    for a, b in pairs:
+        assert view_json_diff(json_codec.jsonable(a), json_codec.jsonable(b)) == view_diff(a, b)
+
+
+def test_a_stored_view_lacking_a_newer_field_reads_it_as_its_default():
+    view = next(r for r in RECORDS if type(r).__name__ == "WorkspaceView")
+    stored = {k: v for k, v in json_codec.jsonable(view).items() if k != "ai_credit_balance"}
+    assert view_json_diff(stored, json_codec.jsonable(view)) == {}
+    richer = json_codec.jsonable(view) | {"ai_credit_balance": 500}
+    assert view_json_diff(stored, richer) == {"ai_credit_balance": (0, 500)}

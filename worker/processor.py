@@ -22,7 +22,7 @@ from handlers.credits import credit_grants
 from handlers.events import BillingEvent, IgnoredEvent, InvoiceObserved, customer_of, workspace_hint
 from handlers.evolve import evolve
 from handlers.normalize import PayloadError, normalize
-from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_diff
+from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_json_diff
 from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
 from worker import credits_store, json_codec, plan_changes, store
 from worker.store import AuditEntry, EventFinish, LockedWorkspace
@@ -234,10 +234,12 @@ class EventProcessor:
                 credit_keys=frozenset(g.source_key for g in grants[r.event_id] if g.source_key in granted),
             )
             outcome = apply_event(state, r.event, now, self.catalog)
-            # The audit diff is against what was stored, which may predate a time-driven change.
-            changes = {**outcome.changes, **view_diff(current.view, outcome.view)}
+            changes: dict[str, Any] = {}
             if outcome.result == APPLIED:
-                self._record(r, current, outcome, changes, writes, granted, locked)
+                after = json_codec.jsonable(outcome.view)
+                # The audit diff is against what was stored, which may predate a time-driven change.
+                changes = {**outcome.changes, **view_json_diff(current.view_json, after)}
+                self._record(r, current, outcome, after, changes, writes, granted, locked)
             writes.finishes.append(
                 EventFinish(r.event_id, "processed", outcome.result, r.workspace_id, r.customer_id)
             )
@@ -250,7 +252,7 @@ class EventProcessor:
                 outcome.state.version,
                 outcome.effects,
                 None,
-                changes if outcome.result == APPLIED else {},
+                changes,
             )
 
     @staticmethod
@@ -258,6 +260,7 @@ class EventProcessor:
         r: _Routed,
         current: LockedWorkspace,
         outcome: Outcome,
+        view_json: dict[str, Any],
         changes: dict[str, Any],
         writes: _Writes,
         granted: set[str],
@@ -275,7 +278,7 @@ class EventProcessor:
             granted.add(entry.source_key)
         # The reducer saw only the invoices a fresh load would read; the next event may touch others.
         state = evolve(outcome.state, invoices={**current.state.invoices, **outcome.state.invoices})
-        after = LockedWorkspace(state, outcome.view, json_codec.jsonable(outcome.view))
+        after = LockedWorkspace(state, outcome.view, view_json)
         writes.audit.append(
             AuditEntry(
                 r.workspace_id,

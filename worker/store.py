@@ -203,13 +203,24 @@ def _view_values(view: WorkspaceView, encoded: Mapping[str, Any]) -> tuple[Any, 
     )
 
 
-@dataclass(frozen=True)
 class LockedWorkspace:
-    """A workspace row as read under its lock: state, the stored view and that view's JSON."""
+    """A workspace row as read under its lock: state, the stored view and that view's JSON. The
+    view is decoded from the JSON only when asked for (events compare views as JSON)."""
 
-    state: WorkspaceState
-    view: WorkspaceView
-    view_json: Mapping[str, Any]
+    __slots__ = ("_view", "state", "view_json")
+
+    def __init__(
+        self, state: WorkspaceState, view: WorkspaceView | None, view_json: Mapping[str, Any]
+    ) -> None:
+        self.state = state
+        self._view = view
+        self.view_json = view_json
+
+    @property
+    def view(self) -> WorkspaceView:
+        if self._view is None:
+            self._view = load(WorkspaceView, self.view_json)
+        return self._view
 
 
 async def ensure_workspace(
@@ -239,11 +250,15 @@ async def ensure_workspaces(
         "$7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::boolean[], $11::boolean[], "
         "$12::integer[], $13::bigint[], $14::boolean[], $15::text[], $16::text[]) "
         "AS t(id, plan, iv, seats, st, sub, trial, ps, pe, cape, cc, sau, sqb, blocked, dl, view) "
-        f"ON CONFLICT (workspace_id) DO NOTHING RETURNING {_WORKSPACE_COLUMNS}",
+        "ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id",
         *columns,
         now,
     )
-    return {r["workspace_id"]: _locked(r, {}, {}) for r in rows}
+    # A new row holds the column defaults: version 0, no customer, no usage, no credits.
+    return {
+        r["workspace_id"]: LockedWorkspace(WorkspaceState.new(r["workspace_id"]), view, view_json)
+        for r in rows
+    }
 
 
 async def lock_workspace(
@@ -322,7 +337,7 @@ def _locked(
         usage=Usage(row["members"], row["storage_used_bytes"]),
         credit_balance=row["ai_credit_balance"],
     )
-    return LockedWorkspace(state, load(WorkspaceView, row["view"]), row["view"])
+    return LockedWorkspace(state, None, row["view"])
 
 
 def _subscription_record(row: asyncpg.Record) -> SubscriptionRecord:
