@@ -52,7 +52,9 @@ def _encoder(cls: type) -> Callable[[Any], Any]:
 
 
 def parse_datetime(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    parsed = datetime.fromisoformat(value)  # Python 3.11 reads a trailing Z as UTC
+    if parsed.tzinfo is UTC:
+        return parsed
     if parsed.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: only aware UTC datetimes are stored")
     return parsed.astimezone(UTC)

@@ -416,17 +416,14 @@ class _Reader:
         if kind is not None and kind != expected:
             raise _malformed(self.path("object"), f"must be {expected!r} for this event type, got {kind!r}")
 
-    def _get(self, key: str) -> Any:
-        return self._data.get(key)
-
     def req_str(self, key: str) -> str:
-        value = self._get(key)
+        value = self._data.get(key)
         if not isinstance(value, str) or not value:
             raise _malformed(self.path(key), f"must be a non-empty string, got {_json_type(value)}")
         return value
 
     def opt_str(self, key: str) -> str | None:
-        value = self._get(key)
+        value = self._data.get(key)
         if value is None:
             return None
         if not isinstance(value, str):
@@ -434,13 +431,13 @@ class _Reader:
         return value or None
 
     def req_int(self, key: str) -> int:
-        value = self._get(key)
+        value = self._data.get(key)
         if isinstance(value, bool) or not isinstance(value, int):
             raise _malformed(self.path(key), f"must be an integer, got {_json_type(value)}")
         return value
 
     def opt_int(self, key: str, minimum: int | None = None) -> int | None:
-        value = self._get(key)
+        value = self._data.get(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
@@ -450,7 +447,7 @@ class _Reader:
         return value
 
     def opt_bool(self, key: str) -> bool:
-        value = self._get(key)
+        value = self._data.get(key)
         if value is None:
             return False
         if not isinstance(value, bool):
@@ -458,15 +455,22 @@ class _Reader:
         return value
 
     def req_ts(self, key: str) -> datetime:
-        return _timestamp(self.req_int(key), self.path(key))
+        value = self.req_int(key)
+        if 0 <= value <= _MAX_TIMESTAMP:  # the field's path is only built for an error
+            return datetime.fromtimestamp(value, tz=UTC)
+        return _timestamp(value, self.path(key))
 
     def opt_ts(self, key: str) -> datetime | None:
         value = self.opt_int(key)
-        return None if value is None else _timestamp(value, self.path(key))
+        if value is None:
+            return None
+        if 0 <= value <= _MAX_TIMESTAMP:
+            return datetime.fromtimestamp(value, tz=UTC)
+        return _timestamp(value, self.path(key))
 
     def opt_id(self, key: str) -> str | None:
         """A reference: an id string, an expanded object with an ``id``, or null."""
-        value = self._get(key)
+        value = self._data.get(key)
         if value is None:
             return None
         if isinstance(value, str):
@@ -485,7 +489,7 @@ class _Reader:
 
     def reader_or_none(self, key: str) -> _Reader | None:
         """The nested object at ``key`` if it is an object (an id string or null gives None)."""
-        value = self._get(key)
+        value = self._data.get(key)
         if isinstance(value, Mapping):
             return _Reader(value, self.path(key))
         if value is None or isinstance(value, str):
@@ -494,7 +498,7 @@ class _Reader:
 
     def metadata(self, key: str) -> Mapping[str, str]:
         """The metadata keys the worker reads (Stripe metadata values are strings)."""
-        value = self._get(key)
+        value = self._data.get(key)
         if value is None:
             return {}
         if not isinstance(value, Mapping):
@@ -511,7 +515,7 @@ class _Reader:
 
     def list_items(self, key: str, *, required: bool, list_object: bool = True) -> list[_Reader]:
         """Elements of a Stripe list object (``{"object": "list", "data": [...]}``) or array."""
-        value = self._get(key)
+        value = self._data.get(key)
         path = self.path(key)
         if value is None:
             if required:
