@@ -6,9 +6,12 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 import structlog
@@ -17,6 +20,8 @@ from tests import stripe_factory as sf
 from tests.helpers import SECRET_A, TOKEN, running_service, wait_for
 from worker.config import Settings
 from worker.logging import LineWriter, configure, render_json
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -145,3 +150,19 @@ def test_lines_of_one_loop_iteration_are_flushed_together_before_the_loop_waits(
     assert asyncio.run(burst()) == ["line 0\nline 1\nline 2\n"]
     writer.info("outside a loop")  # CLI and start-up: at once
     assert stream.flushes[-1].endswith("outside a loop\n") and len(stream.flushes) == 2
+
+
+def test_lines_of_a_loop_stopped_before_its_next_iteration_are_written_at_exit():
+    program = (
+        "import asyncio\n"
+        "from worker.logging import configure, get_logger\n"
+        "configure('info')\n"
+        "loop = asyncio.new_event_loop()\n"
+        "loop.call_soon(lambda: (get_logger('t').info('last_words'), loop.stop()))\n"
+        "loop.run_forever()\n"
+        "loop.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1])["msg"] == "last_words"
