@@ -177,7 +177,10 @@ class EventBatcher:
             return {}
         room = self._max_batch - len(ids)
         try:
-            due = await self._read_ahead(3 * self._max_batch)
+            # The window reaches past what is already waiting, kept, being written or answered
+            # (a window holding only those would give ever smaller batches), within a bound.
+            known = len(self._waiting) + len(self._kept) + len(self._busy) + len(self._answered)
+            due = await self._read_ahead(min(known + len(ids) + room, 10 * self._max_batch))
         except Exception as exc:  # Redis is down: the jobs that wait go on without read-ahead
             log.warning("read_ahead_failed", error=repr(exc)[:300])
             return {}
