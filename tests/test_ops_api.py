@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from tests import stripe_factory as sf
-from tests.helpers import SECRET_A, TOKEN, RunningService, running_service, sign, wait_for
+from tests.helpers import SECRET_A, TOKEN, RunningService, customer_event, running_service, sign, wait_for
 from tests.services import free_port
 from worker import metrics
 from worker.api import create_internal_app
@@ -336,6 +336,27 @@ async def test_a_stalled_request_times_out_with_408(settings: Settings):
         status, body = await raw_http(svc.receiver_url, request)
         assert (status, body["error"]["code"]) == (408, "request_timeout")
         assert time.monotonic() - started < 5
+
+
+async def test_only_stalled_requests_time_out_and_the_next_ones_are_served(settings: Settings):
+    """The deadline sweeper cancels the overdue request alone, on both ports, and leaves nothing
+    behind: requests served during and after a timeout are answered normally."""
+    stalled = b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+    stalled_api = (
+        b"POST /v1/backfill HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 100\r\n\r\n{"
+    )
+    async with running_service(dataclasses.replace(settings, request_timeout_seconds=1), worker=False) as svc:
+        slow = asyncio.gather(raw_http(svc.receiver_url, stalled), raw_http(svc.api_url, stalled_api))
+        during = await asyncio.gather(*(svc.post_event(customer_event(f"cus_dl{i}")) for i in range(20)))
+        assert [status for status, _ in during] == [200] * 20
+        for status, body in await slow:
+            assert (status, body["error"]["code"]) == (408, "request_timeout")
+        after = await asyncio.gather(*(svc.post_event(customer_event(f"cus_dl{i}")) for i in range(5)))
+        assert [status for status, _ in after] == [200] * 5
+        status, _ = await svc.api("GET", "/v1/dead-letters")
+        assert status == 200
 
 
 # ------------------------------------------------------------------ secrets never logged

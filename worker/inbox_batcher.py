@@ -82,10 +82,13 @@ class InboxBatcher:
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="inbox-batcher")
+        # Kept: on Python 3.11 every get_running_loop() is a getpid() syscall, once per webhook here.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="inbox-batcher")
 
     @property
     def closing(self) -> bool:
@@ -108,9 +111,9 @@ class InboxBatcher:
 
     async def submit(self, row: store.InboxRow) -> Stored:
         """Store and queue ``row``'s event; raises ``InboxUnavailable`` when it cannot."""
-        if self._closing or self._task is None or self._task.done():
+        if self._closing or self._task is None or self._task.done() or self._loop is None:
             raise InboxUnavailable(_stopping())
-        future: asyncio.Future[Stored | Unavailable] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Stored | Unavailable] = self._loop.create_future()
         self._pending.append((row, future))
         self._wakeup.set()
         result = await future
@@ -119,6 +122,7 @@ class InboxBatcher:
         return result
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         in_flight: set[asyncio.Task[None]] = set()
 
         def done(task: asyncio.Task[None]) -> None:
@@ -132,7 +136,7 @@ class InboxBatcher:
                 while self._pending and len(in_flight) < self._max_in_flight:
                     batch = self._pending[: self._max_batch]
                     del self._pending[: self._max_batch]
-                    task = asyncio.get_running_loop().create_task(self._flush(batch))
+                    task = loop.create_task(self._flush(batch))
                     in_flight.add(task)
                     task.add_done_callback(done)
                 if self._closing and not self._pending and not in_flight:

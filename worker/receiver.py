@@ -8,11 +8,15 @@ Only ``POST /webhooks/stripe`` and ``GET /healthz`` exist on this port. Answers:
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
+import hmac
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
-import stripe
 from aiohttp import web
 
 from handlers.normalize import PayloadError, validate_event_envelope
@@ -27,36 +31,59 @@ from worker.services import SERVICES, Services
 log = get_logger("receiver")
 BATCHER = web.AppKey("inbox_batcher", InboxBatcher)
 
-# The SDK's messages, mapped to stable codes (stripe/_webhook.py, 16.x).
-_SIGNATURE_CODES = (
-    ("Unable to extract timestamp", "signature_malformed"),
-    ("No signatures found with expected scheme", "signature_malformed"),
-    ("No signatures found matching", "signature_mismatch"),
-    ("Timestamp outside the tolerance zone", "timestamp_outside_tolerance"),
-)
+_SCHEME = "v1"
 
 
-def _signature_code(exc: stripe.SignatureVerificationError) -> str:
-    message = str(exc.user_message or exc)
-    return next(
-        (code for prefix, code in _SIGNATURE_CODES if message.startswith(prefix)), "signature_invalid"
-    )
+@functools.cache
+def _signing_keys(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
+    """The HMAC keys of the usable secrets, encoded once (the SDK refuses a blank secret)."""
+    return tuple(s.encode("utf-8") for s in secrets if s.strip(" \t\r\n\f\v"))
 
 
-def verify_signature(payload: str, header: str, secrets: tuple[str, ...], tolerance: int) -> str | None:
-    """None when any active secret verifies the payload; else the most telling error code."""
-    codes = []
-    for secret in secrets:
-        try:
-            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
-            return None
-        except stripe.SignatureVerificationError as exc:
-            codes.append(_signature_code(exc))
-    # A stale timestamp is only reported when the signature itself matched.
-    for code in ("timestamp_outside_tolerance", "signature_malformed", "signature_mismatch"):
-        if code in codes:
-            return code
-    return codes[0] if codes else "signature_mismatch"
+def _parse_signature_header(header: str) -> tuple[int, list[str]] | None:
+    """``t=<ts>,v1=<hex>[,v1=…]`` → (timestamp, v1 signatures), parsed exactly as Stripe's SDK
+    does (same splitting, ``int()`` rules and failures); None when it cannot be parsed."""
+    items = [item.split("=", 2) for item in header.split(",")]
+    try:
+        timestamps = [item[1] for item in items if item[0] == "t"]  # a bare "t" fails, as in the SDK
+        timestamp = int(timestamps[0])
+        signatures = [item[1] for item in items if item[0] == _SCHEME]
+    except (IndexError, ValueError):
+        return None
+    return timestamp, signatures
+
+
+def verify_signature(
+    payload: bytes | str, header: str, secrets: tuple[str, ...], tolerance: int, now: float | None = None
+) -> str | None:
+    """None when any active secret verifies the payload; else the most telling error code.
+
+    Stripe's scheme (HMAC-SHA256 of ``f"{t}.{body}"``, hex, any ``v1`` may match, timestamps older
+    than ``tolerance`` refused once the signature matched) with the answers the SDK's
+    ``verify_header`` gives per secret, tried for every secret. Done here with one-shot
+    ``hmac.digest`` over the raw bytes and the header parsed once: the SDK (Python-level HMAC,
+    the body re-encoded, the header parsed per secret) was 5-7 % of the receiver's CPU.
+    ``tests/test_receiver_signatures.py`` checks it against the SDK.
+    """
+    if not secrets:
+        return "signature_mismatch"
+    keys = _signing_keys(secrets)
+    if not header or not keys:
+        return "signature_invalid"  # the SDK refuses an empty header and blank secrets
+    parsed = _parse_signature_header(header)
+    if parsed is None or not parsed[1]:
+        return "signature_malformed"
+    timestamp, signatures = parsed
+    message = b"%d.%b" % (timestamp, payload.encode("utf-8") if isinstance(payload, str) else payload)
+    for key in keys:
+        expected = hmac.digest(key, message, "sha256").hex()
+        for candidate in signatures:
+            # compare_digest refuses non-ASCII str (the SDK raised TypeError: a 500); no match here.
+            if candidate.isascii() and hmac.compare_digest(expected, candidate):
+                if tolerance and timestamp < (time.time() if now is None else now) - tolerance:
+                    return "timestamp_outside_tolerance"
+                return None
+    return "signature_mismatch"
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -100,7 +127,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return reject(400, "invalid_encoding", "the body is not UTF-8")
-    code = verify_signature(text, header, settings.webhook_secrets, settings.webhook_tolerance_seconds)
+    code = verify_signature(body, header, settings.webhook_secrets, settings.webhook_tolerance_seconds)
     if code is not None:
         metrics.SIGNATURE_FAILURES.labels(code=code).inc()
         message = {
@@ -140,9 +167,29 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return error(503, "queue_unavailable", "the event is stored but could not be queued; retry later")
     is_new, status = stored.is_new, stored.status
     outcome = "accepted" if is_new else "duplicate"
-    metrics.WEBHOOKS.labels(type=event_type, outcome=outcome).inc()
+    _accepted_counter(event_type, outcome).inc()
     log.info("webhook_received", outcome=outcome, status=status, duration_ms=_ms(started), **fields)
-    return web.json_response({"received": True, "duplicate": not is_new, "event_id": event_id})
+    return acknowledgement(event_id, duplicate=not is_new)
+
+
+# The 200 answer, byte for byte what web.json_response gave, at half its cost (~2 us a webhook).
+_ACK_HEAD = {
+    False: b'{"received": true, "duplicate": false, "event_id": ',
+    True: b'{"received": true, "duplicate": true, "event_id": ',
+}
+
+
+def acknowledgement(event_id: str, *, duplicate: bool) -> web.Response:
+    """``{"received": true, "duplicate": …, "event_id": …}``, as ``json.dumps`` writes it."""
+    body = _ACK_HEAD[duplicate] + json.dumps(event_id).encode() + b"}"
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+@functools.cache
+def _accepted_counter(event_type: str, outcome: str) -> Any:
+    """The webhook counter's child for a verified event's type (prometheus keeps each child
+    forever anyway; ``labels()`` costs ~1.7 us a call)."""
+    return metrics.WEBHOOKS.labels(type=event_type, outcome=outcome)
 
 
 def inbox_row(raw: dict, text: str) -> store.InboxRow:
@@ -180,6 +227,26 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+# gen0 collects after this many net allocations (CPython's default: 700). A webhook allocates a
+# few hundred objects, most freed by refcount within the request; at 700 the collector ran every
+# few requests and walked everything in flight (17.5 us of GC per webhook at ~3,500 req/s).
+GC_GEN0_THRESHOLD = 10_000
+_heap_settled = False
+
+
+async def _settle_heap(app: web.Application) -> None:
+    """Once per process, after start-up: freeze what start-up made (modules, the SDK, pools), so
+    no later full collection walks it again (each one was a ~20-25 ms pause of every request),
+    and collect the youngest generation less often. Measured: GC per webhook 17.5 -> ~1 us."""
+    global _heap_settled
+    if _heap_settled:
+        return
+    _heap_settled = True
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def _inbox_batcher(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     app[BATCHER] = batcher = InboxBatcher(services.pool, services.queue)
@@ -200,6 +267,7 @@ def create_receiver_app(services: Services) -> web.Application:
         client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors, request_timeout]
     )
     app[SERVICES] = services
+    app.on_startup.append(_settle_heap)
     app.cleanup_ctx.append(_inbox_batcher)
     app.on_shutdown.append(_stop_batcher)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
