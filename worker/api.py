@@ -15,8 +15,8 @@ from aiohttp import web
 
 from handlers.codec import to_jsonable
 from worker import plan_changes, store
-from worker.hardening import request_timeout
-from worker.http_errors import ApiError, error, json_errors
+from worker.hardening import guarded
+from worker.http_errors import ApiError, error
 from worker.services import SERVICES, Services
 
 WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -98,7 +98,7 @@ def create_internal_app(services: Services) -> web.Application:
     # The route modules import this one's helpers, hence the local imports.
     from worker import api_ops, api_plan_changes, api_usage_credits
 
-    app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors, request_timeout, bearer_auth])
+    app = web.Application(client_max_size=64 * 1024, middlewares=[guarded, bearer_auth])
     app[SERVICES] = services
     app.router.add_get("/v1/workspaces/{workspace_id}", get_workspace)
     app.router.add_get("/v1/events/{event_id}", get_event)

@@ -12,7 +12,7 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
-from worker.http_errors import error
+from worker.http_errors import error, error_for
 from worker.services import SERVICES
 
 _PARSER_CODES = {400: "bad_request", 413: "body_too_large", 414: "uri_too_long", 431: "headers_too_large"}
@@ -68,8 +68,10 @@ _deadlines: _Deadlines | None = None
 
 
 @web.middleware
-async def request_timeout(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A request (body reading included) that takes longer than the limit gets a 408."""
+async def guarded(request: web.Request, handler: Any) -> web.StreamResponse:
+    """What every route of both ports gets, in one middleware (aiohttp wraps each layer in two
+    coroutines per request): a request (body reading included) that takes longer than the limit
+    gets a 408 ``request_timeout``, and errors are answered as JSON with a code (``error_for``)."""
     global _deadlines
     limit = request.app[SERVICES].settings.request_timeout_seconds
     loop = asyncio.get_running_loop()
@@ -89,6 +91,10 @@ async def request_timeout(request: web.Request, handler: Any) -> web.StreamRespo
         if deadlines.release(task) and task.cancelling() == 0:
             return error(408, "request_timeout", f"the request took longer than {limit} s")
         raise
+    except Exception as exc:
+        if (response := error_for(exc)) is None:
+            raise
+        return response
     finally:
         if not released:  # a handler that swallowed the sweeper's cancellation ends normally
             deadlines.release(task)

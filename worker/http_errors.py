@@ -34,21 +34,19 @@ _HTTP_CODES = {
 }
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Turn errors into JSON with a code; aiohttp's own (404, 405, 413 …) too. Never a traceback."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def error_for(exc: Exception) -> web.Response | None:
+    """The JSON answer (with a code, never a traceback) for what a handler raised: our
+    ``ApiError``, aiohttp's own errors (404, 405, 413 …), a database busy or down (503); None
+    for anything else, which propagates (aiohttp answers 500 through ``hardening``)."""
+    if isinstance(exc, ApiError):
         return error(exc.status, exc.code, exc.message, **exc.extra)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         return error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
-    except Exception as exc:
-        if is_transient(exc):  # a lock wait timed out, the database restarts …: worth a retry
-            return error(503, "database_unavailable", "the database is busy or unavailable; retry later")
-        raise
+    if is_transient(exc):  # a lock wait timed out, the database restarts …: worth a retry
+        return error(503, "database_unavailable", "the database is busy or unavailable; retry later")
+    return None
 
 
 async def read_json_object(request: web.Request, allowed: Collection[str] | None = None) -> dict[str, Any]:

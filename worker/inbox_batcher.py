@@ -72,12 +72,14 @@ class InboxBatcher:
         *,
         max_batch: int = 500,
         max_in_flight: int = 2,
+        extra_flush_after: int = 16,
         stop_timeout: float = 5.0,
     ) -> None:
         self._pool = pool
         self._queue = queue
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
+        self._extra_flush_after = extra_flush_after
         self._stop_timeout = stop_timeout
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
@@ -133,7 +135,12 @@ class InboxBatcher:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                while self._pending and len(in_flight) < self._max_in_flight:
+                # A second flush only for a backlog: each flush costs its own two round trips.
+                while (
+                    self._pending
+                    and len(in_flight) < self._max_in_flight
+                    and (not in_flight or len(self._pending) >= self._extra_flush_after)
+                ):
                     batch = self._pending[: self._max_batch]
                     del self._pending[: self._max_batch]
                     task = loop.create_task(self._flush(batch))

@@ -22,8 +22,8 @@ from aiohttp import web
 from handlers.normalize import PayloadError, validate_event_envelope
 from worker import json_codec, metrics, store
 from worker.db import is_transient
-from worker.hardening import request_timeout
-from worker.http_errors import error, json_errors
+from worker.hardening import guarded
+from worker.http_errors import error
 from worker.inbox_batcher import InboxBatcher, InboxUnavailable
 from worker.logging import get_logger
 from worker.services import SERVICES, Services
@@ -263,9 +263,7 @@ async def _stop_batcher(app: web.Application) -> None:
 
 def create_receiver_app(services: Services) -> web.Application:
     # aiohttp's own cap sits just above ours so oversized bodies reach our 413 JSON answer.
-    app = web.Application(
-        client_max_size=services.settings.max_body_bytes + 1, middlewares=[json_errors, request_timeout]
-    )
+    app = web.Application(client_max_size=services.settings.max_body_bytes + 1, middlewares=[guarded])
     app[SERVICES] = services
     app.on_startup.append(_settle_heap)
     app.cleanup_ctx.append(_inbox_batcher)
