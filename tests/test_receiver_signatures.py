@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from tests.helpers import SECRET_A, SECRET_B, RunningService, customer_event, running_service, sign
 from worker import metrics
 from worker.config import Settings
-from worker.receiver import GC_GEN0_THRESHOLD, verify_signature
+from worker.heap import GC_GEN0_THRESHOLD
+from worker.receiver import verify_signature
 
 
 @pytest.fixture

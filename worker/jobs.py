@@ -21,6 +21,7 @@ from handlers.reducer import Effect, RefetchRequested
 from worker import metrics
 from worker.db import is_transient
 from worker.event_batches import EventBatcher
+from worker.heap import settle_heap
 from worker.logging import get_logger
 from worker.notifications import Change, publish_changes
 from worker.plan_change_jobs import fire_plan_change, release_waiting, sweep_plan_changes
@@ -159,6 +160,10 @@ async def after_events_committed(services: Services, results: Sequence[ProcessRe
             log.warning("unmatched_requeue_failed", count=len(requeue), error=repr(exc))
 
 
+async def _started(ctx: dict[str, Any]) -> None:
+    settle_heap()
+
+
 async def _close_batcher(ctx: dict[str, Any]) -> None:
     if (batcher := ctx.get("batcher")) is not None:
         await batcher.close()
@@ -240,6 +245,7 @@ def build_worker(services: Services, *, handle_signals: bool = True, burst: bool
         handle_signals=handle_signals,
         burst=burst,
         ctx={"services": services, "batcher": event_batcher(services)},
+        on_startup=_started,
         on_shutdown=_close_batcher,
         log_results=False,
         health_check_interval=30,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import hmac
 import json
 import time
@@ -23,6 +22,7 @@ from handlers.normalize import PayloadError, validate_event_envelope
 from worker import json_codec, metrics, store
 from worker.db import is_transient
 from worker.hardening import guarded
+from worker.heap import settle_heap
 from worker.http_errors import error
 from worker.inbox_batcher import InboxBatcher, InboxUnavailable
 from worker.logging import get_logger
@@ -227,24 +227,8 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-# gen0 collects after this many net allocations (CPython's default: 700). A webhook allocates a
-# few hundred objects, most freed by refcount within the request; at 700 the collector ran every
-# few requests and walked everything in flight (17.5 us of GC per webhook at ~3,500 req/s).
-GC_GEN0_THRESHOLD = 10_000
-_heap_settled = False
-
-
 async def _settle_heap(app: web.Application) -> None:
-    """Once per process, after start-up: freeze what start-up made (modules, the SDK, pools), so
-    no later full collection walks it again (each one was a ~20-25 ms pause of every request),
-    and collect the youngest generation less often. Measured: GC per webhook 17.5 -> ~1 us."""
-    global _heap_settled
-    if _heap_settled:
-        return
-    _heap_settled = True
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    settle_heap()
 
 
 async def _inbox_batcher(app: web.Application) -> AsyncIterator[None]:
