@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -130,24 +131,31 @@ class _CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
         self.flushes: list[str] = []  # what had been written at each flush
+        self.flushed: asyncio.Event | None = None
 
     def flush(self) -> None:
         self.flushes.append(self.getvalue())
+        if self.flushed is not None:
+            self.flushed.set()
         super().flush()
 
 
-def test_lines_of_one_loop_iteration_are_flushed_together_before_the_loop_waits():
+def test_lines_logged_close_together_are_written_together_and_soon():
     stream = _CountingStream()
     writer = LineWriter(stream)
 
-    async def burst() -> list[str]:
+    async def burst() -> float:
+        stream.flushed = asyncio.Event()
+        started = time.monotonic()
         for n in range(3):
             writer.info(f"line {n}")
-        assert stream.flushes == []  # nothing flushed while the iteration runs
-        await asyncio.sleep(0)  # the loop turns: the scheduled flush runs
-        return list(stream.flushes)
+            await asyncio.sleep(0)  # separate loop iterations, as separate jobs finish
+        assert stream.flushes == []  # held for a moment …
+        await asyncio.wait_for(stream.flushed.wait(), 5)
+        return time.monotonic() - started
 
-    assert asyncio.run(burst()) == ["line 0\nline 1\nline 2\n"]
+    assert asyncio.run(burst()) < 1.0
+    assert stream.flushes == ["line 0\nline 1\nline 2\n"]  # … then written in one call
     writer.info("outside a loop")  # CLI and start-up: at once
     assert stream.flushes[-1].endswith("outside a loop\n") and len(stream.flushes) == 2
 

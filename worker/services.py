@@ -17,6 +17,7 @@ from handlers.catalog import Catalog, CatalogError, parse_catalog
 from worker.clock import Clock, utcnow
 from worker.config import ConfigError, Settings
 from worker.db import create_pool as create_pg_pool
+from worker.logging import flush as flush_logs
 from worker.processor import EventProcessor
 from worker.queue import JobQueue
 from worker.stripe_gateway import StripeGateway
@@ -103,6 +104,7 @@ class Services:
             yield conn
 
     async def close(self) -> None:
+        flush_logs()  # every role ends here: the log lines still buffered go out now
         if self.stripe is not None:
             await self.stripe.close()
         await self.redis.aclose()
