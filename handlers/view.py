@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from handlers.catalog import Catalog
 from handlers.dunning import evaluate_block
 from handlers.events import TERMINAL_SUBSCRIPTION_STATUSES, SubscriptionItem
-from handlers.evolve import evolve
 from handlers.state import SubscriptionRecord, WorkspaceState, WorkspaceView
 
 
@@ -37,29 +37,31 @@ def plan_item(record: SubscriptionRecord, catalog: Catalog) -> SubscriptionItem 
 
 
 def derive_view(state: WorkspaceState, catalog: Catalog, now: datetime) -> WorkspaceView:
-    return with_usage(_plan_view(state, catalog, now), state)
+    plan = _plan_fields(state, catalog, now)
+    return WorkspaceView(**plan, **_usage_fields(state, plan["seats"], plan["storage_quota_bytes"]))
 
 
-def with_usage(view: WorkspaceView, state: WorkspaceState) -> WorkspaceView:
+def _usage_fields(state: WorkspaceState, seats: int, quota: int) -> dict[str, Any]:
     """Usage warnings and the credit balance are derived like the rest of the view, never patched.
     ``seats`` is already the plan's seat limit on Free."""
     members, used = state.usage.members, state.usage.storage_used_bytes
-    return evolve(
-        view,
-        members=members,
-        over_seat_limit=members is not None and members > view.seats,
-        storage_used_bytes=used,
-        over_storage_quota=used is not None and used > view.storage_quota_bytes,
-        ai_credit_balance=state.credit_balance,
-    )
+    return {
+        "members": members,
+        "over_seat_limit": members is not None and members > seats,
+        "storage_used_bytes": used,
+        "over_storage_quota": used is not None and used > quota,
+        "ai_credit_balance": state.credit_balance,
+    }
 
 
-def _plan_view(state: WorkspaceState, catalog: Catalog, now: datetime) -> WorkspaceView:
+def _plan_fields(state: WorkspaceState, catalog: Catalog, now: datetime) -> dict[str, Any]:
+    """The view's fields that come from the subscription, the catalog and the invoices (one
+    ``WorkspaceView`` is then built with the usage fields: a frozen dataclass is slow to make)."""
     block = evaluate_block(state.invoices.values(), catalog.policy, now)
     free = catalog.plans[catalog.free_plan]
     record = current_subscription(state)
     if record is None or record.snapshot.status in TERMINAL_SUBSCRIPTION_STATUSES:
-        return WorkspaceView(
+        return dict(
             plan=free.key,
             interval=None,
             seats=free.seat_limit or 0,
@@ -88,7 +90,7 @@ def _plan_view(state: WorkspaceState, catalog: Catalog, now: datetime) -> Worksp
             addon_bytes += i.quantity * addon.unit_bytes
     period_start = snap.current_period_start or (item.period_start if item else None)
     period_end = snap.current_period_end or (item.period_end if item else None)
-    return WorkspaceView(
+    return dict(
         plan=plan.key if plan else "unknown",
         interval=ref.interval if ref else None,
         seats=item.quantity if item else 0,

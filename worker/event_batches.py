@@ -198,7 +198,7 @@ class EventBatcher:
 
     def _answer(self, event_id: str) -> None:
         self._answered[event_id] = None
-        if len(self._answered) > 4 * self._max_batch:
+        if len(self._answered) > 2 * self._max_batch:
             del self._answered[next(iter(self._answered))]
 
     def _keep(self, event_id: str, score: int, result: ProcessResult) -> None:

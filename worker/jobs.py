@@ -11,11 +11,12 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from arq import Retry, cron
 from arq.worker import Worker, func
+from prometheus_client import Histogram
 
 from handlers.reducer import Effect, RefetchRequested
 from worker import metrics
@@ -35,6 +36,12 @@ log = get_logger("jobs")
 def backoff_seconds(job_try: int) -> float:
     """1, 2, 4 … capped at 5 minutes."""
     return float(min(2 ** max(job_try - 1, 0), 300))
+
+
+@cache
+def _job_duration(handler: str, outcome: str) -> Histogram:
+    """The histogram child of one (event type, outcome): ``labels()`` costs a lock and a lookup."""
+    return metrics.JOB_DURATION.labels(handler=handler, outcome=outcome)
 
 
 def _summary(exc: BaseException) -> str:
@@ -79,9 +86,7 @@ async def process_event(ctx: dict[str, Any], event_id: str) -> None:
             return
         raise Retry(defer=timedelta(seconds=delay or 1)) from exc
 
-    metrics.JOB_DURATION.labels(handler=result.event_type or "unknown", outcome=result.outcome).observe(
-        time.perf_counter() - started
-    )
+    _job_duration(result.event_type or "unknown", result.outcome).observe(time.perf_counter() - started)
     log.info(
         "job_finished",
         job=PROCESS_EVENT,
