@@ -46,6 +46,11 @@ from handlers.events import (
     SubscriptionSnapshot,
 )
 
+# JSON objects and arrays are dicts and lists: the concrete types first, so the common case
+# skips the abstract-class check (a Python-level call each, ten per event).
+_MAPPINGS = (dict, Mapping)
+_SEQUENCES = (list, tuple, Sequence)
+
 NOT_A_STRIPE_EVENT = "not_a_stripe_event"
 MALFORMED_EVENT = "malformed_event"
 
@@ -112,7 +117,7 @@ def validate_event_envelope(obj: object) -> None:
         where = f"`{field}` " if field else ""
         return PayloadError(NOT_A_STRIPE_EVENT, f"not a Stripe event: {where}{problem}", field)
 
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, _MAPPINGS):
         raise fail(None, f"expected a JSON object, got {_json_type(obj)}")
     kind = obj.get("object")
     if kind != "event":
@@ -133,9 +138,9 @@ def validate_event_envelope(obj: object) -> None:
     if not 0 <= created <= _MAX_TIMESTAMP:
         raise fail("created", f"is out of range: {created}")
     data = obj.get("data")
-    if not isinstance(data, Mapping):
+    if not isinstance(data, _MAPPINGS):
         raise fail("data", f"must be an object, got {_json_type(data)}")
-    if not isinstance(data.get("object"), Mapping):
+    if not isinstance(data.get("object"), _MAPPINGS):
         raise fail("data.object", f"must be an object, got {_json_type(data.get('object'))}")
 
 
@@ -176,7 +181,7 @@ def _meta(raw: Mapping[str, Any]) -> EventMeta:
     idempotency_key: str | None = None
     if isinstance(request, str):  # API versions before 2017-05-25: the request id alone
         request_id = request or None
-    elif isinstance(request, Mapping):
+    elif isinstance(request, _MAPPINGS):
         req = _Reader(request, "request")
         request_id = req.opt_str("id")
         idempotency_key = req.opt_str("idempotency_key")
@@ -387,9 +392,9 @@ def _json_type(value: object) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, Mapping):
+    if isinstance(value, _MAPPINGS):
         return "an object"
-    if isinstance(value, Sequence):
+    if isinstance(value, _SEQUENCES):
         return "an array"
     return type(value).__name__
 
@@ -477,7 +482,7 @@ class _Reader:
             if not value:
                 raise _malformed(self.path(key), "must not be an empty string")
             return value
-        if isinstance(value, Mapping):
+        if isinstance(value, _MAPPINGS):
             return _Reader(value, self.path(key)).req_str("id")
         raise _malformed(self.path(key), f"must be an id or an expanded object, got {_json_type(value)}")
 
@@ -490,7 +495,7 @@ class _Reader:
     def reader_or_none(self, key: str) -> _Reader | None:
         """The nested object at ``key`` if it is an object (an id string or null gives None)."""
         value = self._data.get(key)
-        if isinstance(value, Mapping):
+        if isinstance(value, _MAPPINGS):
             return _Reader(value, self.path(key))
         if value is None or isinstance(value, str):
             return None
@@ -501,7 +506,7 @@ class _Reader:
         value = self._data.get(key)
         if value is None:
             return {}
-        if not isinstance(value, Mapping):
+        if not isinstance(value, _MAPPINGS):
             raise _malformed(self.path(key), f"must be an object or null, got {_json_type(value)}")
         out = {}
         for name in _METADATA_KEYS:
@@ -522,15 +527,15 @@ class _Reader:
                 raise _malformed(path, "is required")
             return []
         if list_object:
-            if not isinstance(value, Mapping):
+            if not isinstance(value, _MAPPINGS):
                 raise _malformed(path, f"must be a list object, got {_json_type(value)}")
             value = value.get("data")
             path = f"{path}.data"
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        if isinstance(value, str | bytes) or not isinstance(value, _SEQUENCES):
             raise _malformed(path, f"must be an array, got {_json_type(value)}")
         out = []
         for index, element in enumerate(value):
-            if not isinstance(element, Mapping):
+            if not isinstance(element, _MAPPINGS):
                 raise _malformed(f"{path}[{index}]", f"must be an object, got {_json_type(element)}")
             out.append(_Reader(element, f"{path}[{index}]"))
         return out

@@ -120,7 +120,8 @@ async def after_commits(services: Services, committed: Sequence[tuple[Change, tu
     """``after_commit`` for several committed changes: the notifications in one round trip."""
     await publish_changes(services.redis, services.settings.redis_prefix, [c for c, _ in committed])
     for change, effects in committed:
-        await release_waiting(services, change.workspace_id, change.version, effects)
+        if effects:  # most changes have none
+            await release_waiting(services, change.workspace_id, change.version, effects)
 
 
 def event_batcher(services: Services) -> EventBatcher:

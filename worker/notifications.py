@@ -7,7 +7,6 @@ state API is the truth), so failures are logged, never raised.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from worker import json_codec
 from worker.logging import get_logger
 
 log = get_logger("notifications")
@@ -57,7 +57,7 @@ async def publish_changes(redis: Redis, prefix: str, changes: Sequence[Change]) 
         return
     args: list[str | int] = [STREAM_MAXLEN]
     for c in changes:
-        args += (c.workspace_id, c.version, json.dumps(sorted(c.changes)), c.cause)
+        args += (c.workspace_id, c.version, json_codec.dumps(sorted(c.changes)), c.cause)
     try:
         await redis.register_script(_XADD_MANY)(keys=[stream_name(prefix)], args=args)
     except (RedisError, OSError) as exc:
