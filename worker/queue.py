@@ -43,6 +43,12 @@ return queued
 """
 
 
+# The first ARGV[2] due jobs of the queue (score <= ARGV[1]) as a flat member, score list.
+_DUE = """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+"""
+
+
 @dataclass(frozen=True)
 class JobQueue:
     redis: ArqRedis
@@ -50,10 +56,12 @@ class JobQueue:
     queue_name: str
     _enqueue: AsyncScript = field(init=False, repr=False, compare=False)
     _enqueue_many: AsyncScript = field(init=False, repr=False, compare=False)
+    _due: AsyncScript = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_enqueue", self.redis.register_script(_ENQUEUE))
         object.__setattr__(self, "_enqueue_many", self.redis.register_script(_ENQUEUE_MANY))
+        object.__setattr__(self, "_due", self.redis.register_script(_DUE))
 
     def event_job_id(self, event_id: str) -> str:
         return f"{self.prefix}:evt:{event_id}"
@@ -95,14 +103,15 @@ class JobQueue:
     async def due_events(self, limit: int) -> list[tuple[str, int]]:
         """The event jobs arq will start next, in its order: (event id, score) of the first
         ``limit`` queued jobs that are due (a job's score identifies one enqueueing of it)."""
-        entries = await self.redis.zrangebyscore(
-            self.queue_name, "-inf", timestamp_ms(), start=0, num=limit, withscores=True
-        )
-        marker = f"{self.prefix}:evt:"
+        # Through a script: its flat reply skips redis-py's per-pair score conversion (a
+        # worker reads a few hundred entries per batch).
+        flat = await self._due(keys=[self.queue_name], args=[timestamp_ms(), limit])
+        marker = f"{self.prefix}:evt:".encode()
+        size = len(marker)
         return [
-            (job_id[len(marker) :], int(score))
-            for raw, score in entries
-            if (job_id := raw.decode() if isinstance(raw, bytes) else raw).startswith(marker)
+            (member[size:].decode(), int(score))
+            for member, score in zip(flat[::2], flat[1::2], strict=True)
+            if member.startswith(marker)
         ]
 
     async def depth(self) -> int:
