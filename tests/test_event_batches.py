@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 from arq.connections import create_pool as create_redis
 
-from handlers.codec import to_jsonable
+from handlers.codec import parse_datetime, to_jsonable
 from tests import stripe_factory as sf
 from tests.helpers import history_ids
 from worker import store
@@ -388,3 +388,41 @@ async def test_a_kept_result_no_job_came_for_is_forgotten(
     event_id, score = due[2]
     again = await batcher.process(event_id, score)
     assert again.outcome == "duplicate" and batches.committed[1:] == [[event_id]]
+
+
+async def test_the_indexed_columns_always_match_the_view_document(
+    pool: asyncpg.Pool, processor: EventProcessor
+):
+    """The batch writes a workspace's view once, as JSON; its query columns are read from it."""
+    ids = history_ids("columns")
+    # A trial, an upgrade and a cancellation, then on a second workspace a renewal that fails
+    # twice (blocked) and is paid.
+    events = _history(ids)
+    failing_ids = history_ids("columns_block")
+    failing = sf.history_payment_failure(**failing_ids, invoice_id="in_" + failing_ids["sub_id"], failures=2)
+    await _insert(pool, events + failing)
+    seen_blocked = set()
+    for e, workspace_id in [
+        *((e, ids["workspace_id"]) for e in events),
+        *((e, failing_ids["workspace_id"]) for e in failing),
+    ]:
+        await processor.process(e["id"])
+        row = await pool.fetchrow(
+            "SELECT plan, interval, seats, status, subscription_id, trial_end, period_start, period_end, "
+            "cancel_at_period_end, custom_contract, storage_addon_units, storage_quota_bytes, blocked, "
+            "dunning_level, view FROM workspaces WHERE workspace_id = $1",
+            workspace_id,
+        )
+        assert row is not None
+        view = row["view"]
+        expected = {
+            **{k: view[k] for k in ("plan", "interval", "seats", "status", "subscription_id")},
+            **{k: view[k] for k in ("cancel_at_period_end", "custom_contract", "storage_addon_units")},
+            "storage_quota_bytes": view["storage_quota_bytes"],
+            **{k: view[k] and parse_datetime(view[k]) for k in ("trial_end", "period_start", "period_end")},
+            "blocked": view["block"] is not None,
+            "dunning_level": view["block"]["level"] if view["block"] else None,
+        }
+        assert {k: row[k] for k in expected} == expected, e["type"]
+        seen_blocked.add(row["blocked"])
+    assert seen_blocked == {True, False}  # both shapes of the block were checked

@@ -182,25 +182,16 @@ _WORKSPACE_COLUMNS = (
 )
 
 
-def _view_values(view: WorkspaceView, encoded: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The view's indexed columns and its JSON document (``encoded``, encoded once by the caller)."""
-    return (
-        view.plan,
-        view.interval,
-        view.seats,
-        view.status,
-        view.subscription_id,
-        view.trial_end,
-        view.period_start,
-        view.period_end,
-        view.cancel_at_period_end,
-        view.custom_contract,
-        view.storage_addon_units,
-        view.storage_quota_bytes,
-        view.blocked,
-        view.block.level if view.block else None,
-        encoded,
-    )
+# The same columns, read in SQL from the view's JSON document ``v`` (the document is the one
+# source: a batch sends one text per workspace instead of fifteen array elements).
+_VIEW_COLUMNS_FROM_JSON = (
+    "v->>'plan', v->>'interval', (v->>'seats')::integer, v->>'status', v->>'subscription_id', "
+    "(v->>'trial_end')::timestamptz, (v->>'period_start')::timestamptz, "
+    "(v->>'period_end')::timestamptz, (v->>'cancel_at_period_end')::boolean, "
+    "(v->>'custom_contract')::boolean, (v->>'storage_addon_units')::integer, "
+    "(v->>'storage_quota_bytes')::bigint, jsonb_typeof(v->'block') = 'object', "
+    "v->'block'->>'level', v"
+)
 
 
 class LockedWorkspace:
@@ -235,23 +226,16 @@ async def ensure_workspaces(
 ) -> dict[str, LockedWorkspace]:
     """Create the rows that do not exist yet; returns those this transaction created (locked by
     the insert, and with no observations yet: subscriptions and invoices reference the row)."""
-    columns: list[list[Any]] = [[] for _ in range(16)]
     # Every new workspace starts with the same view (no observations yet): derived once.
     view = derive_view(WorkspaceState.new(""), catalog, now)
     view_json = json_codec.jsonable(view)
-    values = _view_values(view, json_codec.dumps(view_json))
-    for workspace_id in sorted(workspace_ids):
-        for column, value in zip(columns, (workspace_id, *values), strict=True):
-            column.append(value)
     rows = await conn.fetch(
         f"INSERT INTO workspaces (workspace_id, {_VIEW_COLUMNS}, created_at, updated_at) "
-        "SELECT id, plan, iv, seats, st, sub, trial, ps, pe, cape, cc, sau, sqb, blocked, dl, view::jsonb, $17, $17 "
-        "FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::text[], "
-        "$7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::boolean[], $11::boolean[], "
-        "$12::integer[], $13::bigint[], $14::boolean[], $15::text[], $16::text[]) "
-        "AS t(id, plan, iv, seats, st, sub, trial, ps, pe, cape, cc, sau, sqb, blocked, dl, view) "
+        f"SELECT id, {_VIEW_COLUMNS_FROM_JSON}, $3, $3 "
+        "FROM (SELECT id, $2::jsonb AS v FROM unnest($1::text[]) AS u(id)) t "
         "ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id",
-        *columns,
+        sorted(workspace_ids),
+        view_json,  # the connection's jsonb codec encodes it
         now,
     )
     # A new row holds the column defaults: version 0, no customer, no usage, no credits.
@@ -440,7 +424,8 @@ async def append_audit(
 
 # ---------------------------------------------------------------- a batch's writes in one statement
 
-_WRITE_BATCH = """
+_WRITE_BATCH = (
+    """
 WITH subs AS (
     INSERT INTO subscriptions (subscription_id, workspace_id, customer_id, status, snapshot,
                                observed_at, observed_event_id, updated_at)
@@ -477,38 +462,35 @@ WITH subs AS (
            updated_at = now()
 ), ws AS (
     UPDATE workspaces w
-       SET plan = t.plan, interval = t.iv, seats = t.seats, status = t.st, subscription_id = t.sub,
-           trial_end = t.trial, period_start = t.ps, period_end = t.pe, cancel_at_period_end = t.cape,
-           custom_contract = t.cc, storage_addon_units = t.sau, storage_quota_bytes = t.sqb,
-           blocked = t.blocked, dunning_level = t.dl, view = t.view::jsonb, customer_id = t.cus,
-           version = t.version, updated_at = $56
-      FROM unnest($26::text[], $27::text[], $28::text[], $29::integer[], $30::text[], $31::text[],
-                  $32::timestamptz[], $33::timestamptz[], $34::timestamptz[], $35::boolean[],
-                  $36::boolean[], $37::integer[], $38::bigint[], $39::boolean[], $40::text[],
-                  $41::text[], $42::text[], $43::bigint[])
-           AS t(id, plan, iv, seats, st, sub, trial, ps, pe, cape, cc, sau, sqb, blocked, dl, view, cus,
-                version)
+       SET ("""
+    + _VIEW_COLUMNS
+    + """) = ("""
+    + _VIEW_COLUMNS_FROM_JSON
+    + """),
+           customer_id = t.cus, version = t.version, updated_at = $42
+      FROM (SELECT id, view::jsonb AS v, cus, version
+              FROM unnest($26::text[], $27::text[], $28::text[], $29::bigint[]) AS u(id, view, cus, version)) t
      WHERE w.workspace_id = t.id
 ), aud AS (
     INSERT INTO audit_log (workspace_id, version, cause_kind, cause_id, changes, before, after,
                            effective_at)
     SELECT ws, version, ck, ci, changes::jsonb, before::jsonb, after::jsonb, eff
-      FROM unnest($44::text[], $45::bigint[], $46::text[], $47::text[], $48::text[], $49::text[],
-                  $50::text[], $51::timestamptz[]) WITH ORDINALITY
+      FROM unnest($30::text[], $31::bigint[], $32::text[], $33::text[], $34::text[], $35::text[],
+                  $36::text[], $37::timestamptz[]) WITH ORDINALITY
            AS t(ws, version, ck, ci, changes, before, after, eff, n)
      ORDER BY n
 ), fin AS (
     UPDATE webhook_events e
        SET status = t.st, outcome = t.outcome, workspace_id = COALESCE(t.ws, e.workspace_id),
            customer_id = COALESCE(t.cus, e.customer_id), attempts = e.attempts + 1,
-           processed_at = CASE WHEN t.st IN ('processed', 'ignored') THEN $56 ELSE e.processed_at END,
+           processed_at = CASE WHEN t.st IN ('processed', 'ignored') THEN $42 ELSE e.processed_at END,
            last_error = t.err, next_retry_at = t.nxt
-      FROM unnest($52::text[], $53::text[], $54::text[], $55::text[], $57::text[], $58::text[],
-                  $59::timestamptz[]) AS t(id, st, outcome, ws, cus, err, nxt)
+      FROM unnest($38::text[], $39::text[], $40::text[], $41::text[], $43::text[], $44::text[],
+                  $45::timestamptz[]) AS t(id, st, outcome, ws, cus, err, nxt)
      WHERE e.event_id = t.id
 ), mapped AS (
     INSERT INTO customers (customer_id, workspace_id)
-    SELECT * FROM unnest($60::text[], $61::text[])
+    SELECT * FROM unnest($46::text[], $47::text[])
     ON CONFLICT (customer_id) DO NOTHING
     RETURNING customer_id
 )
@@ -517,6 +499,7 @@ WITH subs AS (
 SELECT m.customer_id, e.event_id
   FROM mapped m LEFT JOIN webhook_events e ON e.customer_id = m.customer_id AND e.status = 'unmatched'
 """
+)
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -557,8 +540,8 @@ async def write_batch(
     }
     invs = {r.snapshot.invoice_id: _invoice_values(ws, r) for ws, r in invoices}
     wss = [
-        (state.workspace_id, *_view_values(view, dumps(encoded)), state.customer_id, state.version)
-        for state, view, encoded in workspaces
+        (state.workspace_id, dumps(encoded), state.customer_id, state.version)
+        for state, _, encoded in workspaces
     ]
     auds = [
         (
@@ -582,7 +565,7 @@ async def write_batch(
         _WRITE_BATCH,
         *_columns(list(subs.values()), 7),
         *_columns(list(invs.values()), 18),
-        *_columns(wss, 18),
+        *_columns(wss, 4),
         *_columns(auds, 8),
         *fin_columns[:4],
         now,
