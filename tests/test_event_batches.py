@@ -164,15 +164,24 @@ async def test_an_event_mapping_a_customer_matches_the_later_events_of_its_batch
     assert all(r.newly_mapped_customer is None for r in results[1:])
 
 
-async def test_events_before_their_customer_is_known_wait_as_unmatched(
-    pool: asyncpg.Pool, processor: EventProcessor
-):
-    ids = history_ids("early")
+async def _invoice_before_its_subscription(
+    pool: asyncpg.Pool, tag: str
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """A stored invoice event that names no workspace, and the subscription event that maps its
+    customer: the ids, the invoice, the subscription."""
+    ids = history_ids(tag)
     events = _history(ids)
     created = next(e for e in events if e["type"] == "customer.subscription.created")
     invoice = json.loads(json.dumps(next(e for e in events if e["type"].startswith("invoice."))))
     invoice["data"]["object"]["parent"]["subscription_details"]["metadata"] = {}  # no workspace named
     await _insert(pool, [invoice, created])
+    return ids, invoice, created
+
+
+async def test_events_before_their_customer_is_known_wait_as_unmatched(
+    pool: asyncpg.Pool, processor: EventProcessor
+):
+    ids, invoice, created = await _invoice_before_its_subscription(pool, "early")
     unmatched, mapped = await processor.process_many([invoice["id"], created["id"]])
     assert (unmatched.status, unmatched.outcome) == ("unmatched", "unmatched")
     # The event that maps the customer hands the one left waiting in its own batch to the requeue.
@@ -261,12 +270,7 @@ async def _ignore(results: Any) -> None:
 async def test_an_unmatched_event_whose_customer_its_batch_maps_ends_matched(
     pool: asyncpg.Pool, processor: EventProcessor
 ):
-    ids = history_ids("round")
-    events = _history(ids)
-    created = next(e for e in events if e["type"] == "customer.subscription.created")
-    invoice = json.loads(json.dumps(next(e for e in events if e["type"].startswith("invoice."))))
-    invoice["data"]["object"]["parent"]["subscription_details"]["metadata"] = {}
-    await _insert(pool, [invoice, created])
+    ids, invoice, created = await _invoice_before_its_subscription(pool, "round")
     batches = _Batches()
     batcher = EventBatcher(processor, batches, concurrency=1)
     # One batch: the invoice comes first and finds no workspace; the subscription then maps the
@@ -353,15 +357,21 @@ async def test_a_failing_read_ahead_event_fails_only_its_own_job(pool: asyncpg.P
     assert row is not None and row["status"] == "received"
 
 
-async def test_while_a_backlog_lasts_results_are_kept_ready_up_to_the_prefetch_limit(
-    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
-):
-    ids = history_ids("prefetch")
-    events = _history(ids)[:12]
+async def _backlog(
+    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue, tag: str, count: int, **options: Any
+) -> tuple[list[tuple[str, int]], _Batches, EventBatcher]:
+    """``count`` events of one history stored and queued, and a read-ahead batcher over them."""
+    events = _history(history_ids(tag))[:count]
     await _insert(pool, events)
     due = await _queued(queue, events)
     batches = _Batches()
-    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, max_batch=4, prefetch=8)
+    return due, batches, EventBatcher(processor, batches, read_ahead=queue.due_events, **options)
+
+
+async def test_while_a_backlog_lasts_results_are_kept_ready_up_to_the_prefetch_limit(
+    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
+):
+    due, batches, batcher = await _backlog(pool, processor, queue, "prefetch", 12, max_batch=4, prefetch=8)
     await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
     await batcher.close()  # the flusher has stopped: the prefetch limit was reached
     # The jobs' batch (2 waiting + 2 read ahead), then batches with no job waiting until 8
@@ -375,12 +385,7 @@ async def test_while_a_backlog_lasts_results_are_kept_ready_up_to_the_prefetch_l
 async def test_a_kept_result_no_job_came_for_is_forgotten(
     pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
 ):
-    ids = history_ids("stale")
-    events = _history(ids)[:3]
-    await _insert(pool, events)
-    due = await _queued(queue, events)
-    batches = _Batches()
-    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, keep_seconds=0)
+    due, batches, batcher = await _backlog(pool, processor, queue, "stale", 3, keep_seconds=0)
     await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
     assert batches.committed == [[e for e, _ in due]]
     await batcher.close()
