@@ -3,9 +3,10 @@
 Why: a webhook may be answered 200 only once its row is durable and its job queued. Done one
 request at a time that is a PostgreSQL commit and a Redis round trip per webhook, which is most
 of the receiver's CPU. Here every verified webhook hands its event to one batcher and waits.
-At most ``max_in_flight`` flushes run at once (2: an arrival never waits for a whole flush it
-missed, yet under load batches grow); while they are busy, new arrivals accumulate and the next
-flush takes all of them (up to ``max_batch``): one multi-row INSERT (``store.insert_events``),
+One flush runs at a time, and a second (``max_in_flight`` 2) only once ``extra_flush_after``
+(16) arrivals wait behind it: each flush costs two round trips, and a second one for a handful of
+webhooks cost more CPU than the wait it saved. While flushes are busy, new arrivals accumulate and
+the next flush takes all of them (up to ``max_batch``): one multi-row INSERT (``store.insert_events``),
 one ``JobQueue.enqueue_events`` for the events that are new or still ``received``, then each
 waiting request gets its answer.
 A database failure fails the whole batch (nothing is queued); a Redis failure fails the events
