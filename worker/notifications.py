@@ -25,12 +25,6 @@ def stream_name(prefix: str) -> str:
     return f"{prefix}:workspace-changes"
 
 
-async def publish_change(
-    redis: Redis, prefix: str, workspace_id: str, version: int, changes: Mapping[str, Any], cause: str
-) -> None:
-    await publish_changes(redis, prefix, [Change(workspace_id, version, changes, cause)])
-
-
 @dataclass(frozen=True)
 class Change:
     workspace_id: str
