@@ -41,7 +41,7 @@ def _encoder(cls: type) -> Callable[[Any], Any]:
         names = field_names(cls)
         return lambda value: {name: to_jsonable(getattr(value, name)) for name in names}
     if issubclass(cls, datetime):
-        return lambda value: value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return _iso_utc
     if issubclass(cls, frozenset | set):
         return lambda value: sorted(to_jsonable(v) for v in value)
     if issubclass(cls, list | tuple):
@@ -49,6 +49,13 @@ def _encoder(cls: type) -> Callable[[Any], Any]:
     if issubclass(cls, Mapping):
         return lambda value: {str(k): to_jsonable(v) for k, v in value.items()}
     return _identity
+
+
+def _iso_utc(value: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z`` (our datetimes are already UTC: no conversion for those)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def parse_datetime(value: str) -> datetime:

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 
 from handlers.catalog import Catalog
 from handlers.events import BillingEvent, CheckoutCompleted, InvoiceObserved
-from handlers.evolve import evolve
+from handlers.evolve import evolve, quick_init
 from handlers.state import WorkspaceState
 
 CYCLE_BILLING_REASONS = frozenset({"subscription_create", "subscription_cycle"})
 PACK, CYCLE, CONSUME = "pack", "cycle", "consume"
 
 
+@quick_init
 @dataclass(frozen=True)
 class CreditEntry:
     """One ledger row: positive grants, negative consumption."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from handlers.evolve import quick_init
+
 # Subscription statuses Stripe sends (plus our own "free" for a workspace with no subscription).
 SUBSCRIPTION_STATUSES = frozenset(
     {
@@ -26,6 +28,7 @@ TERMINAL_SUBSCRIPTION_STATUSES = frozenset({"canceled", "incomplete_expired"})
 INVOICE_STATUSES = frozenset({"draft", "open", "paid", "void", "uncollectible"})
 
 
+@quick_init
 @dataclass(frozen=True)
 class EventMeta:
     """Identity and ordering of the Stripe event that carried an observation."""
@@ -38,6 +41,7 @@ class EventMeta:
     idempotency_key: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class SubscriptionItem:
     item_id: str
@@ -47,6 +51,7 @@ class SubscriptionItem:
     period_end: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class SubscriptionSnapshot:
     subscription_id: str
@@ -65,6 +70,7 @@ class SubscriptionSnapshot:
     custom_contract: bool = False  # metadata.custom_contract == "true"
 
 
+@quick_init
 @dataclass(frozen=True)
 class InvoiceLine:
     price_id: str | None
@@ -73,6 +79,7 @@ class InvoiceLine:
     proration: bool
 
 
+@quick_init
 @dataclass(frozen=True)
 class InvoiceSnapshot:
     invoice_id: str
@@ -94,6 +101,7 @@ class InvoiceSnapshot:
     workspace_id: str | None  # from parent.subscription_details.metadata / subscription_details
 
 
+@quick_init
 @dataclass(frozen=True)
 class SubscriptionObserved:
     """customer.subscription.created|updated|deleted|paused|resumed|trial_will_end."""
@@ -102,6 +110,7 @@ class SubscriptionObserved:
     subscription: SubscriptionSnapshot
 
 
+@quick_init
 @dataclass(frozen=True)
 class InvoiceObserved:
     """invoice.* — the invoice as of the event, plus what the event says happened to it."""
@@ -112,6 +121,7 @@ class InvoiceObserved:
     action_required: bool = False  # invoice.payment_action_required
 
 
+@quick_init
 @dataclass(frozen=True)
 class CheckoutCompleted:
     """checkout.session.completed (one-time AI credit packs are bought through Checkout)."""
@@ -126,6 +136,7 @@ class CheckoutCompleted:
     invoice_id: str | None = None  # the invoice the session created (invoice_creation), if any
 
 
+@quick_init
 @dataclass(frozen=True)
 class IgnoredEvent:
     """A type the worker does not act on; stored and marked ``ignored``."""

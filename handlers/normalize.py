@@ -466,12 +466,11 @@ class _Reader:
         return _timestamp(value, self.path(key))
 
     def opt_ts(self, key: str) -> datetime | None:
-        value = self.opt_int(key)
-        if value is None:
-            return None
-        if 0 <= value <= _MAX_TIMESTAMP:
+        value = self._data.get(key)
+        if value.__class__ is int and 0 <= value <= _MAX_TIMESTAMP:  # the usual case, checked first
             return datetime.fromtimestamp(value, tz=UTC)
-        return _timestamp(value, self.path(key))
+        value = self.opt_int(key)
+        return None if value is None else _timestamp(value, self.path(key))
 
     def opt_id(self, key: str) -> str | None:
         """A reference: an id string, an expanded object with an ``id``, or null."""

@@ -19,7 +19,7 @@ from handlers.events import (
     InvoiceObserved,
     SubscriptionObserved,
 )
-from handlers.evolve import evolve
+from handlers.evolve import evolve, quick_init
 from handlers.state import InvoiceRecord, SubscriptionRecord, WorkspaceState, WorkspaceView
 from handlers.view import derive_view
 
@@ -56,6 +56,7 @@ class RefetchRequested:
 Effect = BlockApplied | BlockLifted | BlockLevelChanged | RefetchRequested
 
 
+@quick_init
 @dataclass(frozen=True)
 class Outcome:
     result: str

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from handlers.events import InvoiceSnapshot, SubscriptionSnapshot
+from handlers.evolve import quick_init
 
 
+@quick_init
 @dataclass(frozen=True)
 class SubscriptionRecord:
     snapshot: SubscriptionSnapshot
@@ -34,6 +36,7 @@ INVOICE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "vo
 UNPAID_INVOICE_STATUSES = frozenset({"open", "uncollectible"})
 
 
+@quick_init
 @dataclass(frozen=True)
 class InvoiceRecord:
     snapshot: InvoiceSnapshot
@@ -55,6 +58,7 @@ class InvoiceRecord:
         return self.first_failed_at is not None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Block:
     """The open-invoice block: which dunning level, what it blocks, and why."""
@@ -66,6 +70,7 @@ class Block:
     since: datetime  # when the oldest failed unpaid invoice first failed
 
 
+@quick_init
 @dataclass(frozen=True)
 class WorkspaceView:
     """What the product asks for: derived from the observations, persisted for queries."""
@@ -96,6 +101,7 @@ class WorkspaceView:
         return self.block is not None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Usage:
     """What the product reports about a workspace: an input of the view, never derived."""
@@ -104,6 +110,7 @@ class Usage:
     storage_used_bytes: int | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class WorkspaceState:
     workspace_id: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from handlers.catalog import Catalog
+from handlers.catalog import Catalog, PriceRef
 from handlers.dunning import evaluate_block
 from handlers.events import TERMINAL_SUBSCRIPTION_STATUSES, SubscriptionItem
 from handlers.state import SubscriptionRecord, WorkspaceState, WorkspaceView
@@ -14,6 +14,8 @@ from handlers.state import SubscriptionRecord, WorkspaceState, WorkspaceView
 def current_subscription(state: WorkspaceState) -> SubscriptionRecord | None:
     """The live subscription with the latest start; if none is live, the last one to end."""
     records = list(state.subscriptions.values())
+    if len(records) <= 1:  # most workspaces: the one there is, live or not
+        return records[0] if records else None
     live = [r for r in records if r.snapshot.status not in TERMINAL_SUBSCRIPTION_STATUSES]
     if live:
         return max(live, key=lambda r: (r.snapshot.start_date or r.observed_at, r.snapshot.subscription_id))
@@ -77,17 +79,22 @@ def _plan_fields(state: WorkspaceState, catalog: Catalog, now: datetime) -> dict
             block=block,
         )
     snap = record.snapshot
-    item = plan_item(record, catalog)
-    ref = catalog.price(item.price_id) if item else None
-    plan = catalog.plans[ref.plan] if ref and ref.plan else None
-    unknown = tuple(sorted(i.price_id for i in snap.items if catalog.price(i.price_id) is None))
+    item: SubscriptionItem | None = None  # the first item with a plan price (``plan_item``)
+    ref: PriceRef | None = None
+    unknown: list[str] = []
     addon_units = 0
     addon_bytes = 0
-    for i in snap.items:
-        addon = catalog.storage_addon(i.price_id)
-        if addon is not None:
+    for i in snap.items:  # each price looked up once
+        price = catalog.price(i.price_id)
+        if price is None:
+            unknown.append(i.price_id)
+        elif price.kind == "plan":
+            if item is None:
+                item, ref = i, price
+        elif price.kind == "storage_addon" and (addon := catalog.storage_addon(i.price_id)) is not None:
             addon_units += i.quantity
             addon_bytes += i.quantity * addon.unit_bytes
+    plan = catalog.plans[ref.plan] if ref and ref.plan else None
     period_start = snap.current_period_start or (item.period_start if item else None)
     period_end = snap.current_period_end or (item.period_end if item else None)
     return dict(
@@ -104,5 +111,5 @@ def _plan_fields(state: WorkspaceState, catalog: Catalog, now: datetime) -> dict
         storage_addon_units=addon_units,
         storage_quota_bytes=(plan.storage_bytes if plan else free.storage_bytes) + addon_bytes,
         block=block,
-        unknown_price_ids=unknown,
+        unknown_price_ids=tuple(sorted(unknown)),
     )

@@ -22,7 +22,7 @@ from arq.connections import create_pool as create_redis
 from handlers.codec import parse_datetime, to_jsonable
 from tests import stripe_factory as sf
 from tests.helpers import history_ids
-from worker import store
+from worker import event_batches, store
 from worker.db import create_pool
 from worker.event_batches import EventBatcher
 from worker.processor import EventProcessor, ProcessResult
@@ -380,6 +380,49 @@ async def test_while_a_backlog_lasts_results_are_kept_ready_up_to_the_prefetch_l
     assert [e for b in batches.committed for e in b] == [e for e, _ in due]
     rest = [await batcher.process(e, score) for e, score in due[2:]]
     assert {r.status for r in rest} == {"processed"} and len(batches.committed) == 3
+
+
+async def test_read_ahead_goes_on_from_the_last_score_it_took(
+    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
+):
+    events = _history(history_ids("floor"))[:12]
+    await _insert(pool, events)
+    start = datetime.now(UTC) - timedelta(minutes=1)  # due, and within arq's job expiry
+    for n, e in enumerate(events):  # one score each, in order
+        assert await queue.enqueue_event(e["id"], defer_until=start + timedelta(milliseconds=n))
+    due = await queue.due_events(1000)
+    reads: list[tuple[int, int | None]] = []
+
+    async def read_ahead(limit: int, from_score: int | None) -> Any:
+        reads.append((limit, from_score))
+        return await queue.due_events(limit, from_score)
+
+    batches = _Batches()
+    batcher = EventBatcher(processor, batches, read_ahead=read_ahead, max_batch=4, prefetch=8)
+    await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
+    await batcher.close()
+    assert [e for b in batches.committed for e in b] == [e for e, _ in due]
+    # The first read starts at the head; each later one where the previous batch stopped, with a
+    # window of the new jobs and the same-score margin rather than everything already taken.
+    assert reads[0][1] is None
+    assert [f for _, f in reads[1:3]] == [due[3][1], due[7][1]]
+    assert all(limit <= 4 + event_batches._SAME_SCORE_MARGIN for limit, _ in reads[1:3])
+    rest = [await batcher.process(e, score) for e, score in due[2:]]
+    assert {r.status for r in rest} == {"processed"} and [len(b) for b in batches.committed] == [4, 4, 4]
+
+
+async def test_read_ahead_reads_from_the_head_again_when_same_score_jobs_fill_its_window(
+    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(event_batches, "_SAME_SCORE_MARGIN", 0)
+    # Queued in one call: every job has the same score, so a read from the last score taken
+    # finds only jobs already taken until it reads from the head again.
+    due, batches, batcher = await _backlog(pool, processor, queue, "ties", 12, max_batch=4, prefetch=8)
+    assert len({score for _, score in due}) == 1
+    await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
+    await batcher.close()
+    assert [len(b) for b in batches.committed] == [4, 4, 4]
+    assert [e for b in batches.committed for e in b] == [e for e, _ in due]
 
 
 async def test_a_kept_result_no_job_came_for_is_forgotten(

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests import stripe_factory as sf
 from tests.helpers import SECRET_A, TOKEN, running_service, wait_for
+from worker import logging as logging_module
 from worker.config import Settings
 from worker.logging import LineWriter, configure, render_json
 
@@ -92,6 +95,38 @@ def test_secrets_are_masked_wherever_they_appear():
     line = json.loads(buffer.getvalue())
     assert line["detail"] == "key whsec_[redacted] and sk_live_[redacted]"
     assert line["token"] == line["api_key"] == "[redacted]"
+
+
+def _redact_reference(event: dict) -> dict:
+    """The rule in its plainest form: secret keys masked, secret-looking substrings masked."""
+    out = {}
+    for key, value in event.items():
+        if key.lower() in logging_module._SECRET_KEYS:
+            out[key] = "[redacted]"
+        elif isinstance(value, str):
+            out[key] = logging_module._SECRET.sub(r"\1[redacted]", value)
+        else:
+            out[key] = value
+    return out
+
+
+_SECRETISH = st.sampled_from(["whsec_", "sk_live_", "sk_test_", "rk_live_", "rk_test_", "k_", "sk_", "_"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["msg", "token", "Secret", "API_KEY", "detail", "event_id", "authorization"])
+        | st.text(max_size=8),
+        st.none()
+        | st.integers()
+        | st.text(max_size=20)
+        | st.builds(lambda a, p, b: a + p + b, st.text(max_size=5), _SECRETISH, st.text(max_size=12)),
+        max_size=8,
+    )
+)
+def test_redaction_masks_exactly_what_the_plain_rule_masks(event: dict):
+    assert logging_module._redact(None, "info", dict(event)) == _redact_reference(event)
 
 
 def _stdlib_line(event: dict) -> str:

@@ -33,8 +33,12 @@ from worker.processor import EventProcessor, ProcessResult
 log = get_logger("event_batches")
 
 AfterCommit = Callable[[Sequence[ProcessResult]], Awaitable[None]]
-# (event id, queue score) of the first ``limit`` due event jobs, in the order arq starts them.
-ReadAhead = Callable[[int], Awaitable[Sequence[tuple[str, int]]]]
+# (event id, queue score) of the first ``limit`` due event jobs, in the order arq starts them,
+# from a score on (None: from the start of the queue).
+ReadAhead = Callable[[int, int | None], Awaitable[Sequence[tuple[str, int]]]]
+# Jobs queued in the same millisecond share a score: how many of those already taken a window
+# that starts at the last score taken expects to read again.
+_SAME_SCORE_MARGIN = 64
 Waiting = tuple[str, "asyncio.Future[ProcessResult]"]
 Outcome = ProcessResult | BaseException
 
@@ -72,6 +76,9 @@ class EventBatcher:
         # Read-ahead results waiting for their job, by event id: (score, kept at, result).
         self._kept: dict[str, tuple[int, float, ProcessResult]] = {}
         self._backlog = False
+        # The highest queue score read ahead while the backlog lasts: the next read starts there
+        # (what comes before it is taken, kept or answered) instead of at the head of the queue.
+        self._from_score: int | None = None
         # Events whose jobs just got their result: still in arq's queue until arq finishes them.
         self._answered: dict[str, None] = {}
 
@@ -176,15 +183,35 @@ class EventBatcher:
         if self._read_ahead is None:
             return {}
         room = self._max_batch - len(ids)
+        skip = {*ids, *self._busy, *self._answered, *(event_id for event_id, _ in self._waiting)}
+        bound = 10 * self._max_batch
         try:
-            # The window reaches past what is already waiting, kept, being written or answered
-            # (a window holding only those would give ever smaller batches), within a bound.
-            known = len(self._waiting) + len(self._kept) + len(self._busy) + len(self._answered)
-            due = await self._read_ahead(min(known + len(ids) + room, 10 * self._max_batch))
+            from_head = True
+            if self._backlog and self._from_score is not None:
+                # From the last score taken: a window of what may wait there, and the new jobs.
+                limit = min(room + len(ids) + len(self._waiting) + _SAME_SCORE_MARGIN, bound)
+                due = await self._read_ahead(limit, self._from_score)
+                ahead = self._select(due, skip, room)
+                # From the head again only when jobs of that score filled the whole window.
+                from_head = not ahead and len(due) >= limit
+            if from_head:
+                # The window reaches past what is already waiting, kept, being written or
+                # answered (a window holding only those would give ever smaller batches).
+                known = len(self._waiting) + len(self._kept) + len(self._busy) + len(self._answered)
+                due = await self._read_ahead(min(known + len(ids) + room, bound), None)
+                ahead = self._select(due, skip, room)
         except Exception as exc:  # Redis is down: the jobs that wait go on without read-ahead
             log.warning("read_ahead_failed", error=repr(exc)[:300])
             return {}
-        skip = {*ids, *self._busy, *self._answered, *(event_id for event_id, _ in self._waiting)}
+        self._backlog = bool(ahead)
+        self._from_score = max((score for _, score in ahead), default=None)
+        self._ahead.update(ahead)
+        return ahead
+
+    def _select(
+        self, due: Sequence[tuple[str, int]], skip: set[str], room: int
+    ) -> dict[tuple[str, int], asyncio.Future[ProcessResult | None]]:
+        """Up to ``room`` of the due jobs not already waiting, kept, being written or answered."""
         loop = asyncio.get_running_loop()
         ahead: dict[tuple[str, int], asyncio.Future[ProcessResult | None]] = {}
         for event_id, score in due:
@@ -192,8 +219,6 @@ class EventBatcher:
                 break
             if event_id not in skip and event_id not in self._kept and (event_id, score) not in self._ahead:
                 ahead[(event_id, score)] = loop.create_future()
-        self._backlog = bool(ahead)
-        self._ahead.update(ahead)
         return ahead
 
     def _answer(self, event_id: str) -> None:

@@ -20,7 +20,7 @@ import asyncpg
 from handlers.catalog import Catalog
 from handlers.credits import credit_grants
 from handlers.events import BillingEvent, IgnoredEvent, InvoiceObserved, customer_of, workspace_hint
-from handlers.evolve import evolve
+from handlers.evolve import evolve, quick_init
 from handlers.normalize import PayloadError, normalize
 from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_json_diff
 from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
@@ -31,6 +31,7 @@ from worker.store import AuditEntry, EventFinish, LockedWorkspace
 FINAL_STATUSES = frozenset({"processed", "ignored", "dead"})
 
 
+@quick_init
 @dataclass(frozen=True)
 class ProcessResult:
     event_id: str
@@ -46,6 +47,7 @@ class ProcessResult:
     requeue: tuple[str, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True)
 class _Routed:
     """A normalised event and the workspace it belongs to."""

@@ -43,9 +43,9 @@ return queued
 """
 
 
-# The first ARGV[2] due jobs of the queue (score <= ARGV[1]) as a flat member, score list.
+# The first ARGV[2] due jobs of the queue (ARGV[3] <= score <= ARGV[1]) as a flat member, score list.
 _DUE = """
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 """
 
 
@@ -100,12 +100,14 @@ class JobQueue:
         keys.append(self.queue_name)
         return [bool(flag) for flag in await self._enqueue_many(keys=keys, args=args)]
 
-    async def due_events(self, limit: int) -> list[tuple[str, int]]:
+    async def due_events(self, limit: int, from_score: int | None = None) -> list[tuple[str, int]]:
         """The event jobs arq will start next, in its order: (event id, score) of the first
-        ``limit`` queued jobs that are due (a job's score identifies one enqueueing of it)."""
+        ``limit`` queued jobs that are due (a job's score identifies one enqueueing of it),
+        from ``from_score`` on (inclusive) when given."""
         # Through a script: its flat reply skips redis-py's per-pair score conversion (a
         # worker reads a few hundred entries per batch).
-        flat = await self._due(keys=[self.queue_name], args=[timestamp_ms(), limit])
+        start = "-inf" if from_score is None else from_score
+        flat = await self._due(keys=[self.queue_name], args=[timestamp_ms(), limit, start])
         marker = f"{self.prefix}:evt:".encode()
         size = len(marker)
         return [
