@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -66,6 +68,49 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
         await asyncio.sleep(interval)
+
+
+async def kill_mid_job(
+    workers: list[subprocess.Popen[bytes]],
+    processed: Callable[[], Awaitable[int]],
+    at_least: int,
+    in_progress: Callable[[], Awaitable[list[bytes]]],
+    *,
+    timeout: float = 90.0,
+) -> tuple[int, list[bytes]]:
+    """SIGKILL ``workers`` once ``at_least`` events are processed and some job is running.
+
+    Between arq's polls a worker may hold no running job, and a kill then tests nothing. So the
+    workers are stopped (SIGSTOP) first and killed only if arq's in-progress keys show running
+    jobs; otherwise they go on and the check is repeated. Returns (processed, in-progress keys)
+    as seen while they were stopped: what the kill interrupted."""
+
+    async def stopped_mid_job() -> tuple[int, list[bytes]]:
+        count = await processed()
+        if count < at_least:
+            return count, []
+        for proc in workers:
+            proc.send_signal(signal.SIGSTOP)
+        running = await in_progress()
+        if not running:
+            for proc in workers:
+                proc.send_signal(signal.SIGCONT)
+        return await processed(), running
+
+    try:
+        seen = await wait_for(
+            stopped_mid_job,
+            lambda seen: bool(seen[1]),
+            timeout=timeout,
+            interval=0.005,
+            what=f"{at_least} events processed while jobs are running",
+        )
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
+    return seen
 
 
 @dataclasses.dataclass

@@ -7,7 +7,6 @@ have no gaps, and each workspace's state equals the pure reducer's in-order fold
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import stripe_factory as sf
-from tests.helpers import RunningService, running_service, wait_for
+from tests.helpers import RunningService, kill_mid_job, running_service
 from tests.invariants import assert_applied_exactly_once
 from worker.config import Settings
 
@@ -66,26 +65,12 @@ async def test_worker_killed_mid_stream_applies_every_event_exactly_once(setting
                 ids,
             )
 
-        first = _spawn_worker(settings)
-        try:
-            await wait_for(
-                processed,
-                lambda n: n >= len(ids) // 4,
-                timeout=60,
-                interval=0.005,
-                what="a quarter processed",
-            )
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
-        finally:
-            if first.poll() is None:
-                first.kill()
-        at_kill = await processed()
-        in_flight = [
-            k async for k in svc.services.redis.scan_iter(f"arq:in-progress:{settings.redis_prefix}:evt:*")
-        ]
+        async def in_progress() -> list[bytes]:
+            pattern = f"arq:in-progress:{settings.redis_prefix}:evt:*"
+            return [k async for k in svc.services.redis.scan_iter(pattern)]
+
+        at_kill, _ = await kill_mid_job([_spawn_worker(settings)], processed, len(ids) // 4, in_progress)
         assert at_kill < len(ids), "the kill must land before the stream is finished"
-        assert in_flight, "the kill must land while jobs are running"
 
         second = _spawn_worker(settings)
         try:
