@@ -15,7 +15,7 @@ import asyncpg
 
 from handlers.dunning import evaluate_block, level_due_at
 from handlers.reducer import APPLIED
-from worker import jobs, store
+from worker import db, jobs, store
 from worker.logging import get_logger
 from worker.reevaluation import save_reevaluated
 from worker.services import Services
@@ -62,7 +62,7 @@ async def sweep_dunning(ctx: dict[str, Any]) -> int:
 async def _sweep_one(services: Services, workspace_id: str, cause_id: str) -> int:
     now = services.clock()
     async with services.pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = {int(services.settings.lock_timeout_ms)}")
+        await db.begin_keyed(conn, services.settings.lock_timeout_ms)
         loaded = await store.lock_workspace(conn, workspace_id)
         if loaded is None:
             return 0

@@ -37,7 +37,7 @@ from handlers.plan_policy import (
 )
 from handlers.state import WorkspaceState, WorkspaceView
 from handlers.view import current_subscription, derive_view, plan_item
-from worker import store
+from worker import db, store
 from worker.logging import get_logger
 from worker.stripe_gateway import is_transient
 
@@ -199,7 +199,7 @@ async def _set_status(
 
 
 async def _lock_timeout(services: Services, conn: asyncpg.Connection) -> None:
-    await conn.execute(f"SET LOCAL lock_timeout = {int(services.settings.lock_timeout_ms)}")
+    await db.begin_keyed(conn, services.settings.lock_timeout_ms)
 
 
 async def _lock_workspace(

@@ -24,7 +24,7 @@ from handlers.evolve import evolve, quick_init
 from handlers.normalize import PayloadError, normalize
 from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_json_diff
 from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
-from worker import credits_store, json_codec, plan_changes, store
+from worker import credits_store, db, json_codec, plan_changes, store
 from worker.store import AuditEntry, EventFinish, LockedWorkspace
 
 # Inbox statuses after which an event is never applied again.
@@ -100,7 +100,7 @@ class EventProcessor:
         writes = _Writes()
         results: dict[str, ProcessResult] = {}
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
+            await db.begin_keyed(conn, self.lock_timeout_ms)
             rows = await store.lock_events(conn, ids)
             # Every blocking lock is taken before the first read-ahead one, so read-ahead locks
             # are never held while waiting for another batch's events.

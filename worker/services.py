@@ -14,6 +14,7 @@ from aiohttp import web
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from handlers.catalog import Catalog, CatalogError, parse_catalog
+from worker import db
 from worker.clock import Clock, utcnow
 from worker.config import ConfigError, Settings
 from worker.db import create_pool as create_pg_pool
@@ -100,7 +101,7 @@ class Services:
         """A pooled connection in a transaction whose lock waits are bounded (BW_LOCK_TIMEOUT_MS):
         a request that would wait longer gets a 503 instead of hanging."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = {int(self.settings.lock_timeout_ms)}")
+            await db.begin_keyed(conn, self.settings.lock_timeout_ms)
             yield conn
 
     async def close(self) -> None:
