@@ -27,7 +27,15 @@ def clock() -> MovableClock:
 
 
 @pytest.fixture
-async def service(settings: Settings, clock: MovableClock):
+async def service(settings: Settings, clock: MovableClock, monkeypatch: pytest.MonkeyPatch):
+    """The service on the test's clock, whose dunning sweep runs only when a test runs it: the
+    worker's cron (minute % 5, second 20) would sweep with the clock wherever the test has set
+    it, even back at the start of the next history (a CI run lost a block that way)."""
+
+    async def no_cron_sweep(ctx: dict[str, Any]) -> int:
+        return 0
+
+    monkeypatch.setattr("worker.jobs._sweep_dunning", no_cron_sweep)
     async with running_service(settings, clock=clock) as svc:
         yield svc
 
