@@ -4,6 +4,7 @@ webhook back → final state. Real Postgres and Redis; the clock is injected and
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -14,10 +15,21 @@ import pytest
 from tests import stripe_factory as sf
 from tests.helpers import TOKEN, running_service, wait_for
 from tests.plan_change_support import ANNUAL_END, GB, LEAD, START, World, ts, world_for
-from worker import plan_changes
+from worker import plan_changes, store
+from worker.api import workspace_json
 from worker.config import Settings
 from worker.plan_change_jobs import fire_plan_change, sweep_plan_changes
 from worker.stripe_gateway import API_VERSION
+
+
+async def _read_separately(world: World) -> dict[str, Any]:
+    """The API's workspace document built from the three separate reads it combines in one
+    statement (``plan_changes.workspace_status``): row, open invoices, active change."""
+    pool = world.svc.services.pool
+    row = await store.get_workspace(pool, world.ws)
+    invoices = list(await store.open_invoices(pool, world.ws))
+    pending = plan_changes.change_json(await plan_changes.active_change(pool, world.ws))
+    return json.loads(json.dumps({**workspace_json(row, invoices), "pending_plan_change": pending}))
 
 
 @pytest.fixture
@@ -109,7 +121,10 @@ async def test_an_open_invoice_makes_the_change_wait_and_payment_releases_it(wor
     await sweep_plan_changes(world.ctx)
     row = await world.row(change_id)
     assert row["status"] == "waiting_payment" and world.server.calls("POST") == []
-    assert (await world.svc.workspace(world.ws))["pending_plan_change"]["status"] == "waiting_payment"
+    state = await world.svc.workspace(world.ws)
+    assert state["pending_plan_change"]["status"] == "waiting_payment"
+    assert len(state["open_invoices"]) == 1 and state["pending_plan_change"]["request"]["plan"] == "plus"
+    assert state == await _read_separately(world)  # the one-statement read shows the same
     await sweep_plan_changes(world.ctx)  # still blocked: still waiting, still no call
     assert world.server.calls("POST") == []
 

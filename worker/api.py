@@ -77,12 +77,13 @@ def workspace_json(row: Any, invoices: list[Any]) -> dict[str, Any]:
 async def get_workspace(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
-    row = await store.get_workspace(services.pool, workspace_id)
-    if row is None:
+    found = await plan_changes.workspace_status(services.pool, workspace_id)
+    if found is None:
         return error(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
-    invoices = list(await store.open_invoices(services.pool, workspace_id))
-    pending = plan_changes.change_json(await plan_changes.active_change(services.pool, workspace_id))
-    return web.json_response({**workspace_json(row, invoices), "pending_plan_change": pending})
+    row, invoices, pending = found
+    return web.json_response(
+        {**workspace_json(row, invoices), "pending_plan_change": plan_changes.change_json(pending)}
+    )
 
 
 async def get_event(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ aborted deferred job at once); the job re-reads the row and finds nothing to do.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from handlers.plan_policy import (
 )
 from handlers.state import WorkspaceState, WorkspaceView
 from handlers.view import current_subscription, derive_view, plan_item
-from worker import db, store
+from worker import db, json_codec, store
 from worker.logging import get_logger
 from worker.stripe_gateway import is_transient
 
@@ -57,6 +57,22 @@ _COLUMNS = (
     "to_interval, to_seats, request, decision, effective_at, fire_at, subscription_id, "
     "idempotency_key, stripe_params, attempts, claimed_at, last_error, request_id, superseded_by, "
     "created_at, updated_at, applied_at, confirmed_event_id, confirmed_at"
+)
+_COLUMN_NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
+_JSON_COLUMNS = frozenset({"request", "decision", "stripe_params"})
+
+# The workspace row with its open invoices and active change in one statement: the API's most
+# frequent read, one round trip instead of three. Nested rows come back as anonymous records
+# (tuples, fields in column order); their jsonb fields as text, since asyncpg decodes a record's
+# fields in binary and the pool's JSON codec is a text one.
+_WORKSPACE_STATUS = (
+    "SELECT workspace_id, customer_id, view, version, created_at, updated_at, "
+    f"array(SELECT ROW({', '.join(store.OPEN_INVOICE_COLUMNS)}) "
+    f"FROM {store.OPEN_INVOICES_OF.format('w.workspace_id')}) AS open_invoices, "
+    "(SELECT ROW("
+    + ", ".join(f"{c}::text" if c in _JSON_COLUMNS else c for c in _COLUMN_NAMES)
+    + ") FROM plan_changes WHERE workspace_id = w.workspace_id AND status = ANY($2::text[])) AS pending "
+    "FROM workspaces w WHERE workspace_id = $1"
 )
 
 
@@ -86,7 +102,7 @@ def claim_timeout(services: Services) -> timedelta:
     return timedelta(seconds=max(2 * services.settings.job_timeout_seconds, 120))
 
 
-def change_json(row: asyncpg.Record | None) -> dict[str, Any] | None:
+def change_json(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     out = to_jsonable(dict(row))
@@ -107,6 +123,24 @@ async def active_change(conn: asyncpg.Connection | asyncpg.Pool, workspace_id: s
         workspace_id,
         list(ACTIVE),
     )
+
+
+async def workspace_status(
+    conn: asyncpg.Connection | asyncpg.Pool, workspace_id: str
+) -> tuple[asyncpg.Record, list[dict[str, Any]], dict[str, Any] | None] | None:
+    """The workspace row, its open invoices (``store.open_invoices``) and its active change
+    (``active_change``) as dicts, read in one statement; None when there is no such workspace."""
+    row = await conn.fetchrow(_WORKSPACE_STATUS, workspace_id, list(ACTIVE))
+    if row is None:
+        return None
+    invoices = [dict(zip(store.OPEN_INVOICE_COLUMNS, r, strict=True)) for r in row["open_invoices"]]
+    pending = None
+    if row["pending"] is not None:
+        pending = dict(zip(_COLUMN_NAMES, row["pending"], strict=True))
+        for name in _JSON_COLUMNS:
+            if pending[name] is not None:
+                pending[name] = json_codec.loads(pending[name])
+    return row, invoices, pending
 
 
 async def get_change(conn: asyncpg.Connection | asyncpg.Pool, change_id: str) -> asyncpg.Record | None:

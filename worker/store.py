@@ -600,15 +600,30 @@ async def get_workspace(conn: asyncpg.Connection | asyncpg.Pool, workspace_id: s
     )
 
 
+# What the API shows of a workspace's unpaid invoices, oldest first.
+OPEN_INVOICE_COLUMNS = (
+    "invoice_id",
+    "status",
+    "currency",
+    "amount_due",
+    "amount_remaining",
+    "attempt_count",
+    "next_payment_attempt",
+    "billing_reason",
+    "invoice_created",
+    "first_failed_at",
+    "last_failed_at",
+)
+OPEN_INVOICES_OF = (
+    "invoices WHERE workspace_id = {} AND status IN ('open', 'uncollectible') ORDER BY invoice_created"
+)
+
+
 async def open_invoices(
     conn: asyncpg.Connection | asyncpg.Pool, workspace_id: str
 ) -> Sequence[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT invoice_id, status, currency, amount_due, amount_remaining, attempt_count, "
-        "next_payment_attempt, billing_reason, invoice_created, first_failed_at, last_failed_at "
-        "FROM invoices WHERE workspace_id = $1 AND status IN ('open', 'uncollectible') "
-        "ORDER BY invoice_created",
-        workspace_id,
+        f"SELECT {', '.join(OPEN_INVOICE_COLUMNS)} FROM {OPEN_INVOICES_OF.format('$1')}", workspace_id
     )
 
 
