@@ -25,11 +25,12 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 
 # Set at the start of each transaction that reads and locks rows by key (event batches, sweeps,
 # API writes), in one round trip. Lock waits are bounded: a busy row means a retry, not a hang.
-# Sequential scans are off because PostgreSQL fixes a statement's generic plan after its first
-# executions on a connection: on a young table (a new deployment) that plan is a sequential scan,
-# and it stays one as the table grows until an ANALYZE invalidates it. bench.e2e showed one
-# such scan of ``workspaces`` per batch (1.4 ms of a 1.5 ms lock statement, on a 6,000-row
-# table). Where no index serves a query, PostgreSQL still scans: this only rules out the choice.
+# Sequential scans are off because PostgreSQL fixes a statement's plan after its first executions
+# on a connection: made on a young table (a new deployment), it can be a sequential scan that
+# stays one as the table grows, until autovacuum's next ANALYZE invalidates it. bench.e2e showed
+# one such scan of ``workspaces`` per batch (1.4 ms of a 1.5 ms lock statement, 6,000 rows, no
+# ANALYZE yet). Where no index serves a query, PostgreSQL still scans: this only rules out the
+# choice.
 _KEYED_TRANSACTION = "SELECT set_config('lock_timeout', $1, true), set_config('enable_seqscan', 'off', true)"
 
 

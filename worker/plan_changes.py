@@ -232,15 +232,11 @@ async def _set_status(
 # ---------------------------------------------------------------- requests (internal API)
 
 
-async def _lock_timeout(services: Services, conn: asyncpg.Connection) -> None:
-    await db.begin_keyed(conn, services.settings.lock_timeout_ms)
-
-
 async def _lock_workspace(
     services: Services, conn: asyncpg.Connection, workspace_id: str
 ) -> tuple[WorkspaceState, WorkspaceView]:
     """Lock the workspace row (always before any plan-change row: one lock order everywhere)."""
-    await _lock_timeout(services, conn)
+    await db.begin_keyed(conn, services.settings.lock_timeout_ms)
     loaded = await store.lock_workspace(conn, workspace_id)
     if loaded is None:
         raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
@@ -451,7 +447,7 @@ async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult
     now = services.clock()
     catalog = services.catalog
     async with services.pool.acquire() as conn, conn.transaction():
-        await _lock_timeout(services, conn)
+        await db.begin_keyed(conn, services.settings.lock_timeout_ms)
         workspace_id = await conn.fetchval(
             "SELECT workspace_id FROM plan_changes WHERE change_id = $1", change_id
         )
@@ -573,7 +569,7 @@ async def _finish(
 ) -> FireResult:
     now = services.clock()
     async with services.pool.acquire() as conn, conn.transaction():
-        await _lock_timeout(services, conn)
+        await db.begin_keyed(conn, services.settings.lock_timeout_ms)
         workspace_id = await conn.fetchval(
             "SELECT workspace_id FROM plan_changes WHERE change_id = $1", change_id
         )

@@ -98,8 +98,8 @@ class Services:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection in a transaction whose lock waits are bounded (BW_LOCK_TIMEOUT_MS):
-        a request that would wait longer gets a 503 instead of hanging."""
+        """A pooled connection in a keyed transaction (``db.begin_keyed``): lock waits are bounded
+        (BW_LOCK_TIMEOUT_MS), so a request that would wait longer gets a 503 instead of hanging."""
         async with self.pool.acquire() as conn, conn.transaction():
             await db.begin_keyed(conn, self.settings.lock_timeout_ms)
             yield conn
