@@ -133,6 +133,7 @@ async def drive(
         "warmup_latency_ms": percentiles([latencies[ws] for ws in warm_ids if ws in latencies])
         if warm
         else None,
+        "latency_ms_with_warmup": percentiles(list(latencies.values())),
         "receiver_ack_ms": percentiles([ms for ws, ms in acked.items() if ws not in warm_ids]),
         "statuses": {str(k): v for k, v in statuses.items()},
     }
