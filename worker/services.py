@@ -17,7 +17,6 @@ from handlers.catalog import Catalog, CatalogError, parse_catalog
 from worker import db
 from worker.clock import Clock, utcnow
 from worker.config import ConfigError, Settings
-from worker.db import create_pool as create_pg_pool
 from worker.logging import flush as flush_logs
 from worker.processor import EventProcessor
 from worker.queue import JobQueue
@@ -75,7 +74,7 @@ class Services:
         if not settings.database_url or not settings.redis_url:
             raise ConfigError("DATABASE_URL and REDIS_URL must be set (or use `billing-worker run`)")
         catalog = catalog or load_catalog(settings.catalog_path)
-        pool = await create_pg_pool(settings.database_url, size=settings.db_pool_size)
+        pool = await db.create_pool(settings.database_url, size=settings.db_pool_size)
         try:
             redis = await create_pool(redis_settings(settings.redis_url))
         except BaseException:
