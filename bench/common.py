@@ -122,6 +122,7 @@ class Servers:
     redis_url: str
     postgres_pid: int | None
     versions: dict[str, str] = field(default_factory=dict)
+    redis_pid: int | None = None
 
 
 @contextlib.contextmanager
@@ -166,7 +167,7 @@ def private_servers(
             return {"postgres": str(pg_version), "redis": str(info["redis_version"])}
 
         versions = asyncio.run(prepare())
-        yield Servers(pg.url(database), f"redis://127.0.0.1:{redis.port}/0", pg.pid, versions)
+        yield Servers(pg.url(database), f"redis://127.0.0.1:{redis.port}/0", pg.pid, versions, redis.pid)
 
 
 def service_env(servers: Servers, **extra: str) -> dict[str, str]:
@@ -233,8 +234,60 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far: a figure CPU steal and neighbours inflate less."""
     import psutil  # the bench extra; imported late so CI's smoke test needs only the test extra
 
-    times = psutil.Process(pid).cpu_times()
+    return _cpu_of(psutil.Process(pid))
+
+
+def _process_tree_cpu(pid: int | None) -> dict[int, float]:
+    """CPU seconds of a process and of each of its children (PostgreSQL's backends), by pid."""
+    import psutil
+
+    if pid is None:
+        return {}
+    out: dict[int, float] = {}
+    with contextlib.suppress(psutil.Error):
+        parent = psutil.Process(pid)
+        for proc in [parent, *parent.children()]:
+            with contextlib.suppress(psutil.Error):
+                out[proc.pid] = _cpu_of(proc)
+    return out
+
+
+def _cpu_of(proc: Any) -> float:
+    """User + system CPU seconds of a ``psutil.Process``."""
+    times = proc.cpu_times()
     return times.user + times.system
+
+
+class CpuSplit:
+    """CPU used during one measured run by the server under test, PostgreSQL and Redis. With the
+    generator's own figure (``bench.loadgen`` reports it) this says which process ran out of CPU
+    on each side of a ratio: on 2 cores, a side whose generator uses a whole core measures the
+    generator, not the server."""
+
+    def __init__(self, server_pid: int, servers: Servers) -> None:
+        self._server_pid = server_pid
+        self._servers = servers
+
+    def __enter__(self) -> CpuSplit:
+        self._server0 = cpu_seconds(self._server_pid)
+        self._postgres0 = _process_tree_cpu(self._servers.postgres_pid)
+        self._redis0 = _process_tree_cpu(self._servers.redis_pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu_s = {
+            "server": cpu_seconds(self._server_pid) - self._server0,
+            "postgres": _tree_delta(self._postgres0, _process_tree_cpu(self._servers.postgres_pid)),
+            "redis": _tree_delta(self._redis0, _process_tree_cpu(self._servers.redis_pid)),
+        }
+
+    def per_request_ms(self, requests: int) -> dict[str, float]:
+        return {part: round(1000 * cpu / requests, 3) for part, cpu in self.cpu_s.items()}
+
+
+def _tree_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
+    """CPU used between two snapshots by the processes alive at the second (new ones in full)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 class RssSampler:
@@ -261,8 +314,7 @@ class RssSampler:
         import psutil
 
         try:
-            t = proc.cpu_times()
-            return t.user + t.system
+            return _cpu_of(proc)
         except psutil.Error:
             return 0.0
 

@@ -21,9 +21,9 @@ from typing import Any
 from bench.common import (
     PYTHON,
     ROOT,
+    CpuSplit,
     RssSampler,
     base_parser,
-    cpu_seconds,
     free_port,
     median,
     private_servers,
@@ -33,6 +33,11 @@ from bench.common import (
     steal_percent,
     wait_http,
 )
+
+# The requests bench.loadgen sends before its clock starts (its --warmup default).
+WARMUP_REQUESTS = 1000
+# The processes whose CPU a closed run accounts for.
+_PARTS = ("generator", "server", "postgres", "redis")
 
 
 def loadgen(url: str, *args: str) -> dict[str, Any]:
@@ -76,10 +81,18 @@ def main(argv: list[str] | None = None) -> int:
                     order = ("bare", "receiver") if i % 2 == 0 else ("receiver", "bare")
                     for side in order:
                         url = rurl if side == "receiver" else burl
-                        cpu0 = cpu_seconds(receiver.pid if side == "receiver" else bare.pid)
-                        runs[side].append(loadgen(url, "--prefix", f"{tag}c{i}{side[0]}", *closed))
-                        cpu = cpu_seconds(receiver.pid if side == "receiver" else bare.pid) - cpu0
-                        runs[side][-1]["cpu_ms_per_request"] = round(1000 * cpu / (args.requests + 1000), 3)
+                        with CpuSplit(receiver.pid if side == "receiver" else bare.pid, servers) as split:
+                            runs[side].append(loadgen(url, "--prefix", f"{tag}c{i}{side[0]}", *closed))
+                        run = runs[side][-1]
+                        # Per request sent: the generator's warm-up requests used the servers too.
+                        split_ms = split.per_request_ms(args.requests + WARMUP_REQUESTS)
+                        split_ms["generator"] = run["generator_cpu_ms_per_request"]
+                        run["cpu_ms_per_request"] = split_ms["server"]
+                        run["cpu_split_ms"] = split_ms
+                        # Cores each process kept busy at the measured rate (2 on this machine).
+                        run["cores"] = {
+                            part: round(ms * run["rps"] / 1000, 2) for part, ms in split_ms.items()
+                        }
                         print(side, runs[side][-1], file=sys.stderr)
                         _flush(servers.redis_url)
                     steal.append(steal_percent(0.5))
@@ -112,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             "p99.9_ms": median([r["latency_ms"]["p99.9"] for r in rs]),
             "non_200": sum(v for r in rs for k, v in r["statuses"].items() if k != "200"),
             "server_cpu_ms_per_request": median([r["cpu_ms_per_request"] for r in rs]),
+            # Median per part over the runs: which process ran out of CPU on this side.
+            "cpu_ms_per_request": {part: median([r["cpu_split_ms"][part] for r in rs]) for part in _PARTS},
+            "cores": {part: median([r["cores"][part] for r in rs]) for part in _PARTS},
         }
 
     def open_summary(rs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 result, rss = drain(servers, mode, env_extra)
                 peak[mode] = max(peak[mode], rss.peak_mb["worker"])
                 result["cpu_s"] = rss.cpu_s["worker"]
+                # The share of the drain the worker spent on CPU (1.0: never waited for anything).
+                result["busy"] = round(result["cpu_ms_per_job"] * (result["rate"] or 0) / 1000, 3)
                 result["postgres_cpu_ms_per_job"] = round(1000 * rss.cpu_s["postgres"] / args.events, 3)
                 if mode == "real":
                     result.update(asyncio.run(inbox_latency(servers, ids)))
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "inbox_to_committed_ms_p99": median([r["inbox_to_committed_ms"]["p99"] for r in lat_runs]),
         "statuses": real_runs[-1]["statuses"],
         "worker_cpu_ms_per_event": median([r["cpu_ms_per_job"] for r in real_runs]),
+        "worker_busy": median([r["busy"] for r in real_runs]),
         "postgres_cpu_ms_per_event": median([r["postgres_cpu_ms_per_job"] for r in real_runs]),
         "peak_rss_mb": {"worker": peak["real"], "noop_worker": peak["noop"]},
         "steal_pct": steal,
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs_per_s_runs": [r["rate"] for r in noop_runs],
         "job_ms_p50": median([r["job_ms"]["p50"] for r in noop_runs]),
         "worker_cpu_ms_per_job": median([r["cpu_ms_per_job"] for r in noop_runs]),
+        "worker_busy": median([r["busy"] for r in noop_runs]),
     }
     record(
         "processing",

@@ -57,3 +57,27 @@ def test_the_bare_aiohttp_baseline_starts_and_answers():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_cpu_split_charges_a_runs_cpu_to_the_process_that_used_it():
+    """The ingest result says which process ran out of CPU; a busy server must show as busy."""
+    from bench.common import CpuSplit, Servers
+
+    burn = (
+        "import sys, time\ninput()\nend = time.process_time() + 0.3\n"
+        "while time.process_time() < end: pass\nprint('done', flush=True)\ninput()"
+    )
+    server = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    idle = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    try:
+        with CpuSplit(server.pid, Servers("", "", postgres_pid=idle.pid)) as split:
+            server.stdin.write(b"go\n")
+            server.stdin.flush()
+            assert server.stdout.readline() == b"done\n"  # the CPU is used within the block
+        per_request = split.per_request_ms(100)
+        assert per_request["server"] >= 3.0  # 0.3 s over 100 requests
+        assert per_request["postgres"] < 1.0 and per_request["redis"] == 0.0
+    finally:
+        for proc in (server, idle):
+            proc.kill()
+            proc.wait(timeout=10)
