@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             "p99_runs": [r["latency_ms"]["p99"] for r in rs],
             "p99.9_ms": median([r["latency_ms"]["p99.9"] for r in rs]),
             "non_200": sum(v for r in rs for k, v in r["statuses"].items() if k != "200"),
+            # Per run, how many seconds held an answer slower than the p99 target: a few means
+            # stalls, most means the tail is spread over the run.
+            "seconds_over_25ms": [sum(ms > 25 for ms in r["max_ms_by_second"]) for r in rs],
+            "seconds": len(rs[0]["max_ms_by_second"]) if rs else 0,
         }
 
     rec, base = summary(runs["receiver"]), summary(runs["bare"])
