@@ -320,14 +320,10 @@ class RssSampler:
 
     def _postgres_cpu(self) -> float:
         """CPU of the PostgreSQL server: postmaster and every backend seen (backends come and go)."""
-        import psutil
-
         if self._postgres is None:
             return 0.0
-        with contextlib.suppress(psutil.Error):
-            for proc in [self._postgres, *self._postgres.children()]:
-                with contextlib.suppress(psutil.Error):
-                    self._pg_cpu[proc.pid] = max(self._pg_cpu.get(proc.pid, 0.0), self._cpu(proc))
+        for pid, cpu in _process_tree_cpu(self._postgres.pid).items():
+            self._pg_cpu[pid] = max(self._pg_cpu.get(pid, 0.0), cpu)
         return sum(self._pg_cpu.values())
 
     def _sample(self) -> None:
