@@ -320,13 +320,19 @@ def _credit_mappings(
 ) -> None:
     """The first event of each customer this batch mapped carries the mapping and the events
     left unmatched waiting for it: those stored before, and those of this very batch."""
+    if not mapped:
+        return
     in_batch = {f.event_id for f in finishes}
+    unmatched_here: dict[str, list[str]] = {}  # by customer: one pass, not one per mapped customer
+    for f in finishes:
+        if f.outcome == "unmatched" and f.customer_id is not None:
+            unmatched_here.setdefault(f.customer_id, []).append(f.event_id)
     for r in routed:
-        waiting = mapped.pop(r.customer_id, None) if r.customer_id else None
-        if waiting is None:
+        customer = r.customer_id
+        if not customer or (waiting := mapped.pop(customer, None)) is None:
             continue
         stored = [e for e in waiting if e not in in_batch]
-        here = [f.event_id for f in finishes if f.outcome == "unmatched" and f.customer_id == r.customer_id]
+        here = unmatched_here.get(customer, [])
         results[r.event_id] = evolve(
             results[r.event_id], newly_mapped_customer=r.customer_id, requeue=tuple(stored + here)
         )
