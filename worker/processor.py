@@ -334,7 +334,7 @@ def _credit_mappings(
         stored = [e for e in waiting if e not in in_batch]
         here = unmatched_here.get(customer, [])
         results[r.event_id] = evolve(
-            results[r.event_id], newly_mapped_customer=r.customer_id, requeue=tuple(stored + here)
+            results[r.event_id], newly_mapped_customer=customer, requeue=tuple(stored + here)
         )
 
 
