@@ -135,7 +135,7 @@ def private_servers(
     import asyncpg
 
     from worker.embedded import EmbeddedPostgres, EmbeddedRedis
-    from worker.migrate import migrate
+    from worker.storage.migrate import migrate
 
     with contextlib.ExitStack() as stack:
         root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bw-bench-")))

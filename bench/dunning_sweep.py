@@ -18,12 +18,13 @@ from arq.connections import create_pool
 
 from tests import stripe_factory as sf
 from tests.helpers import make_settings
-from worker import store
-from worker.db import create_pool as create_pg_pool
-from worker.dunning_jobs import BATCH, CANDIDATES, sweep_dunning
-from worker.migrate import migrate
-from worker.notifications import stream_name
+from worker.infra.notifications import stream_name
+from worker.jobs.dunning import BATCH, CANDIDATES, sweep_dunning
+from worker.queue.worker import Job
 from worker.services import Services, load_catalog, redis_settings
+from worker.storage import store
+from worker.storage.db import create_pool as create_pg_pool
+from worker.storage.migrate import migrate
 
 
 async def main(n: int, admin_url: str, redis_url: str) -> None:
@@ -79,7 +80,7 @@ async def main(n: int, admin_url: str, redis_url: str) -> None:
         await services.pool.execute("ANALYZE")
         plan = await services.pool.fetch(f"EXPLAIN {CANDIDATES}", "", BATCH)
         print("\n".join(r[0] for r in plan))
-        ctx = {"services": services}
+        ctx = Job(services)
         started = time.perf_counter()
         unchanged = await sweep_dunning(ctx)
         noop_s = time.perf_counter() - started

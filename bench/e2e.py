@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             BW_INTERNAL_PORT=str(aport),
             **({"BW_POLL_DELAY_SECONDS": args.poll_delay} if args.poll_delay else {}),
         )
-        cli = [PYTHON, "-m", "worker.cli"]
+        cli = [PYTHON, "-m", "worker.cli.main"]
         logs = Path("/tmp")
         with (
             process([*cli, "receiver"], env, logs / "bench-e2e-receiver.log") as receiver,

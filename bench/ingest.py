@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         logdir = Path("/tmp")
         rport, bport = free_port(), free_port()
         env = service_env(servers, BW_RECEIVER_HOST="127.0.0.1", BW_RECEIVER_PORT=str(rport))
-        receiver_args = [PYTHON, "-m", "worker.cli", "receiver"]
+        receiver_args = [PYTHON, "-m", "worker.cli.main", "receiver"]
         with (
             process(receiver_args, env, logdir / f"bench-receiver-{tag}.log") as receiver,
             process([PYTHON, "-m", "bench.bare_server", str(bport)], env) as bare,

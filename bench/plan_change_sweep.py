@@ -52,8 +52,8 @@ from bench.common import (
 )
 from handlers.plan_policy import AT_PERIOD_END, ChangeRequest
 from tests import stripe_factory as sf
-from worker import plan_changes
 from worker.config import Settings
+from worker.plan_changes import requests as plan_changes
 from worker.services import Services
 
 START = sf.T0  # 2026-10-06T09:00Z
@@ -174,15 +174,14 @@ async def setup(settings: Settings, events: list[dict[str, Any]], concurrency: i
 
 
 async def due_query(settings: Settings, now: datetime) -> tuple[str, tuple[Any, ...]]:
-    """The exact statement and arguments ``plan_changes.due_changes`` sends at ``now``."""
+    """The exact statement and arguments ``plan_changes.store.due_changes`` sends at ``now``."""
     captured: dict[str, Any] = {}
 
     async def fetch(sql: str, *args: Any) -> list[Any]:
         captured.update(sql=sql, args=args)
         return []
 
-    fake = SimpleNamespace(clock=lambda: now, settings=settings, pool=SimpleNamespace(fetch=fetch))
-    await plan_changes.due_changes(fake)  # type: ignore[arg-type]
+    await due_changes(SimpleNamespace(fetch=fetch), settings, now)  # type: ignore[arg-type]
     return captured["sql"], captured["args"]
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from worker.clock import utcnow
 from worker.config import Settings
-from worker.jobs import build_worker
-from worker.logging import configure
+from worker.infra.logging import configure
+from worker.jobs.events import build_worker
 from worker.services import Services
 
 

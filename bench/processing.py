@@ -39,7 +39,7 @@ from bench.common import (
     steal_percent,
 )
 from bench.events import event_body
-from worker.queue import JobQueue
+from worker.queue.enqueue import JobQueue
 
 
 async def _enqueue(servers: Servers, ids: list[str]) -> None:

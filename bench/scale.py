@@ -30,9 +30,9 @@ import asyncpg
 from bench.common import base_parser, median, percentiles, private_servers, record
 from bench.events import event_body
 from worker.clock import utcnow
-from worker.db import create_pool
-from worker.processor import EventProcessor
+from worker.processing.unit_of_work import EventProcessor
 from worker.services import load_catalog
+from worker.storage.db import create_pool
 
 TEMPLATE = "ws_btemplate"
 HOT_TABLES = ("workspaces", "customers", "subscriptions", "invoices", "webhook_events", "audit_log")

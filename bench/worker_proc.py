@@ -18,9 +18,9 @@ from arq.worker import func
 
 from bench.common import percentiles
 from worker.config import Settings
-from worker.jobs import build_worker
-from worker.logging import configure
-from worker.queue import PROCESS_EVENT
+from worker.infra.logging import configure
+from worker.jobs.events import build_worker
+from worker.queue.enqueue import PROCESS_EVENT
 from worker.services import Services
 
 

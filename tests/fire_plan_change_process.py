@@ -9,15 +9,15 @@ import os
 import sys
 from datetime import datetime
 
-from worker import plan_changes
 from worker.config import Settings
+from worker.plan_changes.firing import fire
 from worker.services import Services
 
 
 async def main(change_id: str, now: datetime) -> str:
     services = await Services.start(Settings.from_env(), clock=lambda: now)
     try:
-        result = await plan_changes.fire(services, change_id, cause=("job", f"process:{os.getpid()}"))
+        result = await fire(services, change_id, cause=("job", f"process:{os.getpid()}"))
         return result.outcome
     finally:
         await services.close()

@@ -18,10 +18,10 @@ import stripe
 
 from handlers.catalog import Catalog
 from tests.services import free_port
-from worker.api import create_internal_app
+from worker.api.app import create_internal_app
 from worker.clock import Clock, utcnow
 from worker.config import Settings
-from worker.receiver import create_receiver_app
+from worker.receiver.app import create_receiver_app
 from worker.runner import start_site, supervise_worker
 from worker.services import Services
 

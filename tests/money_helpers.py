@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import RunningService
-from worker import jobs
-from worker.notifications import stream_name
+from worker.infra.notifications import stream_name
+from worker.jobs import events as jobs
 
 
 @dataclass

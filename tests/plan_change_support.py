@@ -13,8 +13,9 @@ from typing import Any
 from tests import stripe_factory as sf
 from tests.helpers import RunningService, make_settings, running_service, wait_for
 from tests.stripe_server import StripeServer
-from worker import plan_changes
 from worker.config import Settings
+from worker.plan_changes.store import get_change
+from worker.queue.worker import Job
 
 GB = 1024**3
 START = sf.T0
@@ -40,8 +41,8 @@ class World:
     sub_id: str
 
     @property
-    def ctx(self) -> dict[str, Any]:
-        return {"services": self.svc.services, "job_try": 1}
+    def ctx(self) -> Job:
+        return Job(self.svc.services)
 
     async def deliver(self, event: dict[str, Any]) -> None:
         status, body = await self.svc.post_event(event)
@@ -58,7 +59,7 @@ class World:
         return await self.svc.api("POST", f"/v1/workspaces/{self.ws}/plan-changes", json={**base, **body})
 
     async def row(self, change_id: str) -> Any:
-        return await plan_changes.get_change(self.svc.services.pool, change_id)
+        return await get_change(self.svc.services.pool, change_id)
 
     async def applied(self, change_id: str) -> Any:
         return await wait_for(lambda: self.row(change_id), lambda r: r["status"] == "applied", what="applied")

@@ -6,7 +6,7 @@ import pytest
 
 from tests.helpers import make_settings
 from worker.config import Settings
-from worker.migrate import migrate
+from worker.storage.migrate import migrate
 
 
 @pytest.fixture(scope="session")

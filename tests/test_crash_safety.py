@@ -46,7 +46,7 @@ def _spawn_worker(settings: Settings) -> subprocess.Popen:
         "BW_LOG_LEVEL": "warning",
         "PYTHONPATH": str(ROOT),
     }
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "worker.cli.main", "worker"], env=env, cwd=ROOT)
 
 
 @pytest.mark.slow

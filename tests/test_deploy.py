@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from worker import metrics
 from worker.config import ENV_VARS
+from worker.infra import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -16,7 +16,8 @@ from tests import stripe_factory as sf
 from tests.helpers import RunningService, running_service
 from tests.money_helpers import AfterCommitRecorder, MovableClock, after_commit_calls, changes_of, ids
 from worker.config import Settings
-from worker.dunning_jobs import sweep_dunning
+from worker.jobs.dunning import sweep_dunning
+from worker.queue.worker import Job
 
 __all__ = ["after_commit_calls"]  # the fixture, used by name
 
@@ -35,7 +36,7 @@ async def service(settings: Settings, clock: MovableClock, monkeypatch: pytest.M
     async def no_cron_sweep(ctx: dict[str, Any]) -> int:
         return 0
 
-    monkeypatch.setattr("worker.jobs._sweep_dunning", no_cron_sweep)
+    monkeypatch.setattr("worker.jobs.worker.sweep_dunning", no_cron_sweep)
     async with running_service(settings, clock=clock) as svc:
         yield svc
 
@@ -64,7 +65,7 @@ async def _sweep(svc: RunningService, *workspaces: str) -> int:
     """Run the sweep once; how many of ``workspaces`` it changed. The test database is shared, so
     other tests' workspaces may be due at this clock too: the sweep's own count is at least that."""
     before = {ws: (await svc.workspace(ws))["version"] for ws in workspaces}
-    total = await sweep_dunning({"services": svc.services})
+    total = await sweep_dunning(Job(svc.services))
     changed = sum([(await svc.workspace(ws))["version"] != version for ws, version in before.items()])
     assert total >= changed
     return changed
@@ -161,7 +162,7 @@ async def test_sweep_leaves_workspaces_without_unpaid_invoices_alone(
 async def test_sweep_walks_every_candidate_in_batches(
     service: RunningService, clock: MovableClock, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr("worker.dunning_jobs.BATCH", 2)
+    monkeypatch.setattr("worker.jobs.dunning.BATCH", 2)
     workspaces = []
     for n in range(5):
         ws, events = _history(f"batch{n}", outcome=None)

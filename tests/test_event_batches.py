@@ -22,12 +22,13 @@ from arq.connections import create_pool as create_redis
 from handlers.codec import parse_datetime, to_jsonable
 from tests import stripe_factory as sf
 from tests.helpers import history_ids
-from worker import event_batches, store
-from worker.db import create_pool
-from worker.event_batches import EventBatcher
-from worker.processor import EventProcessor, ProcessResult
-from worker.queue import JobQueue
+from worker.processing import batches as event_batches
+from worker.processing.batches import EventBatcher
+from worker.processing.unit_of_work import EventProcessor, ProcessResult
+from worker.queue.enqueue import JobQueue
 from worker.services import load_catalog, redis_settings
+from worker.storage import store
+from worker.storage.db import create_pool
 
 NOW = sf.at(sf.T0) + timedelta(days=45)
 

@@ -79,8 +79,8 @@ def _quick_classes() -> list[type]:
     import handlers.events
     import handlers.reducer
     import handlers.state
-    import worker.processor
-    import worker.store
+    import worker.processing.unit_of_work
+    import worker.storage.store
 
     modules = [
         handlers.credits,

@@ -27,7 +27,7 @@ from tests.helpers import RunningService, kill_mid_job, make_settings, running_s
 from tests.invariants import assert_applied_exactly_once
 from tests.services import free_port
 from worker.config import Settings
-from worker.migrate import migrate
+from worker.storage.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def _spawn(settings: Settings, extra: dict[str, str]) -> subprocess.Popen[bytes]
         "PYTHONPATH": str(ROOT),
         **extra,
     }
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "worker.cli.main", "worker"], env=env, cwd=ROOT)
 
 
 @pytest.fixture

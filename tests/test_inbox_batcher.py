@@ -21,11 +21,11 @@ import pytest
 from tests.helpers import customer_event, make_settings, running_service, sign, wait_for
 from tests.services import free_port
 from worker.config import Settings
-from worker.inbox_batcher import InboxBatcher, InboxUnavailable, ReceiverStopping, Stored
-from worker.migrate import migrate
-from worker.receiver import BATCHER, create_receiver_app, inbox_row
+from worker.receiver.app import BATCHER, create_receiver_app, inbox_row
+from worker.receiver.inbox_batcher import InboxBatcher, InboxUnavailable, ReceiverStopping, Stored
 from worker.runner import start_site
 from worker.services import Services
+from worker.storage.migrate import migrate
 
 
 async def _post(http: aiohttp.ClientSession, url: str, event: dict[str, Any]) -> tuple[int, Any]:

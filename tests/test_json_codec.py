@@ -18,7 +18,7 @@ from handlers.normalize import normalize
 from handlers.reducer import apply_event, view_diff, view_json_diff
 from handlers.state import WorkspaceState
 from tests import stripe_factory as sf
-from worker import json_codec
+from worker.infra import json_codec
 from worker.services import load_catalog
 
 CATALOG = load_catalog(None)

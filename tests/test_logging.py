@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from tests import stripe_factory as sf
 from tests.helpers import SECRET_A, TOKEN, running_service, wait_for
-from worker import logging as logging_module
 from worker.config import Settings
-from worker.logging import LineWriter, configure, render_json
+from worker.infra import logging as logging_module
+from worker.infra.logging import LineWriter, configure, render_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,7 +198,7 @@ def test_lines_logged_close_together_are_written_together_and_soon():
 def test_lines_of_a_loop_stopped_before_its_next_iteration_are_written_at_exit():
     program = (
         "import asyncio\n"
-        "from worker.logging import configure, get_logger\n"
+        "from worker.infra.logging import configure, get_logger\n"
         "configure('info')\n"
         "loop = asyncio.new_event_loop()\n"
         "loop.call_soon(lambda: (get_logger('t').info('last_words'), loop.stop()))\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from tests.services import create_database, drop_database, with_database
-from worker.migrate import available, migrate
+from worker.storage.migrate import available, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ async def test_concurrent_migrations_apply_each_version_once(pg_server):
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "worker.cli.main", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         cwd=ROOT,
         capture_output=True,

@@ -19,12 +19,12 @@ import aiohttp
 from tests import stripe_factory as sf
 from tests.helpers import SECRET_A, TOKEN, RunningService, customer_event, running_service, sign, wait_for
 from tests.services import free_port
-from worker import metrics
-from worker.api import create_internal_app
+from worker.api.app import create_internal_app
+from worker.api.openapi import build_openapi, registered
 from worker.config import Settings
-from worker.observability import warn_unless_noeviction
-from worker.openapi import build_openapi, registered
-from worker.receiver import create_receiver_app
+from worker.infra import metrics
+from worker.ops.health import warn_unless_noeviction
+from worker.receiver.app import create_receiver_app
 from worker.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,7 +364,7 @@ async def test_only_stalled_requests_time_out_and_the_next_ones_are_served(setti
 
 def _spawn_service(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run", "--roles", "receiver,api,worker"],
+        [sys.executable, "-m", "worker.cli.main", "run", "--roles", "receiver,api,worker"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -437,7 +437,7 @@ async def test_plan_change_gauges_read_the_table_once_it_exists(settings: Settin
 
     import asyncpg
 
-    from worker.observability import _plan_changes
+    from worker.ops.health import _plan_changes
 
     now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
     conn = await asyncpg.connect(settings.database_url)

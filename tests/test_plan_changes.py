@@ -15,20 +15,22 @@ import pytest
 from tests import stripe_factory as sf
 from tests.helpers import TOKEN, running_service, wait_for
 from tests.plan_change_support import ANNUAL_END, GB, LEAD, START, World, ts, world_for
-from worker import plan_changes, store
-from worker.api import workspace_json
+from worker.api.workspaces import workspace_json
 from worker.config import Settings
-from worker.plan_change_jobs import fire_plan_change, sweep_plan_changes
-from worker.stripe_gateway import API_VERSION
+from worker.infra.stripe_gateway import API_VERSION
+from worker.jobs.plan_changes import fire_plan_change, sweep_plan_changes
+from worker.plan_changes import firing
+from worker.plan_changes import store as plan_change_store
+from worker.storage import store
 
 
 async def _read_separately(world: World) -> dict[str, Any]:
     """The API's workspace document built from the three separate reads it combines in one
-    statement (``plan_changes.workspace_status``): row, open invoices, active change."""
+    statement (``plan_changes.store.workspace_status``): row, open invoices, active change."""
     pool = world.svc.services.pool
     row = await store.get_workspace(pool, world.ws)
     invoices = list(await store.open_invoices(pool, world.ws))
-    pending = plan_changes.change_json(await plan_changes.active_change(pool, world.ws))
+    pending = plan_change_store.change_json(await plan_change_store.active_change(pool, world.ws))
     return json.loads(json.dumps({**workspace_json(row, invoices), "pending_plan_change": pending}))
 
 
@@ -194,8 +196,8 @@ async def test_two_workers_racing_on_a_due_change_make_one_stripe_call(world: Wo
     world.clock.now = sf.at(ANNUAL_END)
     world.server.delay_seconds = 0.3  # the first call is still in flight when the second tries
     results = await asyncio.gather(
-        plan_changes.fire(world.svc.services, change_id, cause=("job", "a")),
-        plan_changes.fire(world.svc.services, change_id, cause=("job", "b")),
+        firing.fire(world.svc.services, change_id, cause=("job", "a")),
+        firing.fire(world.svc.services, change_id, cause=("job", "b")),
         sweep_plan_changes(world.ctx),
     )
     outcomes = [r.outcome if hasattr(r, "outcome") else f"sweep:{r}" for r in results]
@@ -214,21 +216,21 @@ async def test_a_worker_killed_between_the_stripe_call_and_its_commit_reuses_the
     _s, body = await world.request(plan="plus", interval="monthly")
     change_id = body["plan_change"]["change_id"]
     world.clock.now = sf.at(ANNUAL_END) - timedelta(seconds=LEAD)
-    real_finish = plan_changes._finish
+    real_finish = firing._finish
 
     async def die(*args: Any, **kwargs: Any) -> Any:
         raise Killed
 
-    monkeypatch.setattr(plan_changes, "_finish", die)
+    monkeypatch.setattr(firing, "_finish", die)
     with pytest.raises(Killed):
-        await plan_changes.fire(world.svc.services, change_id, cause=("job", "doomed"))
-    monkeypatch.setattr(plan_changes, "_finish", real_finish)
+        await firing.fire(world.svc.services, change_id, cause=("job", "doomed"))
+    monkeypatch.setattr(firing, "_finish", real_finish)
     row = await world.row(change_id)
     assert row["status"] == "firing" and row["claimed_at"] is not None  # the commit never happened
 
     # While the dead worker's claim is fresh nobody fires; once it is stale the sweep does.
     assert await sweep_plan_changes(world.ctx) == 0
-    world.clock.now += plan_changes.claim_timeout(world.svc.services) + timedelta(seconds=1)
+    world.clock.now += plan_change_store.claim_timeout(world.svc.services.settings) + timedelta(seconds=1)
     await sweep_plan_changes(world.ctx)
     await world.applied(change_id)
     first, retry = world.server.calls("POST")
@@ -243,7 +245,7 @@ async def test_transient_stripe_errors_are_retried_with_the_same_key(world: Worl
     change_id = body["plan_change"]["change_id"]
     world.clock.now = sf.at(ANNUAL_END)
     world.server.fail_next(3, status=503)  # the SDK's own 2 retries, then ours
-    result = await plan_changes.fire(world.svc.services, change_id, cause=("job", "t1"))
+    result = await firing.fire(world.svc.services, change_id, cause=("job", "t1"))
     assert result.outcome == "retry"  # the claim is released; the worker's cron may already retry
     await sweep_plan_changes(world.ctx)
     await world.applied(change_id)
@@ -431,7 +433,7 @@ async def test_firing_rechecks_seats_against_the_latest_reported_usage(world: Wo
 async def test_dunning_escalates_with_no_event_then_payment_clears_it_and_releases_the_change(world: World):
     """Issues 3 and 4 together: failed payment → payment_issue at once → restricted after 14 days by the
     sweep alone → suspended after 30 → the due change waits → payment lifts it and it fires."""
-    from worker.dunning_jobs import sweep_dunning
+    from worker.jobs.dunning import sweep_dunning
 
     status, body = await world.request(plan="plus", interval="monthly")
     assert status == 201, body

@@ -24,8 +24,9 @@ from tests import stripe_factory as sf
 from tests.helpers import make_settings, running_service, wait_for
 from tests.services import free_port
 from worker.config import Settings
-from worker.plan_change_jobs import sweep_plan_changes
-from worker.stripe_gateway import StripeGateway, to_dict
+from worker.infra.stripe_gateway import StripeGateway, to_dict
+from worker.jobs.plan_changes import sweep_plan_changes
+from worker.queue.worker import Job
 
 API_KEY = "sk_test_localstripe_plan_changes"
 pytestmark = pytest.mark.slow
@@ -136,7 +137,7 @@ async def test_plan_change_calls_against_localstripe(settings: Settings, localst
         )
         assert status == 201 and answer["plan_change"]["status"] == "pending", answer
         clock.now = datetime.fromtimestamp(end, UTC) - timedelta(hours=1)
-        await sweep_plan_changes({"services": svc.services})
+        await sweep_plan_changes(Job(svc.services))
         change = answer["plan_change"]["change_id"]
         await wait_for(
             lambda: svc.services.pool.fetchval(

@@ -15,9 +15,9 @@ import pytest
 from tests import stripe_factory as sf
 from tests.helpers import wait_for
 from tests.plan_change_support import ANNUAL_END, World, world_for
-from worker import plan_changes
 from worker.config import Settings
-from worker.plan_change_jobs import sweep_plan_changes
+from worker.jobs.plan_changes import sweep_plan_changes
+from worker.plan_changes import store as plan_change_store
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ async def test_a_worker_killed_after_the_stripe_call_retries_with_the_same_key(w
     row = await world.row(change_id)
     assert row["status"] == "firing" and row["claimed_at"] is not None
 
-    world.clock.now += plan_changes.claim_timeout(world.svc.services) + timedelta(seconds=1)
+    world.clock.now += plan_change_store.claim_timeout(world.svc.services.settings) + timedelta(seconds=1)
     await sweep_plan_changes(world.ctx)
     await world.applied(change_id)
     first, retry = world.server.calls("POST")

@@ -18,10 +18,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tests.helpers import SECRET_A, SECRET_B, RunningService, customer_event, running_service, sign
-from worker import metrics
 from worker.config import Settings
-from worker.heap import GC_GEN0_THRESHOLD
-from worker.receiver import verify_signature
+from worker.infra import metrics
+from worker.infra.heap import GC_GEN0_THRESHOLD
+from worker.receiver.app import verify_signature
 
 
 @pytest.fixture

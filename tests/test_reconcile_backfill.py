@@ -15,8 +15,8 @@ from tests import stripe_factory as sf
 from tests.helpers import RunningService, running_service, wait_for
 from tests.stripe_server import StripeServer
 from tests.test_recovery import run_cli
-from worker.backfill import BACKFILL_LOCK
 from worker.config import Settings
+from worker.ops.backfill import BACKFILL_LOCK
 
 DAY = 86_400
 

@@ -19,7 +19,7 @@ import pytest
 from tests import stripe_factory as sf
 from tests.helpers import RunningService, make_settings, running_service, wait_for
 from worker.config import Settings
-from worker.receiver import store_in_inbox
+from worker.receiver.app import store_in_inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +145,7 @@ async def run_cli(settings: Settings, *args: str, **extra_env: str) -> CliResult
         **extra_env,
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker.cli", *args, env=env, cwd=ROOT, stdout=PIPE, stderr=PIPE
+        sys.executable, "-m", "worker.cli.main", *args, env=env, cwd=ROOT, stdout=PIPE, stderr=PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None

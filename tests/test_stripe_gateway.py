@@ -6,7 +6,7 @@ import stripe
 from stripe._api_version import _ApiVersion
 
 from tests.stripe_server import StripeServer, unflatten
-from worker.stripe_gateway import API_VERSION, StripeGateway, is_transient, to_dict
+from worker.infra.stripe_gateway import API_VERSION, StripeGateway, is_transient, to_dict
 
 
 def test_pinned_version_is_the_sdks_own():

@@ -15,7 +15,7 @@ from tests import stripe_factory as sf
 from tests.helpers import RunningService, running_service
 from tests.money_helpers import changes_of, ids, text
 from worker.config import Settings
-from worker.notifications import stream_name
+from worker.infra.notifications import stream_name
 
 
 @pytest.fixture

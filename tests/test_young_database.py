@@ -17,12 +17,12 @@ import pytest
 from tests import stripe_factory as sf
 from tests.helpers import wait_for
 from tests.services import ServiceChoice, create_database, drop_database, with_database
-from worker import db, store
-from worker.db import create_pool
-from worker.migrate import migrate
-from worker.processor import EventProcessor
-from worker.receiver import inbox_row
+from worker.processing.unit_of_work import EventProcessor
+from worker.receiver.app import inbox_row
 from worker.services import load_catalog
+from worker.storage import db, store
+from worker.storage.db import create_pool
+from worker.storage.migrate import migrate
 
 WORKSPACES = 400
 BATCH = 4  # what a worker at 200 events/s commits at a time

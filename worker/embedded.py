@@ -40,7 +40,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, ClassVar, Self
 
-from worker.logging import get_logger
+from worker.infra.logging import get_logger
 
 __all__ = [
     "HOST",

@@ -13,16 +13,16 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from worker.api import create_internal_app
+from worker.api.app import create_internal_app
 from worker.clock import Clock, utcnow
 from worker.config import Settings
-from worker.hardening import harden
-from worker.jobs import build_worker
-from worker.logging import get_logger
-from worker.migrate import migrate
-from worker.observability import start_worker_metrics, warn_unless_noeviction
-from worker.receiver import create_receiver_app
+from worker.http.hardening import harden
+from worker.infra.logging import get_logger
+from worker.jobs.events import build_worker
+from worker.ops.health import start_worker_metrics, warn_unless_noeviction
+from worker.receiver.app import create_receiver_app
 from worker.services import SERVICES, Services
+from worker.storage.migrate import migrate
 
 log = get_logger("runner")
 ROLES = ("receiver", "api", "worker")

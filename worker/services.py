@@ -11,16 +11,18 @@ from pathlib import Path
 
 import asyncpg
 from aiohttp import web
-from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from handlers.catalog import Catalog, CatalogError, parse_catalog
-from worker import db
 from worker.clock import Clock, utcnow
 from worker.config import ConfigError, Settings
-from worker.logging import flush as flush_logs
-from worker.processor import EventProcessor
-from worker.queue import JobQueue
-from worker.stripe_gateway import StripeGateway
+from worker.http.errors import ApiError
+from worker.infra.logging import flush as flush_logs
+from worker.infra.stripe_gateway import StripeGateway
+from worker.processing.unit_of_work import EventProcessor
+from worker.queue.enqueue import JobQueue
+from worker.queue.redis import ArqRedis
+from worker.queue.redis import connect as connect_redis
+from worker.storage import db
 
 
 def load_catalog(path: Path | None) -> Catalog:
@@ -33,14 +35,6 @@ def load_catalog(path: Path | None) -> Catalog:
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read the catalog: {exc.strerror}") from None
     return parse_catalog(text, str(path))
-
-
-def redis_settings(url: str) -> RedisSettings:
-    settings = RedisSettings.from_dsn(url)
-    settings.conn_timeout = 2
-    settings.conn_retries = 1
-    settings.conn_retry_delay = 0
-    return settings
 
 
 @dataclass
@@ -76,7 +70,7 @@ class Services:
         catalog = catalog or load_catalog(settings.catalog_path)
         pool = await db.create_pool(settings.database_url, size=settings.db_pool_size)
         try:
-            redis = await create_pool(redis_settings(settings.redis_url))
+            redis = await connect_redis(settings.redis_url)
         except BaseException:
             await pool.close()
             raise
@@ -90,8 +84,6 @@ class Services:
     def require_stripe(self) -> StripeGateway:
         """The gateway built at start-up; without STRIPE_API_KEY, Stripe cannot be read (503)."""
         if self.stripe is None:
-            from worker.http_errors import ApiError
-
             raise ApiError(503, "stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
         return self.stripe
 

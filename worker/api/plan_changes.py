@@ -1,0 +1,190 @@
+"""Internal API for plan changes: evaluate (dry run) or request, show and cancel the pending one.
+
+Every field is validated before anything is read or written; a bad one gets a 400 with a code
+naming it. Acting writes the change and its audit entry in one transaction, then (immediate
+changes) calls Stripe with the change's idempotency key, or (period-end changes) defers the firing.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from handlers.catalog import INTERVALS, Catalog
+from handlers.plan_policy import ROLES, ChangeRequest
+from worker.http.errors import ApiError, read_json_object
+from worker.http.params import workspace_id_of
+from worker.plan_changes import requests as plan_changes
+from worker.plan_changes.firing import send
+from worker.plan_changes.store import active_change, change_json, decision_json, get_change
+from worker.processing.after_commit import after_commit, after_plan_change, enqueue_fire
+from worker.services import SERVICES
+
+FIELDS = {
+    "plan",
+    "interval",
+    "seats",
+    "requested_by_role",
+    "member_count",
+    "storage_used_bytes",
+    "has_payment_method",
+    "dry_run",
+}
+# Bounds that keep values inside their Postgres columns (seats: integer; bytes: bigint).
+MAX_SEATS = 1_000_000
+MAX_MEMBERS = 10**7
+MAX_BYTES = 2**62
+REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` (kept in the audit log), or a fresh one."""
+    given = request.headers.get("X-Request-Id")
+    if given is None:
+        return "req_" + secrets.token_hex(12)
+    if not REQUEST_ID.fullmatch(given):
+        raise ApiError(400, "invalid_request_id", "X-Request-Id is 1-128 of A-Z a-z 0-9 _ . : -")
+    return given
+
+
+def _int(body: dict[str, Any], name: str, minimum: int, maximum: int) -> int:
+    value = body.get(name)
+    if value is None:
+        raise ApiError(400, f"missing_{name}", f"{name} is required")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(400, f"invalid_{name}", f"{name} must be an integer, got {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {value}")
+    return value
+
+
+def _bool(body: dict[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(400, f"invalid_{name}", f"{name} must be true or false")
+    return value
+
+
+def parse_change_request(body: Any, catalog: Catalog) -> tuple[ChangeRequest, bool]:
+    """Validate the JSON body; returns the request and ``dry_run``."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    plan = body.get("plan")
+    if plan is None:
+        raise ApiError(400, "missing_plan", "plan is required")
+    if not isinstance(plan, str):
+        raise ApiError(400, "invalid_plan", "plan must be a string")
+    if plan not in catalog.plans:
+        raise ApiError(
+            400, "unknown_plan", f"unknown plan {plan!r}; known: {', '.join(sorted(catalog.plans))}"
+        )
+    target = catalog.plans[plan]
+    interval = body.get("interval")
+    if interval is not None and not isinstance(interval, str):
+        raise ApiError(400, "invalid_interval", "interval must be a string or null")
+    if target.is_free:
+        if interval is not None:
+            raise ApiError(400, "interval_not_applicable", f"plan {plan!r} has no billing interval")
+    else:
+        if interval is None:
+            raise ApiError(400, "missing_interval", f"plan {plan!r} needs an interval")
+        if interval not in INTERVALS:
+            raise ApiError(400, "unknown_interval", f"interval must be one of {', '.join(INTERVALS)}")
+        if interval not in target.prices:
+            raise ApiError(
+                400,
+                "interval_not_offered",
+                f"plan {plan!r} is offered {', '.join(sorted(target.prices))}, not {interval}",
+            )
+    seats = _int(body, "seats", 1, MAX_SEATS)
+    role = body.get("requested_by_role")
+    if role is None:
+        raise ApiError(400, "missing_requested_by_role", "requested_by_role is required")
+    if not isinstance(role, str) or role not in ROLES:
+        raise ApiError(
+            400, "invalid_requested_by_role", f"requested_by_role must be one of {', '.join(sorted(ROLES))}"
+        )
+    member_count = _int(body, "member_count", 0, MAX_MEMBERS)
+    storage = _int(body, "storage_used_bytes", 0, MAX_BYTES)
+    has_pm = _bool(body, "has_payment_method")
+    dry_run = bool(_bool(body, "dry_run"))
+    return ChangeRequest(plan, interval, seats, role, member_count, storage, has_pm), dry_run
+
+
+def _error(exc: plan_changes.PlanChangeError) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message, **exc.extra)
+
+
+async def post_plan_change(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    workspace_id = workspace_id_of(request)
+    request_id = request_id_of(request)
+    body = await read_json_object(request)
+    change_request, dry_run = parse_change_request(body, services.catalog)
+    try:
+        if dry_run:
+            decision, _view = await plan_changes.evaluate(services, workspace_id, change_request)
+            return web.json_response(
+                {"dry_run": True, "decision": decision_json(decision), "plan_change": None}
+            )
+        outcome = await plan_changes.request_change(services, workspace_id, change_request, request_id)
+    except plan_changes.PlanChangeError as exc:
+        raise _error(exc) from None
+    for c in outcome.committed:
+        await after_commit(services, c.workspace_id, c.version, c.changes, (), request_id)
+    change = outcome.change
+    status = 201
+    if outcome.fire_now is not None:
+        result = await send(services, outcome.fire_now, cause=("request", request_id))
+        await after_plan_change(services, result.committed, result.change_id)
+        change = change_json(await get_change(services.pool, outcome.fire_now))
+        if result.outcome == "failed":
+            raise ApiError(
+                502, "stripe_rejected", f"Stripe refused the change: {result.error}", plan_change=change
+            )
+        # A transient Stripe error: the change stays claimed-free and the sweep retries it with
+        # the same idempotency key; 202 tells the caller it is not applied yet.
+        status = 200 if result.outcome == "applied" else 202
+    else:
+        assert change is not None
+        await enqueue_fire(services, change["change_id"], defer_until=outcome.defer_until, tag="due")
+    return web.json_response(
+        {"dry_run": False, "decision": decision_json(outcome.decision), "plan_change": change},
+        status=status,
+    )
+
+
+async def get_plan_change(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    workspace_id = workspace_id_of(request)
+    row = await active_change(services.pool, workspace_id)
+    if row is None:
+        raise ApiError(
+            404, "no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change"
+        )
+    return web.json_response({"plan_change": change_json(row)})
+
+
+async def delete_plan_change(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    workspace_id = workspace_id_of(request)
+    request_id = request_id_of(request)
+    try:
+        change, committed = await plan_changes.cancel_change(services, workspace_id, request_id)
+    except plan_changes.PlanChangeError as exc:
+        raise _error(exc) from None
+    await after_commit(services, committed.workspace_id, committed.version, committed.changes, (), request_id)
+    return web.json_response({"plan_change": change})
+
+
+def add_routes(app: web.Application) -> None:
+    path = "/v1/workspaces/{workspace_id}/plan-changes"
+    app.router.add_post(path, post_plan_change)
+    app.router.add_get(path, get_plan_change)
+    app.router.add_delete(path, delete_plan_change)

@@ -1,0 +1,208 @@
+"""Internal API for what lives beside the plan: usage reports and the AI-credit ledger.
+
+``PUT /v1/workspaces/{id}/usage`` records members and storage used (the view derives the
+over-seat and over-quota warnings); ``POST …/ai-credits/consume`` spends credits once per
+idempotency key; ``GET …/ai-credits/ledger`` pages through the ledger. Each change is one
+transaction under the workspace row lock, audited as cause ``request``, then ``after_commit``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from handlers.codec import to_jsonable
+from handlers.credits import InsufficientCredits, consume, consume_key
+from handlers.reducer import APPLIED
+from handlers.state import Usage
+from worker.http.errors import ApiError, read_json_object
+from worker.http.params import workspace_id_of
+from worker.processing.after_commit import after_commit
+from worker.processing.reevaluation import save_reevaluated
+from worker.services import SERVICES
+from worker.storage import credit_ledger as credits_store
+from worker.storage import store
+
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+MAX_AMOUNT = 10**12  # well above any pack; keeps amounts inside bigint with room to sum
+MAX_BYTES = 2**62
+MAX_MEMBERS = 10**7
+MAX_REASON = 500
+
+
+def _int(body: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int:
+    value = body.get(name)
+    if value is None:
+        raise ApiError(400, "missing_field", f"`{name}` is required", field=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ApiError(
+            400, "invalid_field", f"`{name}` must be a whole number from {minimum} to {maximum}", field=name
+        )
+    return value
+
+
+def _cause_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if IDEMPOTENCY_KEY.fullmatch(given) else f"req_{uuid.uuid4().hex}"
+
+
+async def put_usage(request: web.Request) -> web.Response:
+    """Usage is a report, not a delta: the latest report replaces the previous one."""
+    services = request.app[SERVICES]
+    workspace_id = workspace_id_of(request)
+    body = await read_json_object(request, {"members", "storage_used_bytes"})
+    usage = Usage(
+        members=_int(body, "members", minimum=0, maximum=MAX_MEMBERS),
+        storage_used_bytes=_int(body, "storage_used_bytes", minimum=0, maximum=MAX_BYTES),
+    )
+    cause_id = _cause_id(request)
+    now = services.clock()
+    async with services.transaction() as conn:
+        # The product may report usage before any billing event: a Free workspace then.
+        await store.ensure_workspace(conn, workspace_id, services.catalog, now)
+        loaded = await store.lock_workspace(conn, workspace_id)
+        assert loaded is not None
+        state, stored = loaded
+        if usage != state.usage:
+            await conn.execute(
+                "UPDATE workspaces SET members = $2, storage_used_bytes = $3 WHERE workspace_id = $1",
+                workspace_id,
+                usage.members,
+                usage.storage_used_bytes,
+            )
+        outcome = await save_reevaluated(
+            conn,
+            replace(state, usage=usage),
+            stored,
+            now=now,
+            catalog=services.catalog,
+            cause_kind="request",
+            cause_id=cause_id,
+        )
+    if outcome.result == APPLIED:
+        await after_commit(
+            services, workspace_id, outcome.state.version, outcome.changes, outcome.effects, cause_id
+        )
+    view = outcome.view
+    return web.json_response(
+        {
+            "workspace_id": workspace_id,
+            "version": outcome.state.version,
+            "changed": outcome.result == APPLIED,
+            "members": view.members,
+            "seats": view.seats,
+            "over_seat_limit": view.over_seat_limit,
+            "storage_used_bytes": view.storage_used_bytes,
+            "storage_quota_bytes": view.storage_quota_bytes,
+            "over_storage_quota": view.over_storage_quota,
+        }
+    )
+
+
+def _entry_json(row: Any) -> dict[str, Any]:
+    return to_jsonable(dict(row))
+
+
+async def consume_credits(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    workspace_id = workspace_id_of(request)
+    body = await read_json_object(request, {"amount", "idempotency_key", "reason"})
+    amount = _int(body, "amount", minimum=1, maximum=MAX_AMOUNT)
+    key = body.get("idempotency_key")
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(
+            400, "invalid_idempotency_key", "`idempotency_key` must be 1-200 of A-Z a-z 0-9 _ . : -"
+        )
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+        raise ApiError(
+            400, "invalid_field", f"`reason` must be a string of at most {MAX_REASON}", field="reason"
+        )
+    source_key = consume_key(workspace_id, key)
+    now = services.clock()
+    async with services.transaction() as conn:
+        loaded = await store.lock_workspace(conn, workspace_id)
+        if loaded is None:
+            raise ApiError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        state, stored = loaded
+        # Under the row lock: a concurrent request with the same key waits, then sees this one's row.
+        previous = await credits_store.entry_by_key(conn, source_key)
+        if previous is not None:
+            if -previous["amount"] != amount:
+                raise ApiError(
+                    409,
+                    "idempotency_key_reused",
+                    f"idempotency key {key!r} was used for {-previous['amount']} credits, not {amount}",
+                )
+            return web.json_response(
+                {"replayed": True, "entry": _entry_json(previous), "balance": previous["balance_after"]}
+            )
+        result = consume(state, amount, key, reason)
+        if isinstance(result, InsufficientCredits):
+            raise ApiError(
+                409,
+                "insufficient_credits",
+                f"{amount} credits requested but the balance is {result.balance}",
+                balance=result.balance,
+                requested=amount,
+            )
+        new_state, entry = result
+        await credits_store.append_entries(
+            conn, workspace_id, [entry], cause_kind="request", cause_id=source_key, now=now
+        )
+        outcome = await save_reevaluated(
+            conn,
+            new_state,
+            stored,
+            now=now,
+            catalog=services.catalog,
+            cause_kind="request",
+            cause_id=source_key,
+        )
+        row = await credits_store.entry_by_key(conn, source_key)
+    await after_commit(
+        services, workspace_id, outcome.state.version, outcome.changes, outcome.effects, source_key
+    )
+    assert row is not None
+    return web.json_response(
+        {"replayed": False, "entry": _entry_json(row), "balance": row["balance_after"]}, status=201
+    )
+
+
+async def get_ledger(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    workspace_id = workspace_id_of(request)
+    limit = _query_int(request, "limit", default=50, minimum=1, maximum=200)
+    before = _query_int(request, "before", default=None, minimum=1, maximum=2**62)
+    balance = await credits_store.balance(services.pool, workspace_id)
+    if balance is None:
+        raise ApiError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+    rows = await credits_store.entries(services.pool, workspace_id, limit=limit + 1, before_id=before)
+    page = rows[:limit]
+    return web.json_response(
+        {
+            "workspace_id": workspace_id,
+            "balance": balance,
+            "entries": [_entry_json(r) for r in page],
+            "next_before": page[-1]["id"] if len(rows) > limit else None,
+        }
+    )
+
+
+def _query_int(request: web.Request, name: str, *, default: int | None, minimum: int, maximum: int) -> Any:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise ApiError(400, "invalid_query", f"`{name}` must be a whole number from {minimum} to {maximum}")
+    return int(raw)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_put("/v1/workspaces/{workspace_id}/usage", put_usage)
+    app.router.add_post("/v1/workspaces/{workspace_id}/ai-credits/consume", consume_credits)
+    app.router.add_get("/v1/workspaces/{workspace_id}/ai-credits/ledger", get_ledger)

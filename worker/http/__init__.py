@@ -1,0 +1,1 @@
+"""What both HTTP ports share: middleware, authentication, JSON errors, request parsing."""

@@ -1,0 +1,69 @@
+"""JSON error responses with a machine-readable code; shared by both HTTP apps."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import Any
+
+from aiohttp import web
+
+from worker.storage.db import is_transient
+
+
+class ApiError(Exception):
+    """Raised anywhere in a handler to answer ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=status)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    414: "uri_too_long",
+    431: "headers_too_large",
+}
+
+
+def error_for(exc: Exception) -> web.Response | None:
+    """The JSON answer (with a code, never a traceback) for what a handler raised: our
+    ``ApiError``, aiohttp's own errors (404, 405, 413 …), a database busy or down (503); None
+    for anything else, which propagates (aiohttp answers 500 through ``hardening``)."""
+    if isinstance(exc, ApiError):
+        return error(exc.status, exc.code, exc.message, **exc.extra)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            return None
+        return error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+    if is_transient(exc):  # a lock wait timed out, the database restarts …: worth a retry
+        return error(503, "database_unavailable", "the database is busy or unavailable; retry later")
+    return None
+
+
+async def read_json_object(request: web.Request, allowed: Collection[str] | None = None) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is ``{}``. Every way a body can be wrong
+    has its own 400 code: ``invalid_json`` (not JSON, or nested deeper than the parser allows),
+    ``invalid_body`` (JSON but not an object), ``unknown_field`` (a key outside ``allowed``)."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    if allowed is not None:
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown)
+    return body

@@ -1,0 +1,78 @@
+"""The worker's settings: which job functions and crons it runs, and the objects they share."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from worker.infra.heap import settle_heap
+from worker.jobs.dunning import sweep_dunning
+from worker.jobs.events import process_event, sweep_inbox
+from worker.jobs.ops import backfill_job, reconcile_job
+from worker.jobs.plan_changes import fire_plan_change, sweep_plan_changes
+from worker.processing.after_commit import after_events_committed
+from worker.processing.batches import EventBatcher
+from worker.queue.enqueue import BACKFILL, FIRE_PLAN_CHANGE, PROCESS_EVENT, RECONCILE
+from worker.queue.worker import CronSpec, JobSpec, Worker, WorkerSpec, build_arq_worker
+from worker.services import Services
+
+
+def event_batcher(services: Services) -> EventBatcher:
+    """The worker's group-commit batcher, shared by every event job of the process."""
+    return EventBatcher(
+        services.processor, partial(after_events_committed, services), read_ahead=services.queue.due_events
+    )
+
+
+def worker_spec(services: Services) -> WorkerSpec:
+    settings = services.settings
+    batcher = event_batcher(services)
+
+    async def started() -> None:
+        settle_heap()
+
+    prefix = settings.redis_prefix  # cron ids are global in arq: the prefix keeps deployments apart
+    # arq sizes every in-progress key by the longest timeout: keep the crons' short.
+    timeout = settings.job_timeout_seconds
+    return WorkerSpec(
+        redis_url=settings.redis_url or "",
+        queue_name=settings.queue_name,
+        max_jobs=settings.max_jobs,
+        job_timeout=settings.job_timeout_seconds,
+        poll_delay=settings.poll_delay_seconds,
+        jobs=[
+            JobSpec(PROCESS_EVENT, process_event, max_tries=settings.max_tries + 1),
+            JobSpec(FIRE_PLAN_CHANGE, fire_plan_change, max_tries=settings.max_tries + 1),
+            # One try each: a failed backfill run is marked `failed` with its error and resumed by
+            # an operator; a failed refetch leaves the deterministic tie-break's state.
+            JobSpec(BACKFILL, backfill_job, max_tries=1),
+            JobSpec(RECONCILE, reconcile_job, max_tries=1),
+        ],
+        crons=[
+            CronSpec(
+                f"{prefix}:sweep_inbox",
+                sweep_inbox,
+                second=set(range(0, 60, settings.sweep_interval_seconds)),
+                timeout=timeout,
+            ),
+            CronSpec(
+                f"{prefix}:sweep_dunning",
+                sweep_dunning,
+                minute=set(range(0, 60, 5)),
+                second=20,
+                timeout=timeout,
+            ),
+            CronSpec(
+                f"{prefix}:sweep_plan_changes",
+                sweep_plan_changes,
+                second=set(range(5, 60, 10)),
+                timeout=timeout,
+            ),
+        ],
+        shared={"batcher": batcher},
+        on_startup=started,
+        on_shutdown=batcher.close,
+    )
+
+
+def build_worker(services: Services, *, handle_signals: bool = True, burst: bool = False) -> Worker:
+    return build_arq_worker(worker_spec(services), services, handle_signals=handle_signals, burst=burst)

@@ -1,0 +1,1 @@
+"""Operator repairs and health: reconcile, backfill, dead-letter recovery, probes and gauges."""

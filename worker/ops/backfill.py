@@ -1,0 +1,135 @@
+"""Backfill missed events from Stripe's events API into the inbox, resumably.
+
+Stripe keeps events for 30 days and lists them newest first; ``starting_after`` pagination is
+stable while new events arrive (they go on top). A run is a row in ``backfill_runs`` whose
+``cursor`` is the last event id read, saved after every page, so a crash or a Stripe error
+resumes where it stopped. Each event goes through the receiver's own insert (idempotent on the
+event id: only events the inbox does not have are new) and, when new, is enqueued; if Redis is
+down it stays ``received`` and the inbox sweep enqueues it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from handlers.codec import to_jsonable
+from handlers.normalize import PayloadError, validate_event_envelope
+from worker.http.errors import ApiError
+from worker.infra.logging import get_logger
+from worker.infra.stripe_gateway import StripeGateway
+from worker.receiver.app import store_in_inbox
+from worker.services import Services
+
+log = get_logger("backfill")
+
+HORIZON = timedelta(days=30)  # Stripe's events API retention
+BACKFILL_LOCK = 0x6266  # "bf": first key of the per-run advisory lock (the run id is the second)
+
+
+async def start_run(pool: asyncpg.Pool, since: datetime, now: datetime) -> int:
+    """Record a new run; ``since`` must lie within Stripe's 30-day horizon and not in the future."""
+    if since < now - HORIZON:
+        raise ApiError(400, "since_out_of_range", "Stripe keeps events for 30 days: `since` is older")
+    if since > now:
+        raise ApiError(400, "since_out_of_range", "`since` is in the future")
+    return await pool.fetchval("INSERT INTO backfill_runs (since) VALUES ($1) RETURNING run_id", since)
+
+
+async def get_run(pool: asyncpg.Pool, run_id: int) -> dict[str, Any] | None:
+    row = await pool.fetchrow("SELECT * FROM backfill_runs WHERE run_id = $1", run_id)
+    return None if row is None else to_jsonable(dict(row))
+
+
+class BackfillBusy(ApiError):
+    """Another process is reading this run right now."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(409, "backfill_busy", f"backfill run {run_id} is being read by another process")
+
+
+async def run_pages(
+    services: Services, gateway: StripeGateway, run_id: int, *, max_pages: int | None = None
+) -> dict[str, Any]:
+    """Read pages from the stored cursor on; stops when done or after ``max_pages`` (then the
+    run stays ``running`` and the caller continues it). Stripe errors mark the run ``failed``.
+    One reader per run at a time (a session advisory lock): a second one gets ``BackfillBusy``."""
+    # Its own connection, not a pooled one: closing it frees the lock whatever happens, and pooled
+    # connections never carry session state (worker.db.keep_session relies on that).
+    lock = await asyncpg.connect(services.settings.database_url)
+    try:
+        if not await lock.fetchval("SELECT pg_try_advisory_lock($1, $2)", BACKFILL_LOCK, run_id):
+            raise BackfillBusy(run_id)
+        return await _read(services, gateway, run_id, max_pages)
+    finally:
+        await lock.close()
+
+
+async def _read(
+    services: Services, gateway: StripeGateway, run_id: int, max_pages: int | None
+) -> dict[str, Any]:
+    pool = services.pool
+    run = await pool.fetchrow(
+        "UPDATE backfill_runs SET status = 'running', last_error = NULL WHERE run_id = $1 "
+        "AND status <> 'done' RETURNING since, cursor",
+        run_id,
+    )
+    if run is None:
+        current = await get_run(pool, run_id)
+        if current is None:
+            raise ApiError(404, "backfill_not_found", f"no backfill run {run_id}")
+        return current
+    cursor, pages = run["cursor"], 0
+    while max_pages is None or pages < max_pages:
+        try:
+            events, has_more = await gateway.events_page(int(run["since"].timestamp()), cursor)
+        except Exception as exc:
+            await pool.execute(
+                "UPDATE backfill_runs SET status = 'failed', last_error = $2, updated_at = now() "
+                "WHERE run_id = $1",
+                run_id,
+                f"{type(exc).__name__}: {exc}"[:1000],
+            )
+            log.warning("backfill_failed", run_id=run_id, error=type(exc).__name__)
+            raise
+        inserted = 0
+        for event in events:
+            inserted += await _store(services, event)
+        cursor = events[-1]["id"] if events else cursor
+        pages += 1
+        done = not has_more or not events
+        await pool.execute(
+            "UPDATE backfill_runs SET cursor = $2, seen = seen + $3, inserted = inserted + $4, "
+            "status = $5, updated_at = now(), finished_at = CASE WHEN $5 = 'done' THEN now() END "
+            "WHERE run_id = $1",
+            run_id,
+            cursor,
+            len(events),
+            inserted,
+            "done" if done else "running",
+        )
+        if done:
+            break
+    result = await get_run(pool, run_id)
+    assert result is not None
+    log.info("backfill_progress", run_id=run_id, status=result["status"], inserted=result["inserted"])
+    return result
+
+
+async def _store(services: Services, event: dict[str, Any]) -> int:
+    try:
+        validate_event_envelope(event)
+    except PayloadError as exc:
+        log.warning("backfill_skipped", event_id=str(event.get("id"))[:80], error=str(exc)[:200])
+        return 0
+    is_new, _ = await store_in_inbox(services, event, json.dumps(event))
+    if is_new:
+        try:
+            await services.queue.enqueue_event(event["id"])
+        except (RedisError, OSError) as exc:  # stays `received`: the sweep enqueues it
+            log.warning("backfill_enqueue_failed", event_id=event["id"], error=type(exc).__name__)
+    return int(is_new)

@@ -1,0 +1,1 @@
+"""Plan changes in the shell: their store, requests and firing."""

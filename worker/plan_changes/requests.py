@@ -1,0 +1,219 @@
+"""Plan-change requests of the internal API: evaluate, act (supersede, store, claim) and cancel."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from handlers.codec import to_jsonable
+from handlers.plan_policy import AT_PERIOD_END, IMMEDIATE, ChangeRequest, Decision, decide
+from handlers.state import WorkspaceState, WorkspaceView
+from handlers.view import derive_view
+from worker.plan_changes.firing import stripe_params_for
+from worker.plan_changes.store import (
+    COLUMNS,
+    LIVE_STATUSES,
+    Committed,
+    active_change,
+    audit_change,
+    change_json,
+    change_summary,
+    decision_json,
+    idempotency_key,
+    set_status,
+)
+from worker.services import Services
+from worker.storage import db, store
+
+
+class PlanChangeError(Exception):
+    """A request that cannot proceed; the API turns it into ``{"error": {code, message}}``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+# ---------------------------------------------------------------- requests (internal API)
+
+
+async def _lock_workspace(
+    services: Services, conn: asyncpg.Connection, workspace_id: str
+) -> tuple[WorkspaceState, WorkspaceView]:
+    """Lock the workspace row (always before any plan-change row: one lock order everywhere)."""
+    await db.begin_keyed(conn, services.settings.lock_timeout_ms)
+    loaded = await store.lock_workspace(conn, workspace_id)
+    if loaded is None:
+        raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+    return loaded
+
+
+@dataclass
+class RequestOutcome:
+    decision: Decision
+    change: dict[str, Any] | None
+    committed: list[Committed] = field(default_factory=list)
+    fire_now: str | None = None  # an immediate change claimed for this request: call Stripe
+    defer_until: datetime | None = None
+
+
+async def evaluate(
+    services: Services, workspace_id: str, request: ChangeRequest
+) -> tuple[Decision, WorkspaceView]:
+    """The decision without acting (dry run): no lock, nothing written."""
+    now = services.clock()
+    async with services.pool.acquire() as conn:
+        loaded = await store.load_workspace(conn, workspace_id)
+    if loaded is None:
+        raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+    state, _stored = loaded
+    view = derive_view(state, services.catalog, now)
+    return decide(view, request, now, services.catalog), view
+
+
+async def request_change(
+    services: Services, workspace_id: str, request: ChangeRequest, request_id: str
+) -> RequestOutcome:
+    """Act on a request: supersede the active change, store the new one (claimed when immediate)."""
+    now = services.clock()
+    catalog = services.catalog
+    async with services.pool.acquire() as conn, conn.transaction():
+        loaded = await _lock_workspace(services, conn, workspace_id)
+        state, stored_view = loaded
+        view = derive_view(state, catalog, now)
+        decision = decide(view, request, now, catalog)
+        if decision.kind not in (IMMEDIATE, AT_PERIOD_END):
+            code = {"blocked": "plan_change_blocked", "contact_sales": "contact_sales_required"}.get(
+                decision.kind, "no_change"
+            )
+            raise PlanChangeError(
+                409,
+                code,
+                f"the change cannot be made: {decision.kind} ({', '.join(decision.reasons)})",
+                decision=decision_json(decision),
+            )
+        if decision.kind == IMMEDIATE and (view.subscription_id is None or view.status not in LIVE_STATUSES):
+            raise PlanChangeError(
+                409,
+                "checkout_required",
+                "the workspace has no subscription to update: start a paid plan through Stripe Checkout",
+                decision=decision_json(decision),
+            )
+        if services.stripe is None:
+            raise PlanChangeError(
+                503,
+                "stripe_not_configured",
+                "plan changes need STRIPE_API_KEY: no Stripe call can be made",
+                decision=decision_json(decision),
+            )
+        previous = await active_change(conn, workspace_id)
+        if previous is not None and previous["status"] == "firing":
+            raise PlanChangeError(
+                409,
+                "change_in_progress",
+                f"plan change {previous['change_id']} is being sent to Stripe; retry shortly",
+            )
+        change_id = "pc_" + secrets.token_hex(12)
+        committed: list[Committed] = []
+        if previous is not None:
+            _row, c = await set_status(
+                conn,
+                previous,
+                stored_view,
+                "superseded",
+                cause_kind="request",
+                cause_id=request_id,
+                now=now,
+                superseded_by=None,
+            )
+            committed.append(c)
+        immediate = decision.kind == IMMEDIATE
+        effective_at = decision.effective_at or now
+        fire_at = (
+            effective_at if immediate else effective_at - timedelta(seconds=catalog.policy.fire_lead_seconds)
+        )
+        params = None
+        if immediate:
+            params = stripe_params_for(state, view, decision, request, catalog, change_id)
+        row = await conn.fetchrow(
+            f"""
+            INSERT INTO plan_changes (change_id, workspace_id, kind, status, from_plan, from_interval,
+                from_seats, to_plan, to_interval, to_seats, request, decision, effective_at, fire_at,
+                subscription_id, idempotency_key, stripe_params, attempts, claimed_at, request_id,
+                created_at, updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18, $19, $20, $21, $21)
+            RETURNING {COLUMNS}
+            """,
+            change_id,
+            workspace_id,
+            decision.kind,
+            "firing" if immediate else "pending",
+            view.plan,
+            view.interval,
+            view.seats,
+            request.plan,
+            request.interval,
+            request.seats,
+            to_jsonable(request),
+            decision_json(decision),
+            effective_at,
+            fire_at,
+            view.subscription_id,
+            idempotency_key(change_id),
+            params,
+            1 if immediate else 0,
+            now if immediate else None,
+            request_id,
+            now,
+        )
+        if previous is not None:
+            await conn.execute(
+                "UPDATE plan_changes SET superseded_by = $2 WHERE change_id = $1",
+                previous["change_id"],
+                change_id,
+            )
+        committed.append(
+            await audit_change(
+                conn,
+                workspace_id,
+                stored_view,
+                cause_kind="request",
+                cause_id=request_id,
+                changes={"pending_plan_change": (change_summary(previous), change_summary(row))},
+                now=now,
+            )
+        )
+    return RequestOutcome(
+        decision,
+        change_json(row),
+        committed,
+        fire_now=change_id if immediate else None,
+        defer_until=None if immediate else fire_at,
+    )
+
+
+async def cancel_change(
+    services: Services, workspace_id: str, request_id: str
+) -> tuple[dict[str, Any], Committed]:
+    now = services.clock()
+    async with services.pool.acquire() as conn, conn.transaction():
+        loaded = await _lock_workspace(services, conn, workspace_id)
+        _state, stored_view = loaded
+        row = await active_change(conn, workspace_id)
+        if row is None:
+            raise PlanChangeError(
+                404, "no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change"
+            )
+        if row["status"] == "firing":
+            raise PlanChangeError(
+                409, "change_in_progress", f"plan change {row['change_id']} is already being sent to Stripe"
+            )
+        new, committed = await set_status(
+            conn, row, stored_view, "canceled", cause_kind="request", cause_id=request_id, now=now
+        )
+    return change_json(new) or {}, committed

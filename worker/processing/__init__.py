@@ -1,0 +1,1 @@
+"""The unit of work for inbox events, its group commit, and what follows a commit."""

@@ -1,0 +1,1 @@
+"""The only door to arq: every job name and every enqueue."""

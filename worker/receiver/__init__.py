@@ -1,0 +1,1 @@
+"""The public webhook receiver: verify, store in the inbox, enqueue, then answer."""

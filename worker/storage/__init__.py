@@ -1,0 +1,1 @@
+"""PostgreSQL: the pool, the SQL of each table and the migrations."""
