@@ -1,6 +1,6 @@
 """What every benchmark shares: private servers, child processes, RSS sampling, result lines.
 
-Benchmarks run against a private embedded PostgreSQL and Redis (``worker.embedded``) so they never
+Benchmarks run against a private embedded PostgreSQL and Redis (``worker.dev``) so they never
 load the shared servers, and start every service as its own OS process, as in production.
 """
 
@@ -134,7 +134,8 @@ def private_servers(
 
     import asyncpg
 
-    from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+    from worker.dev.postgres import EmbeddedPostgres
+    from worker.dev.redis import EmbeddedRedis
     from worker.storage.migrate import migrate
 
     with contextlib.ExitStack() as stack:
@@ -189,7 +190,7 @@ def service_env(servers: Servers, **extra: str) -> dict[str, str]:
 
 
 def free_port() -> int:
-    from worker.embedded import free_port as _free
+    from worker.dev.ports import free_port as _free
 
     return _free()
 

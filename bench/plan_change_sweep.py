@@ -3,7 +3,7 @@
     python -m bench.plan_change_sweep [--changes 10000] [--concurrency 8] [--timeout 1800]
                                       [--stripe-delay 0.3] [--keep]
 
-Setup, all through the service's own code on a private PostgreSQL and Redis (``worker.embedded``):
+Setup, all through the service's own code on a private PostgreSQL and Redis (``worker.dev``):
 N ``customer.subscription.created`` events (Business Yearly, 5 seats, one workspace each) are
 COPYed into the inbox and processed by ``EventProcessor.process`` (the worker's unit of work), then
 ``plan_changes.request_change`` (what ``POST /v1/workspaces/{id}/plan-changes`` calls) stores a

@@ -27,7 +27,8 @@ from tests.services import (
     make_temp_dir,
     with_database,
 )
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.dev.postgres import EmbeddedPostgres
+from worker.dev.redis import EmbeddedRedis
 
 # Fixtures built on these services (migrated database, settings) live in their own module.
 pytest_plugins = ("tests.service_fixtures",)

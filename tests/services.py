@@ -28,7 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import redis.asyncio as aioredis
 
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from worker.dev.ports import free_port
+from worker.dev.postgres import EmbeddedPostgres
+from worker.dev.redis import EmbeddedRedis
 
 __all__ = [
     "EMBEDDED",

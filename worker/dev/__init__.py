@@ -1,0 +1,1 @@
+"""The embedded servers of dev mode and tests."""
