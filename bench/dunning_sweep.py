@@ -20,8 +20,9 @@ from tests import stripe_factory as sf
 from tests.helpers import make_settings
 from worker.infra.notifications import stream_name
 from worker.jobs.dunning import BATCH, CANDIDATES, sweep_dunning
+from worker.queue.redis import redis_settings
 from worker.queue.worker import Job
-from worker.services import Services, load_catalog, redis_settings
+from worker.services import Services, load_catalog
 from worker.storage import store
 from worker.storage.db import create_pool as create_pg_pool
 from worker.storage.migrate import migrate

@@ -54,6 +54,7 @@ from handlers.plan_policy import AT_PERIOD_END, ChangeRequest
 from tests import stripe_factory as sf
 from worker.config import Settings
 from worker.plan_changes import requests as plan_changes
+from worker.plan_changes.store import due_changes
 from worker.services import Services
 
 START = sf.T0  # 2026-10-06T09:00Z

@@ -22,7 +22,7 @@ from typing import Any
 from worker.clock import utcnow
 from worker.config import Settings
 from worker.infra.logging import configure
-from worker.jobs.events import build_worker
+from worker.jobs.worker import build_worker
 from worker.services import Services
 
 

@@ -45,7 +45,7 @@ from worker.queue.enqueue import JobQueue
 async def _enqueue(servers: Servers, ids: list[str]) -> None:
     from arq.connections import create_pool
 
-    from worker.services import redis_settings
+    from worker.queue.redis import redis_settings
 
     redis = await create_pool(redis_settings(servers.redis_url))
     queue = JobQueue(redis, "bench", "bench:queue")

@@ -19,7 +19,7 @@ from arq.worker import func
 from bench.common import percentiles
 from worker.config import Settings
 from worker.infra.logging import configure
-from worker.jobs.events import build_worker
+from worker.jobs.worker import build_worker
 from worker.queue.enqueue import PROCESS_EVENT
 from worker.services import Services
 

@@ -1,5 +1,5 @@
 """Shared pieces of the usage, credits and dunning service tests: a movable clock, ids, the
-change stream, and a recorder of what reaches ``worker.jobs.after_commit``."""
+change stream, and a recorder of what reaches ``worker.processing.after_commit``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import RunningService
 from worker.infra.notifications import stream_name
-from worker.jobs import events as jobs
+from worker.processing import after_commit as bus
 
 
 @dataclass
@@ -62,12 +62,12 @@ class AfterCommitRecorder:
 @pytest.fixture
 def after_commit_calls(monkeypatch: pytest.MonkeyPatch) -> AfterCommitRecorder:
     recorder = AfterCommitRecorder()
-    real = jobs.after_commits
+    real = bus.after_commits
 
     async def recording(services: Any, committed: Sequence[tuple[Any, tuple[Any, ...]]]) -> None:
         for change, effects in committed:
             recorder.calls.append((change.workspace_id, change.version, tuple(effects), change.cause))
         await real(services, committed)
 
-    monkeypatch.setattr(jobs, "after_commits", recording)
+    monkeypatch.setattr(bus, "after_commits", recording)
     return recorder

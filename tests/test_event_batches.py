@@ -17,7 +17,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from arq.connections import create_pool as create_redis
 
 from handlers.codec import parse_datetime, to_jsonable
 from tests import stripe_factory as sf
@@ -26,7 +25,8 @@ from worker.processing import batches as event_batches
 from worker.processing.batches import EventBatcher
 from worker.processing.unit_of_work import EventProcessor, ProcessResult
 from worker.queue.enqueue import JobQueue
-from worker.services import load_catalog, redis_settings
+from worker.queue.redis import connect as connect_redis
+from worker.services import load_catalog
 from worker.storage import store
 from worker.storage.db import create_pool
 
@@ -48,7 +48,7 @@ def processor(pool: asyncpg.Pool) -> EventProcessor:
 @pytest.fixture
 async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[JobQueue]:
     """A real arq queue of its own (the session's prefix: its keys are removed at the end)."""
-    redis = await create_redis(redis_settings(redis_url))
+    redis = await connect_redis(redis_url)
     prefix = f"{redis_prefix}:{secrets.token_hex(4)}"
     yield JobQueue(redis, prefix, f"{prefix}:queue")
     await redis.aclose()

@@ -87,8 +87,8 @@ def _quick_classes() -> list[type]:
         handlers.events,
         handlers.reducer,
         handlers.state,
-        worker.processor,
-        worker.store,
+        worker.processing.unit_of_work,
+        worker.storage.store,
     ]
     return [
         cls

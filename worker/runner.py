@@ -18,7 +18,7 @@ from worker.clock import Clock, utcnow
 from worker.config import Settings
 from worker.http.hardening import harden
 from worker.infra.logging import get_logger
-from worker.jobs.events import build_worker
+from worker.jobs.worker import build_worker
 from worker.ops.health import start_worker_metrics, warn_unless_noeviction
 from worker.receiver.app import create_receiver_app
 from worker.services import SERVICES, Services
