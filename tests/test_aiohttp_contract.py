@@ -136,6 +136,9 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
     ("absolute URI over the limit", _get("http://x/" + MARK + "a" * LIMIT), 414, "uri_too_long"),
     ("header value over the limit", _get("/", f"X-Junk: {MARK}{'a' * LIMIT}"), 431, "headers_too_large"),
     ("header name over the limit", _get("/", f"X-{MARK}{'a' * LIMIT}: 1"), 431, "headers_too_large"),
+    # A header value that starts like a URI is still a header (these were answered 414 before).
+    ("Referer over the limit", _get("/", f"Referer: http://x/{MARK}{'a' * LIMIT}"), 431, "headers_too_large"),
+    ("path-like header over the limit", _get("/", f"X-Uri: /{MARK}{'a' * LIMIT}"), 431, "headers_too_large"),
     ("handler crash", _get("/crash"), 500, "internal_error"),
     # aiohttp's own 504 for a TimeoutError out of a handler is answered as any crash.
     ("handler TimeoutError", _get("/time-out"), 500, "internal_error"),

@@ -127,10 +127,10 @@ class _JsonErrorProtocol(web.RequestHandler):
             resp = error(500, "internal_error", "internal error")
         else:
             if isinstance(exc, LineTooLong):
-                line = exc.args[0] if exc.args else b""
-                # The parser names the line it gave up on: a path for the request line.
-                head = bytes(line[:8]) if isinstance(line, bytes | bytearray) else str(line).encode()
-                status = 414 if head.startswith((b"/", b"http")) else 431
+                # aiohttp's C parser names the request target it gave up on as its buffer, a
+                # bytearray, and a header name or value as bytes (which may start with "/" or
+                # "http" too: a Referer); its pure-Python parser names every line as bytes.
+                status = 414 if exc.args and isinstance(exc.args[0], bytearray) else 431
             resp = error(status, _PARSER_CODES.get(status, "bad_request"), "the request cannot be parsed")
         resp.force_close()
         return resp
