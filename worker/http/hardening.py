@@ -1,5 +1,11 @@
 """Protections shared by both HTTP ports: a time limit per request, and JSON answers even for
 errors aiohttp's HTTP parser raises before any middleware runs (huge headers, bad request lines).
+
+Public aiohttp does what it can: the size limits are ``AppRunner`` options and
+``Application(client_max_size=...)`` (set where the ports start, ``worker.runner.start_site``),
+the deadline and the JSON errors of routed requests are one middleware (``guarded``). The one
+private hook of the service is ``harden``, with what it relies on pinned by
+``tests/test_aiohttp_contract.py``.
 """
 
 from __future__ import annotations
@@ -8,9 +14,9 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+
+# The one aiohttp-internal import of the service (the parser's exception), used by ``harden`` alone.
 from aiohttp.http_exceptions import LineTooLong
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_server import Server
 
 from worker.http.errors import error, error_for
 from worker.services import SERVICES
@@ -100,30 +106,56 @@ async def guarded(request: web.Request, handler: Any) -> web.StreamResponse:
             deadlines.release(task)
 
 
-class _JsonErrorHandler(RequestHandler):
+# ------------------------------------------------------------------ the one private hook
+
+
+class _JsonErrorProtocol(web.RequestHandler):
+    """aiohttp's HTTP/1 connection protocol, with the answers it writes itself in JSON (``harden``)."""
+
+    __slots__ = ()
+
     def handle_error(
-        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
     ) -> web.StreamResponse:
-        # Never a traceback, never the parser's raw message (it may echo the input).
+        """Never a traceback, never the parser's message: aiohttp's quotes the bytes it rejected."""
         if status >= 500:
             self.log_exception("request failed", exc_info=exc)
             resp = error(500, "internal_error", "internal error")
         else:
             if isinstance(exc, LineTooLong):
-                line = exc.args[0] if exc.args else b""
-                # The parser names the line it gave up on: a path for the request line.
-                head = bytes(line[:8]) if isinstance(line, bytes | bytearray) else str(line).encode()
-                status = 414 if head.startswith((b"/", b"http")) else 431
+                # aiohttp's C parser names the request target it gave up on as its buffer, a
+                # bytearray, and a header name or value as bytes (which may start with "/" or
+                # "http" too: a Referer); its pure-Python parser names every line as bytes.
+                status = 414 if exc.args and isinstance(exc.args[0], bytearray) else 431
             resp = error(status, _PARSER_CODES.get(status, "bad_request"), "the request cannot be parsed")
         resp.force_close()
         return resp
 
 
-class _JsonErrorServer(Server):
-    def __call__(self) -> RequestHandler:
-        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+class _JsonErrorServer(web.Server):
+    """The runner's protocol factory, handing out ``_JsonErrorProtocol``s."""
+
+    def __call__(self) -> web.RequestHandler:
+        protocol = super().__call__()  # aiohttp's own construction, its handler_args included
+        protocol.__class__ = _JsonErrorProtocol  # same slots, one method more
+        return protocol
 
 
 def harden(runner: web.AppRunner) -> None:
-    """After ``runner.setup()``: parser-level errors answer JSON like every other error."""
-    runner.server.__class__ = _JsonErrorServer  # type: ignore[union-attr]
+    """After ``runner.setup()``: the answers aiohttp writes itself are JSON like every other error.
+
+    Private because aiohttp has no public way: a request its parser rejects (bad request line,
+    too long a line or header, 400/414/431) and a handler's crash (500) are answered by
+    ``RequestHandler.handle_error`` before any middleware, signal or request factory of the app
+    sees them (aio-libs/aiohttp#3287, #9882), and its answer is text quoting the rejected input.
+    So the server's protocols get a ``handle_error`` of ours; ``tests/test_aiohttp_contract.py``
+    fails if aiohttp changes what this relies on.
+    """
+    server = runner.server
+    if not isinstance(server, web.Server):
+        raise TypeError(f"harden() needs runner.setup() first and an aiohttp web.Server, not {server!r}")
+    server.__class__ = _JsonErrorServer
