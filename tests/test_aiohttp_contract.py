@@ -1,4 +1,4 @@
-"""What ``worker.hardening.harden`` (the service's one private aiohttp hook) relies on, checked
+"""What ``worker.http.hardening.harden`` (the service's one private aiohttp hook) relies on, checked
 against the installed aiohttp: if one of these fails after an aiohttp upgrade, the hook no longer
 does what it says, fix it before anything else. Also why the hook exists (aiohttp's own answer
 quotes the input) and that no other module reaches into aiohttp's internals.
@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from worker.hardening import _JsonErrorProtocol, _JsonErrorServer
+from worker.http.hardening import _JsonErrorProtocol, _JsonErrorServer
 from worker.runner import start_site
 
 ROOT = Path(__file__).resolve().parent.parent
