@@ -1,4 +1,7 @@
-"""Raw Stripe event payloads (any API version) → typed billing events.
+"""Raw Stripe event payloads (any API version) → typed billing events: envelope checks and dispatch.
+
+The objects are read by ``stripe_subscription``, ``stripe_invoice`` and ``stripe_checkout`` through
+the typed field reader of ``stripe_fields``; ``PayloadError`` is re-exported from there.
 
 Pure: no I/O, no clock, no globals beyond constant tables. The shell calls
 ``validate_event_envelope`` on every body it receives (a failure is a 400: "JSON that is not a
@@ -28,23 +31,10 @@ subscription ``current_period_*`` is the period all items share (``None`` if the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
-from handlers.events import (
-    INVOICE_STATUSES,
-    SUBSCRIPTION_STATUSES,
-    BillingEvent,
-    CheckoutCompleted,
-    EventMeta,
-    IgnoredEvent,
-    InvoiceLine,
-    InvoiceObserved,
-    InvoiceSnapshot,
-    SubscriptionItem,
-    SubscriptionObserved,
-    SubscriptionSnapshot,
-)
+from handlers.events import BillingEvent, EventMeta, IgnoredEvent, InvoiceObserved, SubscriptionObserved
+from handlers.stripe_checkout import read_checkout
 from handlers.stripe_fields import (
     MALFORMED_EVENT,
     MAPPINGS,
@@ -55,8 +45,9 @@ from handlers.stripe_fields import (
     json_type,
     malformed,
     timestamp,
-    workspace_of,
 )
+from handlers.stripe_invoice import read_invoice
+from handlers.stripe_subscription import read_subscription
 
 SUBSCRIPTION_EVENT_TYPES = frozenset(
     {
@@ -138,18 +129,18 @@ def normalize(raw: Mapping[str, Any]) -> BillingEvent:
     obj = FieldReader(raw["data"]["object"], "data.object")
     if meta.event_type in SUBSCRIPTION_EVENT_TYPES:
         obj.expect_object("subscription")
-        return SubscriptionObserved(meta, _subscription(obj))
+        return SubscriptionObserved(meta, read_subscription(obj))
     if meta.event_type in INVOICE_EVENT_TYPES:
         obj.expect_object("invoice")
         return InvoiceObserved(
             meta,
-            _invoice(obj),
+            read_invoice(obj),
             payment_failed=meta.event_type == "invoice.payment_failed",
             action_required=meta.event_type == "invoice.payment_action_required",
         )
     if meta.event_type in CHECKOUT_EVENT_TYPES:
         obj.expect_object("checkout.session")
-        return _checkout(meta, obj)
+        return read_checkout(meta, obj)
     return IgnoredEvent(meta)
 
 
@@ -177,176 +168,6 @@ def _meta(raw: Mapping[str, Any]) -> EventMeta:
         request_id=request_id,
         idempotency_key=idempotency_key,
     )
-
-
-# --- subscription ---------------------------------------------------------------------------
-
-
-def _subscription(sub: FieldReader) -> SubscriptionSnapshot:
-    top_start = sub.opt_ts("current_period_start")  # pre-basil only
-    top_end = sub.opt_ts("current_period_end")
-    items = tuple(
-        _subscription_item(item, top_start, top_end) for item in sub.list_items("items", required=True)
-    )
-    if top_start is not None or top_end is not None:
-        period_start, period_end = top_start, top_end
-    else:
-        period_start = _shared({i.period_start for i in items})
-        period_end = _shared({i.period_end for i in items})
-    metadata = sub.metadata("metadata")
-    customer = sub.reader_or_none("customer")
-    workspace_id = workspace_of(metadata) or (
-        workspace_of(customer.metadata("metadata")) if customer else None
-    )
-    status = sub.req_str("status")
-    if status not in SUBSCRIPTION_STATUSES:
-        raise malformed(sub.path("status"), f"unknown subscription status {status!r}")
-    return SubscriptionSnapshot(
-        subscription_id=sub.req_str("id"),
-        customer_id=sub.req_id("customer"),
-        status=status,
-        items=items,
-        current_period_start=period_start,
-        current_period_end=period_end,
-        trial_end=sub.opt_ts("trial_end"),
-        cancel_at_period_end=sub.opt_bool("cancel_at_period_end"),
-        cancel_at=sub.opt_ts("cancel_at"),
-        canceled_at=sub.opt_ts("canceled_at"),
-        ended_at=sub.opt_ts("ended_at"),
-        start_date=sub.opt_ts("start_date"),
-        workspace_id=workspace_id,
-        custom_contract=metadata.get("custom_contract", "").strip().lower() == "true",
-    )
-
-
-def _subscription_item(
-    item: FieldReader, sub_start: datetime | None, sub_end: datetime | None
-) -> SubscriptionItem:
-    price_id = item.opt_id("price") or item.opt_id("plan")
-    if price_id is None:
-        raise malformed(item.path("price"), "is required (a price id or an expanded price)")
-    start = item.opt_ts("current_period_start")
-    end = item.opt_ts("current_period_end")
-    return SubscriptionItem(
-        item_id=item.req_str("id"),
-        price_id=price_id,
-        quantity=item.opt_int("quantity", minimum=0) or 0,  # absent on metered items
-        period_start=start if start is not None else sub_start,
-        period_end=end if end is not None else sub_end,
-    )
-
-
-def _shared(values: set[datetime | None]) -> datetime | None:
-    return next(iter(values)) if len(values) == 1 else None
-
-
-# --- invoice --------------------------------------------------------------------------------
-
-
-def _invoice(inv: FieldReader) -> InvoiceSnapshot:
-    parent = inv.reader_or_none("parent")  # basil and later
-    details = parent.reader_or_none("subscription_details") if parent else None
-    legacy_details = inv.reader_or_none("subscription_details")  # before basil
-    subscription_id = (details.opt_id("subscription") if details else None) or inv.opt_id("subscription")
-    expanded_sub = inv.reader_or_none("subscription")
-    customer = inv.reader_or_none("customer")
-    workspace_id = (
-        (workspace_of(details.metadata("metadata")) if details else None)
-        or (workspace_of(legacy_details.metadata("metadata")) if legacy_details else None)
-        or (workspace_of(expanded_sub.metadata("metadata")) if expanded_sub else None)
-        or workspace_of(inv.metadata("metadata"))
-        or (workspace_of(customer.metadata("metadata")) if customer else None)
-    )
-    status = inv.req_str("status")
-    if status not in INVOICE_STATUSES:
-        raise malformed(inv.path("status"), f"unknown invoice status {status!r}")
-    amount_due = inv.req_int("amount_due")
-    amount_paid = inv.req_int("amount_paid")
-    remaining = inv.opt_int("amount_remaining")
-    return InvoiceSnapshot(
-        invoice_id=inv.req_str("id"),
-        customer_id=inv.req_id("customer"),
-        subscription_id=subscription_id,
-        status=status,
-        currency=inv.req_str("currency"),
-        amount_due=amount_due,
-        amount_paid=amount_paid,
-        amount_remaining=remaining if remaining is not None else max(amount_due - amount_paid, 0),
-        attempt_count=inv.opt_int("attempt_count", minimum=0) or 0,
-        next_payment_attempt=inv.opt_ts("next_payment_attempt"),
-        billing_reason=inv.opt_str("billing_reason"),
-        created=inv.req_ts("created"),
-        due_date=inv.opt_ts("due_date"),
-        period_start=inv.opt_ts("period_start"),
-        period_end=inv.opt_ts("period_end"),
-        lines=tuple(_invoice_line(line) for line in inv.list_items("lines", required=False)),
-        workspace_id=workspace_id,
-    )
-
-
-def _invoice_line(line: FieldReader) -> InvoiceLine:
-    pricing = line.reader_or_none("pricing")  # basil and later
-    price_details = pricing.reader_or_none("price_details") if pricing else None
-    price_id = (
-        (price_details.opt_id("price") if price_details else None)
-        or line.opt_id("price")
-        or line.opt_id("plan")
-    )
-    parent = line.reader_or_none("parent")
-    if parent is not None:
-        proration = False
-        for key in ("subscription_item_details", "invoice_item_details"):
-            details = parent.reader_or_none(key)
-            if details is not None:
-                proration = proration or details.opt_bool("proration")
-    else:
-        proration = line.opt_bool("proration")
-    return InvoiceLine(
-        price_id=price_id,
-        quantity=line.opt_int("quantity", minimum=0) or 0,
-        amount=line.req_int("amount"),
-        proration=proration,
-    )
-
-
-# --- checkout -------------------------------------------------------------------------------
-
-
-def _checkout(meta: EventMeta, session: FieldReader) -> CheckoutCompleted:
-    metadata = session.metadata("metadata")
-    line_items = session.reader_or_none("line_items")  # only when expanded (never in webhooks)
-    pairs: list[tuple[str, int]] = []
-    if line_items is not None:
-        for item in line_items.list_items("data", required=True, list_object=False):
-            price_id = item.opt_id("price")
-            if price_id is None:
-                raise malformed(item.path("price"), "is required on a checkout line item")
-            quantity = item.opt_int("quantity", minimum=0)
-            pairs.append((price_id, 1 if quantity is None else quantity))
-    elif metadata.get("price_id"):
-        pairs.append((metadata["price_id"], _metadata_quantity(metadata, session.path("metadata"))))
-    reference = session.opt_str("client_reference_id")
-    return CheckoutCompleted(
-        meta=meta,
-        session_id=session.req_str("id"),
-        customer_id=session.opt_id("customer"),
-        mode=session.req_str("mode"),
-        payment_status=session.req_str("payment_status"),
-        price_quantities=tuple(pairs),
-        workspace_id=workspace_of(metadata) or reference or None,
-        invoice_id=session.opt_id("invoice"),
-    )
-
-
-def _metadata_quantity(metadata: Mapping[str, str], path: str) -> int:
-    value = metadata.get("quantity", "1")
-    try:
-        quantity = int(value.strip())
-    except ValueError:
-        raise malformed(f"{path}.quantity", f"must be a whole number, got {value!r}") from None
-    if quantity < 1:
-        raise malformed(f"{path}.quantity", f"must be at least 1, got {quantity}")
-    return quantity
 
 
 def _short(value: object) -> str:
