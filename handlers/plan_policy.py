@@ -72,56 +72,12 @@ def decide(view: WorkspaceView, request: ChangeRequest, now: datetime, catalog: 
     current_free = current is None or current.is_free or view.subscription_id is None
     target_free = target.is_free
     direction = _direction(view, current, request, target, current_free)
-
-    if direction == "same":
-        return Decision(NO_CHANGE, (CURRENT_PLAN,), direction=direction)
-    if target_free and view.cancel_at_period_end:
-        return Decision(NO_CHANGE, (CANCELLATION_SCHEDULED,), view.period_end, direction=direction)
-
-    not_admin = request.requested_by_role not in ADMIN_ROLES
-    if view.custom_contract or target.custom_contract or (current and current.custom_contract):
-        # ALLO: "Upgrade is unavailable — not an admin, or a custom contract: ask an admin or use
-        # Contact Sales". A non-admin is sent to an admin first.
-        if not_admin:
-            return Decision(BLOCKED, (NOT_ADMIN,), direction=direction)
-        return Decision(CONTACT_SALES, (CUSTOM_CONTRACT,), direction=direction)
-
-    reasons: list[str] = []
-    if not_admin:
-        reasons.append(NOT_ADMIN)
-    if view.block is not None and "plan_changes" in view.block.blocks:
-        reasons.append(OPEN_INVOICE)
-    if not _seats_fit(request, target):
-        reasons.append(SEATS)
-    if request.storage_used_bytes > target_quota(view, current, target):
-        reasons.append(STORAGE)
-    if not target_free and request.has_payment_method is False:
-        reasons.append(PAYMENT_METHOD_REQUIRED)
-    if reasons:
-        return Decision(BLOCKED, tuple(reasons), direction=direction)
-
-    immediate = direction in IMMEDIATE_DIRECTIONS
-    trialing = view.status == "trialing"
+    refusal = _refusal(view, request, current, target, direction)
+    if refusal is not None:
+        return refusal
     clears = view.cancel_at_period_end and not target_free
-    if immediate:
-        same_interval = view.interval == request.interval
-        # Nothing was paid in a trial or on Free, so there is nothing to prorate.
-        prorate = not trialing and not current_free and catalog.policy.proration == "provider"
-        price_changes = (view.plan, view.interval) != (request.plan, request.interval)
-        anchor = None
-        if not current_free and price_changes:
-            # Yoom: an upgrade within the same interval keeps the contract end date; a longer
-            # interval starts its contract now.
-            anchor = "unchanged" if same_interval else "now"
-        return Decision(
-            IMMEDIATE,
-            effective_at=now,
-            proration_behavior=CREATE_PRORATIONS if prorate else NO_PRORATION,
-            billing_cycle_anchor=anchor,
-            direction=direction,
-            clears_cancellation=clears,
-            keeps_trial_end=trialing,
-        )
+    if direction in IMMEDIATE_DIRECTIONS:
+        return _immediate(view, request, now, catalog, direction, current_free=current_free, clears=clears)
     # At the end of the current contract; the current period stays billed at the old plan.
     return Decision(
         AT_PERIOD_END,
@@ -132,6 +88,79 @@ def decide(view: WorkspaceView, request: ChangeRequest, now: datetime, catalog: 
         ends_subscription=target_free,
         clears_cancellation=clears,
         keeps_trial_end=False,
+    )
+
+
+def _refusal(
+    view: WorkspaceView, request: ChangeRequest, current: Plan | None, target: Plan, direction: str
+) -> Decision | None:
+    """The NO_CHANGE, CONTACT_SALES or BLOCKED decision if the change cannot be made as asked."""
+    if direction == "same":
+        return Decision(NO_CHANGE, (CURRENT_PLAN,), direction=direction)
+    if target.is_free and view.cancel_at_period_end:
+        return Decision(NO_CHANGE, (CANCELLATION_SCHEDULED,), view.period_end, direction=direction)
+
+    not_admin = request.requested_by_role not in ADMIN_ROLES
+    if view.custom_contract or target.custom_contract or (current and current.custom_contract):
+        # ALLO: "Upgrade is unavailable — not an admin, or a custom contract: ask an admin or use
+        # Contact Sales". A non-admin is sent to an admin first.
+        if not_admin:
+            return Decision(BLOCKED, (NOT_ADMIN,), direction=direction)
+        return Decision(CONTACT_SALES, (CUSTOM_CONTRACT,), direction=direction)
+
+    reasons = _blocking_reasons(view, request, current, target, not_admin)
+    if reasons:
+        return Decision(BLOCKED, reasons, direction=direction)
+    return None
+
+
+def _blocking_reasons(
+    view: WorkspaceView, request: ChangeRequest, current: Plan | None, target: Plan, not_admin: bool
+) -> tuple[str, ...]:
+    """SPEC §5's blocking reasons that apply, in the order they are reported."""
+    reasons: list[str] = []
+    if not_admin:
+        reasons.append(NOT_ADMIN)
+    if view.block is not None and "plan_changes" in view.block.blocks:
+        reasons.append(OPEN_INVOICE)
+    if not _seats_fit(request, target):
+        reasons.append(SEATS)
+    if request.storage_used_bytes > target_quota(view, current, target):
+        reasons.append(STORAGE)
+    if not target.is_free and request.has_payment_method is False:
+        reasons.append(PAYMENT_METHOD_REQUIRED)
+    return tuple(reasons)
+
+
+def _immediate(
+    view: WorkspaceView,
+    request: ChangeRequest,
+    now: datetime,
+    catalog: Catalog,
+    direction: str,
+    *,
+    current_free: bool,
+    clears: bool,
+) -> Decision:
+    """The decision of a change that takes effect at ``now``."""
+    trialing = view.status == "trialing"
+    same_interval = view.interval == request.interval
+    # Nothing was paid in a trial or on Free, so there is nothing to prorate.
+    prorate = not trialing and not current_free and catalog.policy.proration == "provider"
+    price_changes = (view.plan, view.interval) != (request.plan, request.interval)
+    anchor = None
+    if not current_free and price_changes:
+        # Yoom: an upgrade within the same interval keeps the contract end date; a longer
+        # interval starts its contract now.
+        anchor = "unchanged" if same_interval else "now"
+    return Decision(
+        IMMEDIATE,
+        effective_at=now,
+        proration_behavior=CREATE_PRORATIONS if prorate else NO_PRORATION,
+        billing_cycle_anchor=anchor,
+        direction=direction,
+        clears_cancellation=clears,
+        keeps_trial_end=trialing,
     )
 
 
