@@ -19,7 +19,8 @@ from handlers.codec import to_jsonable
 from handlers.credits import InsufficientCredits, consume, consume_key
 from handlers.reducer import APPLIED
 from handlers.state import Usage
-from worker.http.errors import ApiError, read_json_object
+from worker.errors import Conflict, InvalidInput, NotFound
+from worker.http.errors import read_json_object
 from worker.http.params import workspace_id_of
 from worker.processing.after_commit import after_commit
 from worker.processing.reevaluation import save_reevaluated
@@ -37,10 +38,10 @@ MAX_REASON = 500
 def _int(body: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int:
     value = body.get(name)
     if value is None:
-        raise ApiError(400, "missing_field", f"`{name}` is required", field=name)
+        raise InvalidInput("missing_field", f"`{name}` is required", field=name)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ApiError(
-            400, "invalid_field", f"`{name}` must be a whole number from {minimum} to {maximum}", field=name
+        raise InvalidInput(
+            "invalid_field", f"`{name}` must be a whole number from {minimum} to {maximum}", field=name
         )
     return value
 
@@ -114,27 +115,26 @@ async def consume_credits(request: web.Request) -> web.Response:
     amount = _int(body, "amount", minimum=1, maximum=MAX_AMOUNT)
     key = body.get("idempotency_key")
     if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
-        raise ApiError(
-            400, "invalid_idempotency_key", "`idempotency_key` must be 1-200 of A-Z a-z 0-9 _ . : -"
+        raise InvalidInput(
+            "invalid_idempotency_key", "`idempotency_key` must be 1-200 of A-Z a-z 0-9 _ . : -"
         )
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
-        raise ApiError(
-            400, "invalid_field", f"`reason` must be a string of at most {MAX_REASON}", field="reason"
+        raise InvalidInput(
+            "invalid_field", f"`reason` must be a string of at most {MAX_REASON}", field="reason"
         )
     source_key = consume_key(workspace_id, key)
     now = services.clock()
     async with services.transaction() as conn:
         loaded = await store.lock_workspace(conn, workspace_id)
         if loaded is None:
-            raise ApiError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+            raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
         state, stored = loaded
         # Under the row lock: a concurrent request with the same key waits, then sees this one's row.
         previous = await credits_store.entry_by_key(conn, source_key)
         if previous is not None:
             if -previous["amount"] != amount:
-                raise ApiError(
-                    409,
+                raise Conflict(
                     "idempotency_key_reused",
                     f"idempotency key {key!r} was used for {-previous['amount']} credits, not {amount}",
                 )
@@ -143,8 +143,7 @@ async def consume_credits(request: web.Request) -> web.Response:
             )
         result = consume(state, amount, key, reason)
         if isinstance(result, InsufficientCredits):
-            raise ApiError(
-                409,
+            raise Conflict(
                 "insufficient_credits",
                 f"{amount} credits requested but the balance is {result.balance}",
                 balance=result.balance,
@@ -180,7 +179,7 @@ async def get_ledger(request: web.Request) -> web.Response:
     before = _query_int(request, "before", default=None, minimum=1, maximum=2**62)
     balance = await credits_store.balance(services.pool, workspace_id)
     if balance is None:
-        raise ApiError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     rows = await credits_store.entries(services.pool, workspace_id, limit=limit + 1, before_id=before)
     page = rows[:limit]
     return web.json_response(
@@ -198,7 +197,7 @@ def _query_int(request: web.Request, name: str, *, default: int | None, minimum:
     if raw is None:
         return default
     if not raw.isdigit() or not minimum <= int(raw) <= maximum:
-        raise ApiError(400, "invalid_query", f"`{name}` must be a whole number from {minimum} to {maximum}")
+        raise InvalidInput("invalid_query", f"`{name}` must be a whole number from {minimum} to {maximum}")
     return int(raw)
 
 

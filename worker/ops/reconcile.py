@@ -18,7 +18,7 @@ from typing import Any
 from handlers.events import InvoiceObserved, SubscriptionObserved
 from handlers.normalize import normalize
 from handlers.reducer import APPLIED, apply_event, view_diff
-from worker.http.errors import ApiError
+from worker.errors import Conflict, NotFound
 from worker.infra.logging import get_logger
 from worker.infra.stripe_gateway import StripeGateway
 from worker.processing.after_commit import after_commit
@@ -57,10 +57,8 @@ async def reconcile_workspace(
             "SELECT true FROM workspaces WHERE workspace_id = $1", workspace_id
         )
         if exists:
-            raise ApiError(
-                409, "no_stripe_customer", f"workspace {workspace_id!r} has no Stripe customer yet"
-            )
-        raise ApiError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+            raise Conflict("no_stripe_customer", f"workspace {workspace_id!r} has no Stripe customer yet")
+        raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     fetched_at = services.clock()
     subs, invoices = await gateway.customer_objects(customer_id)
     observed_at = observation_time(fetched_at)

@@ -13,6 +13,7 @@ from handlers.codec import to_jsonable
 from handlers.plan_policy import AT_PERIOD_END, IMMEDIATE, ChangeRequest, Decision, decide
 from handlers.state import WorkspaceState, WorkspaceView
 from handlers.view import derive_view
+from worker.errors import Conflict, NotFound, Unavailable
 from worker.plan_changes.firing import stripe_params_for
 from worker.plan_changes.store import (
     COLUMNS,
@@ -29,15 +30,6 @@ from worker.plan_changes.store import (
 from worker.services import Services
 from worker.storage import db, store
 
-
-class PlanChangeError(Exception):
-    """A request that cannot proceed; the API turns it into ``{"error": {code, message}}``."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
 # ---------------------------------------------------------------- requests (internal API)
 
 
@@ -48,7 +40,7 @@ async def _lock_workspace(
     await db.begin_keyed(conn, services.settings.lock_timeout_ms)
     loaded = await store.lock_workspace(conn, workspace_id)
     if loaded is None:
-        raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     return loaded
 
 
@@ -69,7 +61,7 @@ async def evaluate(
     async with services.pool.acquire() as conn:
         loaded = await store.load_workspace(conn, workspace_id)
     if loaded is None:
-        raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     state, _stored = loaded
     view = derive_view(state, services.catalog, now)
     return decide(view, request, now, services.catalog), view
@@ -90,30 +82,26 @@ async def request_change(
             code = {"blocked": "plan_change_blocked", "contact_sales": "contact_sales_required"}.get(
                 decision.kind, "no_change"
             )
-            raise PlanChangeError(
-                409,
+            raise Conflict(
                 code,
                 f"the change cannot be made: {decision.kind} ({', '.join(decision.reasons)})",
                 decision=decision_json(decision),
             )
         if decision.kind == IMMEDIATE and (view.subscription_id is None or view.status not in LIVE_STATUSES):
-            raise PlanChangeError(
-                409,
+            raise Conflict(
                 "checkout_required",
                 "the workspace has no subscription to update: start a paid plan through Stripe Checkout",
                 decision=decision_json(decision),
             )
         if services.stripe is None:
-            raise PlanChangeError(
-                503,
+            raise Unavailable(
                 "stripe_not_configured",
                 "plan changes need STRIPE_API_KEY: no Stripe call can be made",
                 decision=decision_json(decision),
             )
         previous = await active_change(conn, workspace_id)
         if previous is not None and previous["status"] == "firing":
-            raise PlanChangeError(
-                409,
+            raise Conflict(
                 "change_in_progress",
                 f"plan change {previous['change_id']} is being sent to Stripe; retry shortly",
             )
@@ -206,12 +194,10 @@ async def cancel_change(
         _state, stored_view = loaded
         row = await active_change(conn, workspace_id)
         if row is None:
-            raise PlanChangeError(
-                404, "no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change"
-            )
+            raise NotFound("no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change")
         if row["status"] == "firing":
-            raise PlanChangeError(
-                409, "change_in_progress", f"plan change {row['change_id']} is already being sent to Stripe"
+            raise Conflict(
+                "change_in_progress", f"plan change {row['change_id']} is already being sent to Stripe"
             )
         new, committed = await set_status(
             conn, row, stored_view, "canceled", cause_kind="request", cause_id=request_id, now=now
