@@ -15,7 +15,7 @@ from aiohttp import web
 from handlers.catalog import Catalog, CatalogError, parse_catalog
 from worker.clock import Clock, utcnow
 from worker.config import ConfigError, Settings
-from worker.http.errors import ApiError
+from worker.errors import Unavailable
 from worker.infra.logging import flush as flush_logs
 from worker.infra.stripe_gateway import StripeGateway
 from worker.processing.unit_of_work import EventProcessor
@@ -82,9 +82,9 @@ class Services:
         return cls(settings, pool, redis, catalog, clock, gateway)
 
     def require_stripe(self) -> StripeGateway:
-        """The gateway built at start-up; without STRIPE_API_KEY, Stripe cannot be read (503)."""
+        """The gateway built at start-up; without STRIPE_API_KEY, Stripe cannot be read (``Unavailable``)."""
         if self.stripe is None:
-            raise ApiError(503, "stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
+            raise Unavailable("stripe_not_configured", "STRIPE_API_KEY is not set: Stripe cannot be read")
         return self.stripe
 
     @asynccontextmanager

@@ -13,7 +13,8 @@ from typing import Any
 import stripe
 from aiohttp import web
 
-from worker.http.errors import ApiError, error, read_json_object
+from worker.errors import InvalidInput, NotFound, UpstreamFailed
+from worker.http.errors import read_json_object
 from worker.http.params import event_id_of, workspace_id_of
 from worker.infra import metrics
 from worker.infra.stripe_gateway import is_transient
@@ -27,30 +28,30 @@ EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
 
 def _event_type(value: Any) -> str:
     if not isinstance(value, str) or not EVENT_TYPE.fullmatch(value):
-        raise ApiError(400, "invalid_event_type", "`type` must be a Stripe event type such as invoice.paid")
+        raise InvalidInput("invalid_event_type", "`type` must be a Stripe event type such as invoice.paid")
     return value
 
 
 def _limit(request: web.Request, default: int = 100, maximum: int = 1000) -> int:
     raw = request.query.get("limit", str(default))
     if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise ApiError(400, "invalid_limit", f"`limit` must be an integer from 1 to {maximum}")
+        raise InvalidInput("invalid_limit", f"`limit` must be an integer from 1 to {maximum}")
     return int(raw)
 
 
-def _stripe_failure(operation: str, exc: stripe.StripeError) -> ApiError:
+def _stripe_failure(operation: str, exc: stripe.StripeError) -> NotFound | UpstreamFailed:
     kind = "transient" if is_transient(exc) else type(exc).__name__
     metrics.STRIPE_API_ERRORS.labels(operation=operation, kind=kind).inc()
     if getattr(exc, "http_status", None) == 404:
-        return ApiError(404, "stripe_object_missing", "Stripe does not know this customer")
-    return ApiError(502, "stripe_unavailable", f"Stripe answered {type(exc).__name__}; retry later")
+        return NotFound("stripe_object_missing", "Stripe does not know this customer")
+    return UpstreamFailed("stripe_unavailable", f"Stripe answered {type(exc).__name__}; retry later")
 
 
 async def retry_event(request: web.Request) -> web.Response:
     event_id = event_id_of(request)
     result = await recovery.retry_event(request.app[SERVICES], event_id)
     if result is None:
-        return error(404, "event_not_found", f"no inbox event {event_id!r}")
+        raise NotFound("event_not_found", f"no inbox event {event_id!r}")
     return web.json_response(result.as_json(), status=202)
 
 
@@ -81,7 +82,7 @@ async def reconcile(request: web.Request) -> web.Response:
 def _since(value: Any) -> datetime:
     if isinstance(value, int) and not isinstance(value, bool):
         if not 0 <= value < 2**33:
-            raise ApiError(400, "invalid_since", "`since` is out of range")
+            raise InvalidInput("invalid_since", "`since` is out of range")
         return datetime.fromtimestamp(value, UTC)
     if isinstance(value, str):
         try:
@@ -90,7 +91,7 @@ def _since(value: Any) -> datetime:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
             return parsed.astimezone(UTC)
-    raise ApiError(400, "invalid_since", "`since` must be a unix time or an ISO-8601 time with a zone")
+    raise InvalidInput("invalid_since", "`since` must be a unix time or an ISO-8601 time with a zone")
 
 
 async def start_backfill(request: web.Request) -> web.Response:
@@ -101,9 +102,9 @@ async def start_backfill(request: web.Request) -> web.Response:
     if "run_id" in body:
         run_id = body["run_id"]
         if isinstance(run_id, bool) or not isinstance(run_id, int) or run_id < 1:
-            raise ApiError(400, "invalid_run_id", "`run_id` must be a positive integer")
+            raise InvalidInput("invalid_run_id", "`run_id` must be a positive integer")
         if await backfill.get_run(services.pool, run_id) is None:
-            raise ApiError(404, "backfill_not_found", f"no backfill run {run_id}")
+            raise NotFound("backfill_not_found", f"no backfill run {run_id}")
     else:
         run_id = await backfill.start_run(services.pool, _since(body.get("since")), services.clock())
     await services.queue.enqueue_backfill(run_id, f"request:{uuid.uuid4().hex}")
@@ -113,10 +114,10 @@ async def start_backfill(request: web.Request) -> web.Response:
 async def get_backfill(request: web.Request) -> web.Response:
     raw = request.match_info["run_id"]
     if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(400, "invalid_run_id", "run ids are positive integers")
+        raise InvalidInput("invalid_run_id", "run ids are positive integers")
     run = await backfill.get_run(request.app[SERVICES].pool, int(raw))
     if run is None:
-        return error(404, "backfill_not_found", f"no backfill run {raw}")
+        raise NotFound("backfill_not_found", f"no backfill run {raw}")
     return web.json_response(run)
 
 

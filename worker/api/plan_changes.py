@@ -15,7 +15,8 @@ from aiohttp import web
 
 from handlers.catalog import INTERVALS, Catalog
 from handlers.plan_policy import ROLES, ChangeRequest
-from worker.http.errors import ApiError, read_json_object
+from worker.errors import InvalidInput, NotFound, UpstreamFailed
+from worker.http.errors import read_json_object
 from worker.http.params import workspace_id_of
 from worker.plan_changes import requests as plan_changes
 from worker.plan_changes.firing import send
@@ -46,69 +47,68 @@ def request_id_of(request: web.Request) -> str:
     if given is None:
         return "req_" + secrets.token_hex(12)
     if not REQUEST_ID.fullmatch(given):
-        raise ApiError(400, "invalid_request_id", "X-Request-Id is 1-128 of A-Z a-z 0-9 _ . : -")
+        raise InvalidInput("invalid_request_id", "X-Request-Id is 1-128 of A-Z a-z 0-9 _ . : -")
     return given
 
 
 def _int(body: dict[str, Any], name: str, minimum: int, maximum: int) -> int:
     value = body.get(name)
     if value is None:
-        raise ApiError(400, f"missing_{name}", f"{name} is required")
+        raise InvalidInput(f"missing_{name}", f"{name} is required")
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ApiError(400, f"invalid_{name}", f"{name} must be an integer, got {type(value).__name__}")
+        raise InvalidInput(f"invalid_{name}", f"{name} must be an integer, got {type(value).__name__}")
     if not minimum <= value <= maximum:
-        raise ApiError(400, f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {value}")
+        raise InvalidInput(f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {value}")
     return value
 
 
 def _bool(body: dict[str, Any], name: str) -> bool | None:
     value = body.get(name)
     if value is not None and not isinstance(value, bool):
-        raise ApiError(400, f"invalid_{name}", f"{name} must be true or false")
+        raise InvalidInput(f"invalid_{name}", f"{name} must be true or false")
     return value
 
 
 def parse_change_request(body: Any, catalog: Catalog) -> tuple[ChangeRequest, bool]:
     """Validate the JSON body; returns the request and ``dry_run``."""
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+        raise InvalidInput("invalid_body", "the body must be a JSON object")
     unknown = sorted(set(body) - FIELDS)
     if unknown:
-        raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
+        raise InvalidInput("unknown_field", f"unknown field(s): {', '.join(unknown)}")
     plan = body.get("plan")
     if plan is None:
-        raise ApiError(400, "missing_plan", "plan is required")
+        raise InvalidInput("missing_plan", "plan is required")
     if not isinstance(plan, str):
-        raise ApiError(400, "invalid_plan", "plan must be a string")
+        raise InvalidInput("invalid_plan", "plan must be a string")
     if plan not in catalog.plans:
-        raise ApiError(
-            400, "unknown_plan", f"unknown plan {plan!r}; known: {', '.join(sorted(catalog.plans))}"
+        raise InvalidInput(
+            "unknown_plan", f"unknown plan {plan!r}; known: {', '.join(sorted(catalog.plans))}"
         )
     target = catalog.plans[plan]
     interval = body.get("interval")
     if interval is not None and not isinstance(interval, str):
-        raise ApiError(400, "invalid_interval", "interval must be a string or null")
+        raise InvalidInput("invalid_interval", "interval must be a string or null")
     if target.is_free:
         if interval is not None:
-            raise ApiError(400, "interval_not_applicable", f"plan {plan!r} has no billing interval")
+            raise InvalidInput("interval_not_applicable", f"plan {plan!r} has no billing interval")
     else:
         if interval is None:
-            raise ApiError(400, "missing_interval", f"plan {plan!r} needs an interval")
+            raise InvalidInput("missing_interval", f"plan {plan!r} needs an interval")
         if interval not in INTERVALS:
-            raise ApiError(400, "unknown_interval", f"interval must be one of {', '.join(INTERVALS)}")
+            raise InvalidInput("unknown_interval", f"interval must be one of {', '.join(INTERVALS)}")
         if interval not in target.prices:
-            raise ApiError(
-                400,
+            raise InvalidInput(
                 "interval_not_offered",
                 f"plan {plan!r} is offered {', '.join(sorted(target.prices))}, not {interval}",
             )
     seats = _int(body, "seats", 1, MAX_SEATS)
     role = body.get("requested_by_role")
     if role is None:
-        raise ApiError(400, "missing_requested_by_role", "requested_by_role is required")
+        raise InvalidInput("missing_requested_by_role", "requested_by_role is required")
     if not isinstance(role, str) or role not in ROLES:
-        raise ApiError(
-            400, "invalid_requested_by_role", f"requested_by_role must be one of {', '.join(sorted(ROLES))}"
+        raise InvalidInput(
+            "invalid_requested_by_role", f"requested_by_role must be one of {', '.join(sorted(ROLES))}"
         )
     member_count = _int(body, "member_count", 0, MAX_MEMBERS)
     storage = _int(body, "storage_used_bytes", 0, MAX_BYTES)
@@ -117,25 +117,16 @@ def parse_change_request(body: Any, catalog: Catalog) -> tuple[ChangeRequest, bo
     return ChangeRequest(plan, interval, seats, role, member_count, storage, has_pm), dry_run
 
 
-def _error(exc: plan_changes.PlanChangeError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message, **exc.extra)
-
-
 async def post_plan_change(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
     request_id = request_id_of(request)
     body = await read_json_object(request)
     change_request, dry_run = parse_change_request(body, services.catalog)
-    try:
-        if dry_run:
-            decision, _view = await plan_changes.evaluate(services, workspace_id, change_request)
-            return web.json_response(
-                {"dry_run": True, "decision": decision_json(decision), "plan_change": None}
-            )
-        outcome = await plan_changes.request_change(services, workspace_id, change_request, request_id)
-    except plan_changes.PlanChangeError as exc:
-        raise _error(exc) from None
+    if dry_run:
+        decision, _view = await plan_changes.evaluate(services, workspace_id, change_request)
+        return web.json_response({"dry_run": True, "decision": decision_json(decision), "plan_change": None})
+    outcome = await plan_changes.request_change(services, workspace_id, change_request, request_id)
     for c in outcome.committed:
         await after_commit(services, c.workspace_id, c.version, c.changes, (), request_id)
     change = outcome.change
@@ -145,8 +136,8 @@ async def post_plan_change(request: web.Request) -> web.Response:
         await after_plan_change(services, result.committed, result.change_id)
         change = change_json(await get_change(services.pool, outcome.fire_now))
         if result.outcome == "failed":
-            raise ApiError(
-                502, "stripe_rejected", f"Stripe refused the change: {result.error}", plan_change=change
+            raise UpstreamFailed(
+                "stripe_rejected", f"Stripe refused the change: {result.error}", plan_change=change
             )
         # A transient Stripe error: the change stays claimed-free and the sweep retries it with
         # the same idempotency key; 202 tells the caller it is not applied yet.
@@ -165,9 +156,7 @@ async def get_plan_change(request: web.Request) -> web.Response:
     workspace_id = workspace_id_of(request)
     row = await active_change(services.pool, workspace_id)
     if row is None:
-        raise ApiError(
-            404, "no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change"
-        )
+        raise NotFound("no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change")
     return web.json_response({"plan_change": change_json(row)})
 
 
@@ -175,10 +164,7 @@ async def delete_plan_change(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
     request_id = request_id_of(request)
-    try:
-        change, committed = await plan_changes.cancel_change(services, workspace_id, request_id)
-    except plan_changes.PlanChangeError as exc:
-        raise _error(exc) from None
+    change, committed = await plan_changes.cancel_change(services, workspace_id, request_id)
     await after_commit(services, committed.workspace_id, committed.version, committed.changes, (), request_id)
     return web.json_response({"plan_change": change})
 

@@ -16,10 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from handlers.codec import to_jsonable
-from handlers.credits import InsufficientCredits, consume, consume_key
+from handlers.credits import CreditEntry, InsufficientCredits, consume, consume_key
 from handlers.reducer import APPLIED
-from handlers.state import Usage
-from worker.http.errors import ApiError, read_json_object
+from handlers.state import Usage, WorkspaceState
+from worker.errors import Conflict, InvalidInput, NotFound
+from worker.http.errors import read_json_object
 from worker.http.params import workspace_id_of
 from worker.processing.after_commit import after_commit
 from worker.processing.reevaluation import save_reevaluated
@@ -37,10 +38,10 @@ MAX_REASON = 500
 def _int(body: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int:
     value = body.get(name)
     if value is None:
-        raise ApiError(400, "missing_field", f"`{name}` is required", field=name)
+        raise InvalidInput("missing_field", f"`{name}` is required", field=name)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ApiError(
-            400, "invalid_field", f"`{name}` must be a whole number from {minimum} to {maximum}", field=name
+        raise InvalidInput(
+            "invalid_field", f"`{name}` must be a whole number from {minimum} to {maximum}", field=name
         )
     return value
 
@@ -111,46 +112,19 @@ async def consume_credits(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
     body = await read_json_object(request, {"amount", "idempotency_key", "reason"})
-    amount = _int(body, "amount", minimum=1, maximum=MAX_AMOUNT)
-    key = body.get("idempotency_key")
-    if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
-        raise ApiError(
-            400, "invalid_idempotency_key", "`idempotency_key` must be 1-200 of A-Z a-z 0-9 _ . : -"
-        )
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
-        raise ApiError(
-            400, "invalid_field", f"`reason` must be a string of at most {MAX_REASON}", field="reason"
-        )
+    amount, key, reason = _consume_fields(body)
     source_key = consume_key(workspace_id, key)
     now = services.clock()
     async with services.transaction() as conn:
         loaded = await store.lock_workspace(conn, workspace_id)
         if loaded is None:
-            raise ApiError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+            raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
         state, stored = loaded
         # Under the row lock: a concurrent request with the same key waits, then sees this one's row.
         previous = await credits_store.entry_by_key(conn, source_key)
         if previous is not None:
-            if -previous["amount"] != amount:
-                raise ApiError(
-                    409,
-                    "idempotency_key_reused",
-                    f"idempotency key {key!r} was used for {-previous['amount']} credits, not {amount}",
-                )
-            return web.json_response(
-                {"replayed": True, "entry": _entry_json(previous), "balance": previous["balance_after"]}
-            )
-        result = consume(state, amount, key, reason)
-        if isinstance(result, InsufficientCredits):
-            raise ApiError(
-                409,
-                "insufficient_credits",
-                f"{amount} credits requested but the balance is {result.balance}",
-                balance=result.balance,
-                requested=amount,
-            )
-        new_state, entry = result
+            return _replay(previous, key, amount)
+        new_state, entry = _spend(state, amount, key, reason)
         await credits_store.append_entries(
             conn, workspace_id, [entry], cause_kind="request", cause_id=source_key, now=now
         )
@@ -173,6 +147,49 @@ async def consume_credits(request: web.Request) -> web.Response:
     )
 
 
+def _consume_fields(body: dict[str, Any]) -> tuple[int, str, str | None]:
+    """The body's amount, idempotency key and reason, each refused with a code naming it."""
+    amount = _int(body, "amount", minimum=1, maximum=MAX_AMOUNT)
+    key = body.get("idempotency_key")
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidInput(
+            "invalid_idempotency_key", "`idempotency_key` must be 1-200 of A-Z a-z 0-9 _ . : -"
+        )
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+        raise InvalidInput(
+            "invalid_field", f"`reason` must be a string of at most {MAX_REASON}", field="reason"
+        )
+    return amount, key, reason
+
+
+def _replay(previous: Any, key: str, amount: int) -> web.Response:
+    """A retried request gets the first answer again; the same key for another amount is a conflict."""
+    if -previous["amount"] != amount:
+        raise Conflict(
+            "idempotency_key_reused",
+            f"idempotency key {key!r} was used for {-previous['amount']} credits, not {amount}",
+        )
+    return web.json_response(
+        {"replayed": True, "entry": _entry_json(previous), "balance": previous["balance_after"]}
+    )
+
+
+def _spend(
+    state: WorkspaceState, amount: int, key: str, reason: str | None
+) -> tuple[WorkspaceState, CreditEntry]:
+    """The pure ledger step; a balance too small is a conflict carrying balance and requested."""
+    result = consume(state, amount, key, reason)
+    if isinstance(result, InsufficientCredits):
+        raise Conflict(
+            "insufficient_credits",
+            f"{amount} credits requested but the balance is {result.balance}",
+            balance=result.balance,
+            requested=amount,
+        )
+    return result
+
+
 async def get_ledger(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
@@ -180,7 +197,7 @@ async def get_ledger(request: web.Request) -> web.Response:
     before = _query_int(request, "before", default=None, minimum=1, maximum=2**62)
     balance = await credits_store.balance(services.pool, workspace_id)
     if balance is None:
-        raise ApiError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     rows = await credits_store.entries(services.pool, workspace_id, limit=limit + 1, before_id=before)
     page = rows[:limit]
     return web.json_response(
@@ -198,7 +215,7 @@ def _query_int(request: web.Request, name: str, *, default: int | None, minimum:
     if raw is None:
         return default
     if not raw.isdigit() or not minimum <= int(raw) <= maximum:
-        raise ApiError(400, "invalid_query", f"`{name}` must be a whole number from {minimum} to {maximum}")
+        raise InvalidInput("invalid_query", f"`{name}` must be a whole number from {minimum} to {maximum}")
     return int(raw)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from handlers.codec import to_jsonable
-from worker.http.errors import error
+from worker.errors import NotFound
 from worker.http.params import event_id_of, workspace_id_of
 from worker.plan_changes.store import change_json, workspace_status
 from worker.services import SERVICES
@@ -36,7 +36,7 @@ async def get_workspace(request: web.Request) -> web.Response:
     workspace_id = workspace_id_of(request)
     found = await workspace_status(services.pool, workspace_id)
     if found is None:
-        return error(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     row, invoices, pending = found
     return web.json_response({**workspace_json(row, invoices), "pending_plan_change": change_json(pending)})
 
@@ -46,7 +46,7 @@ async def get_event(request: web.Request) -> web.Response:
     event_id = event_id_of(request)
     row = await store.get_event(services.pool, event_id)
     if row is None:
-        return error(404, "event_not_found", f"no inbox event {event_id!r}")
+        raise NotFound("event_not_found", f"no inbox event {event_id!r}")
     return web.json_response(to_jsonable(dict(row)))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import stripe
 
 from worker.config import Settings
-from worker.http.errors import ApiError
+from worker.errors import BillingError
 
 COMMANDS = ("retry", "dead-letters", "reconcile", "backfill")
 
@@ -68,7 +68,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 out = await backfill.run_pages(services, gateway, run_id)
         print(json.dumps(out, indent=2, default=str))
         return 0
-    except ApiError as exc:
+    except BillingError as exc:
         return _fail(f"{exc.code}: {exc.message}")
     except stripe.StripeError as exc:
         return _fail(f"Stripe error {type(exc).__name__}: {exc.user_message or exc}")

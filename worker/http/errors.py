@@ -1,4 +1,5 @@
-"""JSON error responses with a machine-readable code; shared by both HTTP apps."""
+"""The HTTP edge of ``worker.errors``: which status each domain error answers with, and the JSON
+error body ``{"error": {"code", "message", ...details}}`` shared by both HTTP apps."""
 
 from __future__ import annotations
 
@@ -8,18 +9,29 @@ from typing import Any
 
 from aiohttp import web
 
+from worker.errors import BillingError, Conflict, InvalidInput, NotFound, Unavailable, UpstreamFailed
 from worker.storage.db import is_transient
 
+# The one place a domain error becomes a status; a subclass answers as its nearest listed base.
+STATUS_OF: dict[type[BillingError], int] = {
+    InvalidInput: 400,
+    NotFound: 404,
+    Conflict: 409,
+    UpstreamFailed: 502,
+    Unavailable: 503,
+}
 
-class ApiError(Exception):
-    """Raised anywhere in a handler to answer ``{"error": {"code", "message"}}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
+def status_of(exc: BillingError) -> int | None:
+    """Nearest listed base's status; None for a bare ``BillingError``: a bug, answered 500 as a crash."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return None
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    """The JSON error answer; for what the edge itself decides (401, 408, parser errors …)."""
     body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
     return web.json_response(body, status=status)
 
@@ -35,11 +47,13 @@ _HTTP_CODES = {
 
 
 def error_for(exc: Exception) -> web.Response | None:
-    """The JSON answer (with a code, never a traceback) for what a handler raised: our
-    ``ApiError``, aiohttp's own errors (404, 405, 413 …), a database busy or down (503); None
-    for anything else, which propagates (aiohttp answers 500 through ``hardening``)."""
-    if isinstance(exc, ApiError):
-        return error(exc.status, exc.code, exc.message, **exc.extra)
+    """The JSON answer (with a code, never a traceback) for what a handler raised: a domain
+    ``BillingError`` (status from ``STATUS_OF``), aiohttp's own errors (404, 405, 413 …), a
+    database busy or down (503); None for anything else, which propagates (aiohttp answers 500
+    through ``hardening``)."""
+    if isinstance(exc, BillingError):
+        status = status_of(exc)
+        return None if status is None else error(status, exc.code, exc.message, **exc.details)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return None
@@ -59,11 +73,11 @@ async def read_json_object(request: web.Request, allowed: Collection[str] | None
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        raise InvalidInput("invalid_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+        raise InvalidInput("invalid_body", "the body must be a JSON object")
     if allowed is not None:
         unknown = sorted(set(body) - set(allowed))
         if unknown:
-            raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown)
+            raise InvalidInput("unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown)
     return body

@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from worker.http.errors import ApiError
+from worker.errors import InvalidInput
 
 WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
@@ -15,12 +15,12 @@ EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
 def workspace_id_of(request: web.Request) -> str:
     workspace_id = request.match_info["workspace_id"]
     if not WORKSPACE_ID.fullmatch(workspace_id):
-        raise ApiError(400, "invalid_workspace_id", "workspace ids are 1-128 of A-Z a-z 0-9 _ . : -")
+        raise InvalidInput("invalid_workspace_id", "workspace ids are 1-128 of A-Z a-z 0-9 _ . : -")
     return workspace_id
 
 
 def event_id_of(request: web.Request) -> str:
     event_id = request.match_info["event_id"]
     if not EVENT_ID.fullmatch(event_id):
-        raise ApiError(400, "invalid_event_id", "event ids look like evt_ followed by letters, digits or _")
+        raise InvalidInput("invalid_event_id", "event ids look like evt_ followed by letters, digits or _")
     return event_id

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from handlers.codec import to_jsonable
 from handlers.normalize import PayloadError, validate_event_envelope
-from worker.http.errors import ApiError
+from worker.errors import Conflict, InvalidInput, NotFound
 from worker.infra.logging import get_logger
 from worker.infra.stripe_gateway import StripeGateway
 from worker.receiver.app import store_in_inbox
@@ -34,9 +34,9 @@ BACKFILL_LOCK = 0x6266  # "bf": first key of the per-run advisory lock (the run 
 async def start_run(pool: asyncpg.Pool, since: datetime, now: datetime) -> int:
     """Record a new run; ``since`` must lie within Stripe's 30-day horizon and not in the future."""
     if since < now - HORIZON:
-        raise ApiError(400, "since_out_of_range", "Stripe keeps events for 30 days: `since` is older")
+        raise InvalidInput("since_out_of_range", "Stripe keeps events for 30 days: `since` is older")
     if since > now:
-        raise ApiError(400, "since_out_of_range", "`since` is in the future")
+        raise InvalidInput("since_out_of_range", "`since` is in the future")
     return await pool.fetchval("INSERT INTO backfill_runs (since) VALUES ($1) RETURNING run_id", since)
 
 
@@ -45,11 +45,11 @@ async def get_run(pool: asyncpg.Pool, run_id: int) -> dict[str, Any] | None:
     return None if row is None else to_jsonable(dict(row))
 
 
-class BackfillBusy(ApiError):
+class BackfillBusy(Conflict):
     """Another process is reading this run right now."""
 
     def __init__(self, run_id: int) -> None:
-        super().__init__(409, "backfill_busy", f"backfill run {run_id} is being read by another process")
+        super().__init__("backfill_busy", f"backfill run {run_id} is being read by another process")
 
 
 async def run_pages(
@@ -81,7 +81,7 @@ async def _read(
     if run is None:
         current = await get_run(pool, run_id)
         if current is None:
-            raise ApiError(404, "backfill_not_found", f"no backfill run {run_id}")
+            raise NotFound("backfill_not_found", f"no backfill run {run_id}")
         return current
     cursor, pages = run["cursor"], 0
     while max_pages is None or pages < max_pages:

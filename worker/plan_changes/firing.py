@@ -14,7 +14,10 @@ aborted deferred job at once); the job re-reads the row and finds nothing to do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from handlers.codec import load
 from handlers.plan_policy import (
@@ -82,8 +85,8 @@ async def fire(services: Services, change_id: str, *, cause: Cause) -> FireResul
 
 
 async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult:
+    """Mark the change ``firing`` under both row locks, so exactly one caller sends it to Stripe."""
     now = services.clock()
-    catalog = services.catalog
     async with services.pool.acquire() as conn, conn.transaction():
         await db.begin_keyed(conn, services.settings.lock_timeout_ms)
         workspace_id = await conn.fetchval(
@@ -98,55 +101,16 @@ async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult
         row = await conn.fetchrow(
             f"SELECT {COLUMNS} FROM plan_changes WHERE change_id = $1 FOR UPDATE", change_id
         )
-        if row["status"] not in ACTIVE:
-            return FireResult(change_id, "not_active")
-        if (
-            row["status"] == "firing"
-            and row["claimed_at"] is not None
-            and row["claimed_at"] > now - claim_timeout(services.settings)
-        ):
-            return FireResult(change_id, "claimed")
-        if row["status"] == "pending" and row["fire_at"] > now:
-            return FireResult(change_id, "not_due")
-        if services.stripe is None:
-            log.warning("plan_change_not_fired", change_id=change_id, reason="stripe_not_configured")
-            return FireResult(change_id, "not_configured", error="stripe_not_configured")
+        refused = _not_claimable(services, row, now)
+        if refused is not None:
+            return refused
         params = row["stripe_params"]
         subscription_id = row["subscription_id"]
         if params is None:
-            # First claim: re-check the policy against the state of now. Once parameters are fixed
-            # (below) they are never recomputed: the call may already have reached Stripe.
-            view = derive_view(state, catalog, now)
-            request = _with_reported_usage(request_from_json(row["request"]), state)
-            recheck = decide(view, request, now, catalog)
-            if recheck.kind == BLOCKED and set(recheck.reasons) == {OPEN_INVOICE}:
-                if row["status"] == "waiting_payment":
-                    return FireResult(change_id, "waiting_payment")
-                _new, c = await set_status(
-                    conn, row, stored_view, "waiting_payment", cause_kind=cause[0], cause_id=cause[1], now=now
-                )
-                return FireResult(change_id, "waiting_payment", [c])
-            live = view.subscription_id is not None and view.status in LIVE_STATUSES
-            if recheck.kind not in (IMMEDIATE, AT_PERIOD_END) or not live:
-                reason = (
-                    f"{recheck.kind}: {', '.join(recheck.reasons)}"
-                    if live
-                    else f"no live subscription (status {view.status})"
-                )
-                _new, c = await set_status(
-                    conn,
-                    row,
-                    stored_view,
-                    "failed",
-                    cause_kind=cause[0],
-                    cause_id=cause[1],
-                    now=now,
-                    error=reason,
-                )
-                return FireResult(change_id, "failed", [c], reason)
-            decision = _decision_of(row["decision"])
-            params = stripe_params_for(state, view, decision, request, catalog, change_id)
-            subscription_id = view.subscription_id
+            fixed = await _fix_params(services, conn, state, stored_view, row, cause, now)
+            if isinstance(fixed, FireResult):
+                return fixed
+            params, subscription_id = fixed
         await conn.execute(
             "UPDATE plan_changes SET status = 'firing', stripe_params = $2, subscription_id = $3, "
             "claimed_at = $4, attempts = attempts + 1, updated_at = $4 WHERE change_id = $1",
@@ -156,6 +120,62 @@ async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult
             now,
         )
     return FireResult(change_id, "claimed_by_us")
+
+
+def _not_claimable(services: Services, row: asyncpg.Record, now: datetime) -> FireResult | None:
+    """Why this caller must not fire the locked row now (done, held by another, not due, no Stripe)."""
+    change_id = row["change_id"]
+    if row["status"] not in ACTIVE:
+        return FireResult(change_id, "not_active")
+    if (
+        row["status"] == "firing"
+        and row["claimed_at"] is not None
+        and row["claimed_at"] > now - claim_timeout(services.settings)
+    ):
+        return FireResult(change_id, "claimed")
+    if row["status"] == "pending" and row["fire_at"] > now:
+        return FireResult(change_id, "not_due")
+    if services.stripe is None:
+        log.warning("plan_change_not_fired", change_id=change_id, reason="stripe_not_configured")
+        return FireResult(change_id, "not_configured", error="stripe_not_configured")
+    return None
+
+
+async def _fix_params(
+    services: Services,
+    conn: asyncpg.Connection,
+    state: WorkspaceState,
+    stored_view: WorkspaceView,
+    row: asyncpg.Record,
+    cause: Cause,
+    now: datetime,
+) -> tuple[dict[str, Any], str | None] | FireResult:
+    """First claim: re-check the policy now and fix the Stripe parameters for good, or park/fail the row."""
+    catalog = services.catalog
+    change_id = row["change_id"]
+    view = derive_view(state, catalog, now)
+    request = _with_reported_usage(request_from_json(row["request"]), state)
+    recheck = decide(view, request, now, catalog)
+    if recheck.kind == BLOCKED and set(recheck.reasons) == {OPEN_INVOICE}:
+        if row["status"] == "waiting_payment":
+            return FireResult(change_id, "waiting_payment")
+        _new, c = await set_status(
+            conn, row, stored_view, "waiting_payment", cause_kind=cause[0], cause_id=cause[1], now=now
+        )
+        return FireResult(change_id, "waiting_payment", [c])
+    live = view.subscription_id is not None and view.status in LIVE_STATUSES
+    if recheck.kind not in (IMMEDIATE, AT_PERIOD_END) or not live:
+        reason = (
+            f"{recheck.kind}: {', '.join(recheck.reasons)}"
+            if live
+            else f"no live subscription (status {view.status})"
+        )
+        _new, c = await set_status(
+            conn, row, stored_view, "failed", cause_kind=cause[0], cause_id=cause[1], now=now, error=reason
+        )
+        return FireResult(change_id, "failed", [c], reason)
+    decision = _decision_of(row["decision"])
+    return stripe_params_for(state, view, decision, request, catalog, change_id), view.subscription_id
 
 
 def _with_reported_usage(request: ChangeRequest, state: WorkspaceState) -> ChangeRequest:

@@ -13,6 +13,7 @@ from handlers.codec import to_jsonable
 from handlers.plan_policy import AT_PERIOD_END, IMMEDIATE, ChangeRequest, Decision, decide
 from handlers.state import WorkspaceState, WorkspaceView
 from handlers.view import derive_view
+from worker.errors import Conflict, NotFound, Unavailable
 from worker.plan_changes.firing import stripe_params_for
 from worker.plan_changes.store import (
     COLUMNS,
@@ -29,15 +30,6 @@ from worker.plan_changes.store import (
 from worker.services import Services
 from worker.storage import db, store
 
-
-class PlanChangeError(Exception):
-    """A request that cannot proceed; the API turns it into ``{"error": {code, message}}``."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
 # ---------------------------------------------------------------- requests (internal API)
 
 
@@ -48,7 +40,7 @@ async def _lock_workspace(
     await db.begin_keyed(conn, services.settings.lock_timeout_ms)
     loaded = await store.lock_workspace(conn, workspace_id)
     if loaded is None:
-        raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     return loaded
 
 
@@ -69,7 +61,7 @@ async def evaluate(
     async with services.pool.acquire() as conn:
         loaded = await store.load_workspace(conn, workspace_id)
     if loaded is None:
-        raise PlanChangeError(404, "workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     state, _stored = loaded
     view = derive_view(state, services.catalog, now)
     return decide(view, request, now, services.catalog), view
@@ -82,111 +74,35 @@ async def request_change(
     now = services.clock()
     catalog = services.catalog
     async with services.pool.acquire() as conn, conn.transaction():
-        loaded = await _lock_workspace(services, conn, workspace_id)
-        state, stored_view = loaded
+        state, stored_view = await _lock_workspace(services, conn, workspace_id)
         view = derive_view(state, catalog, now)
         decision = decide(view, request, now, catalog)
-        if decision.kind not in (IMMEDIATE, AT_PERIOD_END):
-            code = {"blocked": "plan_change_blocked", "contact_sales": "contact_sales_required"}.get(
-                decision.kind, "no_change"
-            )
-            raise PlanChangeError(
-                409,
-                code,
-                f"the change cannot be made: {decision.kind} ({', '.join(decision.reasons)})",
-                decision=decision_json(decision),
-            )
-        if decision.kind == IMMEDIATE and (view.subscription_id is None or view.status not in LIVE_STATUSES):
-            raise PlanChangeError(
-                409,
-                "checkout_required",
-                "the workspace has no subscription to update: start a paid plan through Stripe Checkout",
-                decision=decision_json(decision),
-            )
-        if services.stripe is None:
-            raise PlanChangeError(
-                503,
-                "stripe_not_configured",
-                "plan changes need STRIPE_API_KEY: no Stripe call can be made",
-                decision=decision_json(decision),
-            )
+        _refuse_unless_actionable(services, view, decision)
         previous = await active_change(conn, workspace_id)
         if previous is not None and previous["status"] == "firing":
-            raise PlanChangeError(
-                409,
+            raise Conflict(
                 "change_in_progress",
                 f"plan change {previous['change_id']} is being sent to Stripe; retry shortly",
             )
         change_id = "pc_" + secrets.token_hex(12)
-        committed: list[Committed] = []
-        if previous is not None:
-            _row, c = await set_status(
-                conn,
-                previous,
-                stored_view,
-                "superseded",
-                cause_kind="request",
-                cause_id=request_id,
-                now=now,
-                superseded_by=None,
-            )
-            committed.append(c)
+        committed = await _supersede(conn, previous, stored_view, request_id, now)
         immediate = decision.kind == IMMEDIATE
-        effective_at = decision.effective_at or now
-        fire_at = (
-            effective_at if immediate else effective_at - timedelta(seconds=catalog.policy.fire_lead_seconds)
-        )
-        params = None
-        if immediate:
-            params = stripe_params_for(state, view, decision, request, catalog, change_id)
-        row = await conn.fetchrow(
-            f"""
-            INSERT INTO plan_changes (change_id, workspace_id, kind, status, from_plan, from_interval,
-                from_seats, to_plan, to_interval, to_seats, request, decision, effective_at, fire_at,
-                subscription_id, idempotency_key, stripe_params, attempts, claimed_at, request_id,
-                created_at, updated_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18, $19, $20, $21, $21)
-            RETURNING {COLUMNS}
-            """,
+        fire_at = _fire_at(decision, now, catalog.policy.fire_lead_seconds)
+        params = stripe_params_for(state, view, decision, request, catalog, change_id) if immediate else None
+        row = await _insert_change(
+            conn,
             change_id,
             workspace_id,
-            decision.kind,
-            "firing" if immediate else "pending",
-            view.plan,
-            view.interval,
-            view.seats,
-            request.plan,
-            request.interval,
-            request.seats,
-            to_jsonable(request),
-            decision_json(decision),
-            effective_at,
-            fire_at,
-            view.subscription_id,
-            idempotency_key(change_id),
-            params,
-            1 if immediate else 0,
-            now if immediate else None,
-            request_id,
-            now,
+            request,
+            decision,
+            view,
+            fire_at=fire_at,
+            params=params,
+            request_id=request_id,
+            now=now,
         )
-        if previous is not None:
-            await conn.execute(
-                "UPDATE plan_changes SET superseded_by = $2 WHERE change_id = $1",
-                previous["change_id"],
-                change_id,
-            )
         committed.append(
-            await audit_change(
-                conn,
-                workspace_id,
-                stored_view,
-                cause_kind="request",
-                cause_id=request_id,
-                changes={"pending_plan_change": (change_summary(previous), change_summary(row))},
-                now=now,
-            )
+            await _link_and_audit(conn, workspace_id, stored_view, previous, row, request_id, now)
         )
     return RequestOutcome(
         decision,
@@ -194,6 +110,136 @@ async def request_change(
         committed,
         fire_now=change_id if immediate else None,
         defer_until=None if immediate else fire_at,
+    )
+
+
+def _refuse_unless_actionable(services: Services, view: WorkspaceView, decision: Decision) -> None:
+    """Refuse before anything is written: a decision that changes nothing, no subscription, no Stripe."""
+    if decision.kind not in (IMMEDIATE, AT_PERIOD_END):
+        code = {"blocked": "plan_change_blocked", "contact_sales": "contact_sales_required"}.get(
+            decision.kind, "no_change"
+        )
+        raise Conflict(
+            code,
+            f"the change cannot be made: {decision.kind} ({', '.join(decision.reasons)})",
+            decision=decision_json(decision),
+        )
+    if decision.kind == IMMEDIATE and (view.subscription_id is None or view.status not in LIVE_STATUSES):
+        raise Conflict(
+            "checkout_required",
+            "the workspace has no subscription to update: start a paid plan through Stripe Checkout",
+            decision=decision_json(decision),
+        )
+    if services.stripe is None:
+        raise Unavailable(
+            "stripe_not_configured",
+            "plan changes need STRIPE_API_KEY: no Stripe call can be made",
+            decision=decision_json(decision),
+        )
+
+
+async def _supersede(
+    conn: asyncpg.Connection,
+    previous: asyncpg.Record | None,
+    stored_view: WorkspaceView,
+    request_id: str,
+    now: datetime,
+) -> list[Committed]:
+    """One active change per workspace: the previous one steps aside (linked once the new row exists)."""
+    if previous is None:
+        return []
+    _row, committed = await set_status(
+        conn,
+        previous,
+        stored_view,
+        "superseded",
+        cause_kind="request",
+        cause_id=request_id,
+        now=now,
+        superseded_by=None,
+    )
+    return [committed]
+
+
+def _fire_at(decision: Decision, now: datetime, lead_seconds: float) -> datetime:
+    """Immediate changes fire now; period-end ones ``lead_seconds`` early, so Stripe has them in time."""
+    effective_at = decision.effective_at or now
+    return effective_at if decision.kind == IMMEDIATE else effective_at - timedelta(seconds=lead_seconds)
+
+
+async def _insert_change(
+    conn: asyncpg.Connection,
+    change_id: str,
+    workspace_id: str,
+    request: ChangeRequest,
+    decision: Decision,
+    view: WorkspaceView,
+    *,
+    fire_at: datetime,
+    params: dict[str, Any] | None,
+    request_id: str,
+    now: datetime,
+) -> asyncpg.Record:
+    """The new row: an immediate change is stored already claimed (``firing``) by this request."""
+    immediate = decision.kind == IMMEDIATE
+    return await conn.fetchrow(
+        f"""
+        INSERT INTO plan_changes (change_id, workspace_id, kind, status, from_plan, from_interval,
+            from_seats, to_plan, to_interval, to_seats, request, decision, effective_at, fire_at,
+            subscription_id, idempotency_key, stripe_params, attempts, claimed_at, request_id,
+            created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                $18, $19, $20, $21, $21)
+        RETURNING {COLUMNS}
+        """,
+        change_id,
+        workspace_id,
+        decision.kind,
+        "firing" if immediate else "pending",
+        view.plan,
+        view.interval,
+        view.seats,
+        request.plan,
+        request.interval,
+        request.seats,
+        to_jsonable(request),
+        decision_json(decision),
+        decision.effective_at or now,
+        fire_at,
+        view.subscription_id,
+        idempotency_key(change_id),
+        params,
+        1 if immediate else 0,
+        now if immediate else None,
+        request_id,
+        now,
+    )
+
+
+async def _link_and_audit(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    stored_view: WorkspaceView,
+    previous: asyncpg.Record | None,
+    row: asyncpg.Record,
+    request_id: str,
+    now: datetime,
+) -> Committed:
+    """Point the superseded change at its successor and audit the swap of the pending change."""
+    if previous is not None:
+        await conn.execute(
+            "UPDATE plan_changes SET superseded_by = $2 WHERE change_id = $1",
+            previous["change_id"],
+            row["change_id"],
+        )
+    return await audit_change(
+        conn,
+        workspace_id,
+        stored_view,
+        cause_kind="request",
+        cause_id=request_id,
+        changes={"pending_plan_change": (change_summary(previous), change_summary(row))},
+        now=now,
     )
 
 
@@ -206,12 +252,10 @@ async def cancel_change(
         _state, stored_view = loaded
         row = await active_change(conn, workspace_id)
         if row is None:
-            raise PlanChangeError(
-                404, "no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change"
-            )
+            raise NotFound("no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change")
         if row["status"] == "firing":
-            raise PlanChangeError(
-                409, "change_in_progress", f"plan change {row['change_id']} is already being sent to Stripe"
+            raise Conflict(
+                "change_in_progress", f"plan change {row['change_id']} is already being sent to Stripe"
             )
         new, committed = await set_status(
             conn, row, stored_view, "canceled", cause_kind="request", cause_id=request_id, now=now
