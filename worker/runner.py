@@ -17,9 +17,10 @@ from worker.api.app import create_internal_app
 from worker.clock import Clock, utcnow
 from worker.config import Settings
 from worker.http.hardening import harden
+from worker.http.probes import start_worker_metrics
 from worker.infra.logging import get_logger
 from worker.jobs.worker import build_worker
-from worker.ops.health import start_worker_metrics, warn_unless_noeviction
+from worker.ops.health import warn_unless_noeviction
 from worker.receiver.app import create_receiver_app
 from worker.services import SERVICES, Services
 from worker.storage.migrate import migrate

@@ -16,10 +16,10 @@ from aiohttp import web
 from worker.errors import InvalidInput, NotFound, UpstreamFailed
 from worker.http.errors import read_json_object
 from worker.http.params import event_id_of, workspace_id_of
+from worker.http.probes import metrics_handler, readyz_handler
 from worker.infra import metrics
 from worker.infra.stripe_gateway import is_transient
 from worker.ops import backfill, recovery
-from worker.ops.health import metrics_handler, readyz_handler
 from worker.ops.reconcile import reconcile_workspace
 from worker.services import SERVICES
 

@@ -1,4 +1,4 @@
-"""Scrape-time gauges, readiness, the Redis eviction check and the worker's own /metrics port.
+"""Scrape-time gauges, readiness checks and the Redis eviction check (served by ``worker.http.probes``).
 
 Gauges that describe shared state (queue depth, inbox backlog, dead letters, blocks, pending plan
 changes) are computed from Postgres/Redis when scraped, with queries served by partial indexes,
@@ -12,18 +12,15 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from worker.infra import metrics
 from worker.infra.logging import get_logger
-from worker.services import SERVICES, Services
+from worker.services import Services
 from worker.storage.migrate import pending
 
 log = get_logger("observability")
 
 _INBOX_STATUSES = ("received", "unmatched", "failed", "dead")
-_CHECK_TIMEOUT = 2.0
+CHECK_TIMEOUT = 2.0
 
 
 async def refresh_gauges(services: Services) -> None:
@@ -76,16 +73,6 @@ async def _plan_changes(conn: Any, now: datetime) -> dict[str, int]:
     return counts
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    try:
-        await asyncio.wait_for(refresh_gauges(services), _CHECK_TIMEOUT * 2)
-    except Exception as exc:  # stale gauges beat no metrics: the counters still matter
-        log.warning("metrics_refresh_failed", error=type(exc).__name__)
-    body = generate_latest(metrics.REGISTRY)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 async def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
     """Postgres answers, Redis answers, and every migration shipped is applied."""
     checks: dict[str, Any] = {}
@@ -104,17 +91,12 @@ async def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
 
     for name, probe in (("postgres", postgres), ("redis", redis)):
         try:
-            await asyncio.wait_for(probe(), _CHECK_TIMEOUT)
+            await asyncio.wait_for(probe(), CHECK_TIMEOUT)
             checks[name] = {"ok": True}
         except Exception as exc:
             checks[name] = {"ok": False, "error": type(exc).__name__}
     checks.setdefault("migrations", {"ok": False, "error": "postgres unavailable"})
     return all(c["ok"] for c in checks.values()), checks
-
-
-async def readyz_handler(request: web.Request) -> web.Response:
-    ok, checks = await readiness(request.app[SERVICES])
-    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
 
 async def warn_unless_noeviction(services: Services) -> str | None:
@@ -131,19 +113,3 @@ async def warn_unless_noeviction(services: Services) -> str | None:
             error="maxmemory-policy is not noeviction: Redis may evict queued jobs (the sweep recovers them late)",
         )
     return policy
-
-
-async def start_worker_metrics(services: Services) -> web.AppRunner | None:
-    """A worker process's own /metrics (job counters live in its memory), when a port is set."""
-    port = services.settings.worker_metrics_port
-    if not port:
-        return None
-    app = web.Application()
-    app[SERVICES] = services
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/readyz", readyz_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, services.settings.internal_host, port).start()
-    log.info("worker_metrics_listening", host=services.settings.internal_host, port=port)
-    return runner
