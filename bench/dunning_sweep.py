@@ -23,7 +23,7 @@ from worker.jobs.dunning import BATCH, CANDIDATES, sweep_dunning
 from worker.queue.redis import redis_settings
 from worker.queue.worker import Job
 from worker.services import Services, load_catalog
-from worker.storage import store
+from worker.storage import inbox
 from worker.storage.db import create_pool as create_pg_pool
 from worker.storage.migrate import migrate
 
@@ -52,7 +52,7 @@ async def main(n: int, admin_url: str, redis_url: str) -> None:
             )
             events.extend(hist)
         for e in events:
-            await store.insert_event(
+            await inbox.insert_event(
                 services.pool,
                 event_id=e["id"],
                 event_type=e["type"],

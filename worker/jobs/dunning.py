@@ -18,7 +18,7 @@ from worker.processing.after_commit import after_commit
 from worker.processing.reevaluation import save_reevaluated
 from worker.queue.worker import Job
 from worker.services import Services
-from worker.storage import db, store
+from worker.storage import db, workspaces
 
 log = get_logger("dunning")
 BATCH = 500
@@ -63,7 +63,7 @@ async def _sweep_one(services: Services, workspace_id: str, cause_id: str) -> in
     now = services.clock()
     async with services.pool.acquire() as conn, conn.transaction():
         await db.begin_keyed(conn, services.settings.lock_timeout_ms)
-        loaded = await store.lock_workspace(conn, workspace_id)
+        loaded = await workspaces.lock_workspace(conn, workspace_id)
         if loaded is None:
             return 0
         state, stored = loaded

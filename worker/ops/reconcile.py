@@ -23,7 +23,7 @@ from worker.infra.logging import get_logger
 from worker.infra.stripe_gateway import StripeGateway
 from worker.processing.after_commit import after_commit
 from worker.services import Services
-from worker.storage import store
+from worker.storage import workspaces, writer
 
 log = get_logger("reconcile")
 
@@ -70,7 +70,7 @@ async def reconcile_workspace(
     applied: list[dict[str, Any]] = []
     now = services.clock()
     async with services.transaction() as conn:
-        loaded = await store.lock_workspace(conn, workspace_id)
+        loaded = await workspaces.lock_workspace(conn, workspace_id)
         assert loaded is not None
         state, stored_view = loaded
         for event in events:
@@ -82,10 +82,10 @@ async def reconcile_workspace(
                 continue
             changes = {**outcome.changes, **view_diff(before, outcome.view)}
             if outcome.subscription is not None:
-                await store.save_subscription(conn, workspace_id, outcome.subscription)
+                await writer.save_subscription(conn, workspace_id, outcome.subscription)
             if outcome.invoice is not None:
-                await store.save_invoice(conn, workspace_id, outcome.invoice)
-            await store.append_audit(
+                await writer.save_invoice(conn, workspace_id, outcome.invoice)
+            await writer.append_audit(
                 conn,
                 workspace_id=workspace_id,
                 version=outcome.state.version,
@@ -106,7 +106,7 @@ async def reconcile_workspace(
                 }
             )
         if applied:
-            await store.save_workspace(conn, state, stored_view, now)
+            await writer.save_workspace(conn, state, stored_view, now)
     for item in applied:
         await after_commit(
             services, workspace_id, item["version"], item["changes"], item["effects"], cause_id

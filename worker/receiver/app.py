@@ -26,7 +26,7 @@ from worker.infra.heap import settle_heap
 from worker.infra.logging import get_logger
 from worker.receiver.inbox_batcher import InboxBatcher, InboxUnavailable
 from worker.services import SERVICES, Services
-from worker.storage import store
+from worker.storage import inbox
 from worker.storage.db import is_transient
 
 log = get_logger("receiver")
@@ -193,10 +193,10 @@ def _accepted_counter(event_type: str, outcome: str) -> Any:
     return metrics.WEBHOOKS.labels(type=event_type, outcome=outcome)
 
 
-def inbox_row(raw: dict, text: str) -> store.InboxRow:
+def inbox_row(raw: dict, text: str) -> inbox.InboxRow:
     """The inbox row of a verified, envelope-checked event."""
     api_version = raw.get("api_version")
-    return store.InboxRow(
+    return inbox.InboxRow(
         event_id=raw["id"],
         event_type=raw["type"],
         api_version=api_version if isinstance(api_version, str) else None,
@@ -209,7 +209,7 @@ def inbox_row(raw: dict, text: str) -> store.InboxRow:
 async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool, str]:
     """Insert one verified, envelope-checked event into the inbox (backfill; the receiver batches)."""
     row = inbox_row(raw, text)
-    return await store.insert_event(
+    return await inbox.insert_event(
         services.pool,
         event_id=row.event_id,
         event_type=row.event_type,
