@@ -1,7 +1,8 @@
 """The inbox (``webhook_events``): every verified event is stored here before the receiver answers 2xx.
 
 Inserts (one or many, idempotent on the event id), the row locks a unit of work takes, the status
-it finishes an event with (written by ``worker.storage.writer``), and the API's read.
+it finishes an event with (written by ``worker.storage.writer``), and the reads of the API and the
+inbox sweep.
 """
 
 from __future__ import annotations
@@ -143,3 +144,22 @@ async def get_event(conn: asyncpg.Connection | asyncpg.Pool, event_id: str) -> a
         "FROM webhook_events WHERE event_id = $1",
         event_id,
     )
+
+
+async def due_for_sweep(
+    conn: asyncpg.Connection | asyncpg.Pool, *, received_before: datetime, retry_due: datetime, limit: int
+) -> list[str]:
+    """Ids of the events Redis may have lost (still ``received`` before ``received_before``) and
+    of those due a retry at ``retry_due``, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT event_id FROM webhook_events
+         WHERE (status = 'received' AND received_at < $1)
+            OR (status IN ('unmatched', 'failed') AND next_retry_at <= $2)
+         ORDER BY received_at LIMIT $3
+        """,
+        received_before,
+        retry_due,
+        limit,
+    )
+    return [r["event_id"] for r in rows]
