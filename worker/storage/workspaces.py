@@ -243,14 +243,3 @@ async def open_invoices(
     return await conn.fetch(
         f"SELECT {', '.join(OPEN_INVOICE_COLUMNS)} FROM {OPEN_INVOICES_OF.format('$1')}", workspace_id
     )
-
-
-async def audit_entries(
-    conn: asyncpg.Connection | asyncpg.Pool, workspace_id: str, limit: int = 100
-) -> Sequence[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT version, cause_kind, cause_id, changes, effective_at, recorded_at FROM audit_log "
-        "WHERE workspace_id = $1 ORDER BY version DESC LIMIT $2",
-        workspace_id,
-        limit,
-    )
