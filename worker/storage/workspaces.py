@@ -243,3 +243,22 @@ async def open_invoices(
     return await conn.fetch(
         f"SELECT {', '.join(OPEN_INVOICE_COLUMNS)} FROM {OPEN_INVOICES_OF.format('$1')}", workspace_id
     )
+
+
+# Workspaces whose level may move with time, by keyset pages over two partial indexes.
+DUNNING_CANDIDATES = """
+SELECT workspace_id FROM (
+    (SELECT DISTINCT workspace_id FROM invoices
+      WHERE status IN ('open', 'uncollectible') AND workspace_id > $1
+      ORDER BY workspace_id LIMIT $2)
+    UNION
+    (SELECT workspace_id FROM workspaces WHERE blocked AND workspace_id > $1
+      ORDER BY workspace_id LIMIT $2)
+) candidates
+ORDER BY workspace_id LIMIT $2
+"""
+
+
+async def dunning_candidates(conn: asyncpg.Connection | asyncpg.Pool, after: str, limit: int) -> list[str]:
+    """The next ``limit`` workspaces after ``after`` (keyset cursor) whose dunning level may move."""
+    return [r["workspace_id"] for r in await conn.fetch(DUNNING_CANDIDATES, after, limit)]
