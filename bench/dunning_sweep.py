@@ -19,11 +19,11 @@ from arq.connections import create_pool
 from tests import stripe_factory as sf
 from tests.helpers import make_settings
 from worker.infra.notifications import stream_name
-from worker.jobs.dunning import BATCH, CANDIDATES, sweep_dunning
+from worker.jobs.dunning import BATCH, sweep_dunning
 from worker.queue.redis import redis_settings
 from worker.queue.worker import Job
 from worker.services import Services, load_catalog
-from worker.storage import store
+from worker.storage import inbox, workspaces
 from worker.storage.db import create_pool as create_pg_pool
 from worker.storage.migrate import migrate
 
@@ -52,7 +52,7 @@ async def main(n: int, admin_url: str, redis_url: str) -> None:
             )
             events.extend(hist)
         for e in events:
-            await store.insert_event(
+            await inbox.insert_event(
                 services.pool,
                 event_id=e["id"],
                 event_type=e["type"],
@@ -79,7 +79,7 @@ async def main(n: int, admin_url: str, redis_url: str) -> None:
         await asyncio.gather(*(chain(ids) for ids in by_ws.values()))
         blocked = await services.pool.fetchval("SELECT count(*) FROM workspaces WHERE blocked")
         await services.pool.execute("ANALYZE")
-        plan = await services.pool.fetch(f"EXPLAIN {CANDIDATES}", "", BATCH)
+        plan = await services.pool.fetch(f"EXPLAIN {workspaces.DUNNING_CANDIDATES}", "", BATCH)
         print("\n".join(r[0] for r in plan))
         ctx = Job(services)
         started = time.perf_counter()

@@ -37,7 +37,7 @@ from worker.storage.db import create_pool
 TEMPLATE = "ws_btemplate"
 HOT_TABLES = ("workspaces", "customers", "subscriptions", "invoices", "webhook_events", "audit_log")
 
-# The statements of a batch's transaction (worker/store.py), for a batch holding the template's
+# The statements of a batch's transaction (worker/storage/), for a batch holding the template's
 # event; the write statement's joins are explained one table at a time (document-driven updates).
 EXPLAINED = {
     "lock_events": "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "

@@ -27,7 +27,8 @@ from worker.processing.unit_of_work import EventProcessor, ProcessResult
 from worker.queue.enqueue import JobQueue
 from worker.queue.redis import connect as connect_redis
 from worker.services import load_catalog
-from worker.storage import store
+from worker.storage import inbox, workspaces
+from worker.storage.audit import audit_entries
 from worker.storage.db import create_pool
 
 NOW = sf.at(sf.T0) + timedelta(days=45)
@@ -79,7 +80,7 @@ def _history(ids: dict[str, str]) -> list[dict[str, Any]]:
 
 async def _insert(pool: asyncpg.Pool, events: list[dict[str, Any]]) -> None:
     for e in events:
-        await store.insert_event(
+        await inbox.insert_event(
             pool,
             event_id=e["id"],
             event_type=e["type"],
@@ -93,10 +94,10 @@ async def _insert(pool: asyncpg.Pool, events: list[dict[str, Any]]) -> None:
 async def _observable(pool: asyncpg.Pool, ids: dict[str, str]) -> dict[str, Any]:
     """What a user can see of a workspace — view, open invoices, audit trail — with ids masked."""
     ws = ids["workspace_id"]
-    row = await store.get_workspace(pool, ws)
+    row = await workspaces.get_workspace(pool, ws)
     assert row is not None
-    invoices = [dict(r) for r in await store.open_invoices(pool, ws)]
-    audit = [(r["version"], r["cause_kind"]) for r in await store.audit_entries(pool, ws, limit=1000)]
+    invoices = [dict(r) for r in await workspaces.open_invoices(pool, ws)]
+    audit = [(r["version"], r["cause_kind"]) for r in await audit_entries(pool, ws, limit=1000)]
     text = json.dumps(
         to_jsonable({"view": row["view"], "open": invoices, "audit_versions": audit}), sort_keys=True
     )
@@ -234,7 +235,7 @@ async def test_a_failing_event_fails_only_its_own_job(pool: asyncpg.Pool):
     assert isinstance(outcomes[2], RuntimeError)
     assert [o.status for i, o in enumerate(outcomes) if i != 2] == ["processed"] * 3  # type: ignore[union-attr]
     assert {r.event_id for r in committed} == {e["id"] for i, e in enumerate(events) if i != 2}
-    row = await store.get_event(pool, events[2]["id"])
+    row = await inbox.get_event(pool, events[2]["id"])
     assert row is not None and row["status"] == "received"  # nothing of it was written
 
 
@@ -255,7 +256,7 @@ async def test_a_lock_timeout_fails_the_whole_batch_at_once_and_writes_nothing(p
             return_exceptions=True,
         )
     assert all(isinstance(o, asyncpg.exceptions.LockNotAvailableError) for o in outcomes)
-    statuses = [await store.get_event(pool, e["id"]) for e in (locked_events[1], free_events[0])]
+    statuses = [await inbox.get_event(pool, e["id"]) for e in (locked_events[1], free_events[0])]
     assert [s["status"] for s in statuses if s is not None] == ["received", "received"]
     # Once the lock is gone, the same events go through (as arq's retry will do).
     again = await asyncio.gather(
@@ -354,7 +355,7 @@ async def test_a_failing_read_ahead_event_fails_only_its_own_job(pool: asyncpg.P
     assert (await batcher.process(events[2]["id"], due[events[2]["id"]])).status == "processed"
     with pytest.raises(RuntimeError, match="poisoned"):
         await batcher.process(events[3]["id"], due[events[3]["id"]])
-    row = await store.get_event(pool, events[3]["id"])
+    row = await inbox.get_event(pool, events[3]["id"])
     assert row is not None and row["status"] == "received"
 
 

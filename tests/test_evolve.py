@@ -80,7 +80,8 @@ def _quick_classes() -> list[type]:
     import handlers.reducer
     import handlers.state
     import worker.processing.unit_of_work
-    import worker.storage.store
+    import worker.storage.audit
+    import worker.storage.inbox
 
     modules = [
         handlers.credits,
@@ -88,7 +89,8 @@ def _quick_classes() -> list[type]:
         handlers.reducer,
         handlers.state,
         worker.processing.unit_of_work,
-        worker.storage.store,
+        worker.storage.audit,
+        worker.storage.inbox,
     ]
     return [
         cls

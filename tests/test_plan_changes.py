@@ -21,15 +21,15 @@ from worker.infra.stripe_gateway import API_VERSION
 from worker.jobs.plan_changes import fire_plan_change, sweep_plan_changes
 from worker.plan_changes import firing
 from worker.plan_changes import store as plan_change_store
-from worker.storage import store
+from worker.storage import workspaces
 
 
 async def _read_separately(world: World) -> dict[str, Any]:
     """The API's workspace document built from the three separate reads it combines in one
     statement (``plan_changes.store.workspace_status``): row, open invoices, active change."""
     pool = world.svc.services.pool
-    row = await store.get_workspace(pool, world.ws)
-    invoices = list(await store.open_invoices(pool, world.ws))
+    row = await workspaces.get_workspace(pool, world.ws)
+    invoices = list(await workspaces.open_invoices(pool, world.ws))
     pending = plan_change_store.change_json(await plan_change_store.active_change(pool, world.ws))
     return json.loads(json.dumps({**workspace_json(row, invoices), "pending_plan_change": pending}))
 

@@ -20,7 +20,7 @@ from tests.services import ServiceChoice, create_database, drop_database, with_d
 from worker.processing.unit_of_work import EventProcessor
 from worker.receiver.app import inbox_row
 from worker.services import load_catalog
-from worker.storage import db, store
+from worker.storage import db, inbox
 from worker.storage.db import create_pool
 from worker.storage.migrate import migrate
 
@@ -64,7 +64,7 @@ async def _process_new_workspaces(url: str) -> None:
     pool = await create_pool(url, size=1)
     try:
         async with pool.acquire() as conn:
-            await store.insert_events(conn, [inbox_row(e, json.dumps(e)) for e in events])
+            await inbox.insert_events(conn, [inbox_row(e, json.dumps(e)) for e in events])
         processor = EventProcessor(pool, load_catalog(None), lambda: sf.at(sf.T0))
         for start in range(0, len(events), BATCH):
             results = await processor.process_many([e["id"] for e in events[start : start + BATCH]])

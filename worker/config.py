@@ -77,6 +77,57 @@ def _divisor_of_60(seconds: int) -> int:
     return seconds
 
 
+class _EnvReader:
+    """Reads and checks one variable at a time; a blank value means the declared default."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return _DEFAULTS[name]
+        return value.strip()
+
+    def integer(self, name: str, minimum: int = 0) -> int:
+        value = self.raw(name)
+        try:
+            number = int(value or "")
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {number}")
+        return number
+
+    def decimal_seconds(self, name: str) -> float:
+        value = self.raw(name)
+        try:
+            number = float(value or "")
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+        if number <= 0:
+            raise ConfigError(f"{name} must be > 0, got {value}")
+        return number
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in (self.raw("STRIPE_WEBHOOK_SECRETS") or "").split(",") if s.strip())
+
+    def backoff(self) -> tuple[int, ...]:
+        try:
+            return tuple(int(s) for s in (self.raw("BW_UNMATCHED_RETRY_SECONDS") or "").split(","))
+        except ValueError:
+            raise ConfigError(
+                "BW_UNMATCHED_RETRY_SECONDS must be comma-separated integers, "
+                f"got {self.raw('BW_UNMATCHED_RETRY_SECONDS')!r}"
+            ) from None
+
+    def log_level(self) -> str:
+        level = (self.raw("BW_LOG_LEVEL") or "info").lower()
+        if level not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(f"BW_LOG_LEVEL must be debug, info, warning or error, got {level!r}")
+        return level
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None
@@ -115,75 +166,39 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-
-        def raw(name: str) -> str | None:
-            value = env.get(name)
-            if value is None or value.strip() == "":
-                return _DEFAULTS[name]
-            return value.strip()
-
-        def integer(name: str, minimum: int = 0) -> int:
-            value = raw(name)
-            try:
-                number = int(value or "")
-            except ValueError:
-                raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-            if number < minimum:
-                raise ConfigError(f"{name} must be >= {minimum}, got {number}")
-            return number
-
-        def decimal_seconds(name: str) -> float:
-            value = raw(name)
-            try:
-                number = float(value or "")
-            except ValueError:
-                raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
-            if number <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-            return number
-
-        secrets = tuple(s.strip() for s in (raw("STRIPE_WEBHOOK_SECRETS") or "").split(",") if s.strip())
-        try:
-            backoff = tuple(int(s) for s in (raw("BW_UNMATCHED_RETRY_SECONDS") or "").split(","))
-        except ValueError:
-            raise ConfigError(
-                "BW_UNMATCHED_RETRY_SECONDS must be comma-separated integers, "
-                f"got {raw('BW_UNMATCHED_RETRY_SECONDS')!r}"
-            ) from None
-        level = (raw("BW_LOG_LEVEL") or "info").lower()
-        if level not in {"debug", "info", "warning", "error"}:
-            raise ConfigError(f"BW_LOG_LEVEL must be debug, info, warning or error, got {level!r}")
-        catalog = raw("BW_CATALOG_PATH")
+        read = _EnvReader(os.environ if env is None else env)
+        # Read before the integers, so that the first malformed variable reported stays the same.
+        secrets, backoff, level = read.secrets(), read.backoff(), read.log_level()
+        catalog = read.raw("BW_CATALOG_PATH")
         return cls(
-            database_url=raw("DATABASE_URL"),
-            redis_url=raw("REDIS_URL"),
+            database_url=read.raw("DATABASE_URL"),
+            redis_url=read.raw("REDIS_URL"),
             webhook_secrets=secrets,
-            stripe_api_key=raw("STRIPE_API_KEY"),
-            stripe_api_base=raw("STRIPE_API_BASE"),
+            stripe_api_key=read.raw("STRIPE_API_KEY"),
+            stripe_api_base=read.raw("STRIPE_API_BASE"),
             catalog_path=Path(catalog) if catalog else None,
-            data_dir=Path(raw("BW_DATA_DIR") or ".billing-worker"),
-            receiver_host=raw("BW_RECEIVER_HOST") or "0.0.0.0",
-            receiver_port=integer("BW_RECEIVER_PORT"),
-            internal_host=raw("BW_INTERNAL_HOST") or "127.0.0.1",
-            internal_port=integer("BW_INTERNAL_PORT"),
-            internal_token=raw("BW_INTERNAL_TOKEN"),
-            max_body_bytes=integer("BW_MAX_BODY_BYTES", 1024),
-            webhook_tolerance_seconds=integer("BW_WEBHOOK_TOLERANCE_SECONDS", 1),
-            redis_prefix=raw("BW_REDIS_PREFIX") or "billing",
-            max_jobs=integer("BW_MAX_JOBS", 1),
-            job_timeout_seconds=integer("BW_JOB_TIMEOUT_SECONDS", 1),
-            max_tries=integer("BW_MAX_TRIES", 1),
-            poll_delay_seconds=decimal_seconds("BW_POLL_DELAY_SECONDS"),
-            lock_timeout_ms=integer("BW_LOCK_TIMEOUT_MS", 1),
-            sweep_received_after_seconds=integer("BW_SWEEP_RECEIVED_AFTER_SECONDS", 1),
+            data_dir=Path(read.raw("BW_DATA_DIR") or ".billing-worker"),
+            receiver_host=read.raw("BW_RECEIVER_HOST") or "0.0.0.0",
+            receiver_port=read.integer("BW_RECEIVER_PORT"),
+            internal_host=read.raw("BW_INTERNAL_HOST") or "127.0.0.1",
+            internal_port=read.integer("BW_INTERNAL_PORT"),
+            internal_token=read.raw("BW_INTERNAL_TOKEN"),
+            max_body_bytes=read.integer("BW_MAX_BODY_BYTES", 1024),
+            webhook_tolerance_seconds=read.integer("BW_WEBHOOK_TOLERANCE_SECONDS", 1),
+            redis_prefix=read.raw("BW_REDIS_PREFIX") or "billing",
+            max_jobs=read.integer("BW_MAX_JOBS", 1),
+            job_timeout_seconds=read.integer("BW_JOB_TIMEOUT_SECONDS", 1),
+            max_tries=read.integer("BW_MAX_TRIES", 1),
+            poll_delay_seconds=read.decimal_seconds("BW_POLL_DELAY_SECONDS"),
+            lock_timeout_ms=read.integer("BW_LOCK_TIMEOUT_MS", 1),
+            sweep_received_after_seconds=read.integer("BW_SWEEP_RECEIVED_AFTER_SECONDS", 1),
             unmatched_retry_seconds=backoff,
-            sweep_interval_seconds=_divisor_of_60(integer("BW_SWEEP_INTERVAL_SECONDS", 1)),
-            sweep_batch_size=integer("BW_SWEEP_BATCH_SIZE", 1),
-            request_timeout_seconds=integer("BW_REQUEST_TIMEOUT_SECONDS", 1),
-            max_header_bytes=integer("BW_MAX_HEADER_BYTES", 1024),
-            worker_metrics_port=integer("BW_WORKER_METRICS_PORT"),
-            db_pool_size=integer("BW_DB_POOL_SIZE", 2),
+            sweep_interval_seconds=_divisor_of_60(read.integer("BW_SWEEP_INTERVAL_SECONDS", 1)),
+            sweep_batch_size=read.integer("BW_SWEEP_BATCH_SIZE", 1),
+            request_timeout_seconds=read.integer("BW_REQUEST_TIMEOUT_SECONDS", 1),
+            max_header_bytes=read.integer("BW_MAX_HEADER_BYTES", 1024),
+            worker_metrics_port=read.integer("BW_WORKER_METRICS_PORT"),
+            db_pool_size=read.integer("BW_DB_POOL_SIZE", 2),
             log_level=level,
         )
 

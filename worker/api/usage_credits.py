@@ -26,7 +26,7 @@ from worker.processing.after_commit import after_commit
 from worker.processing.reevaluation import save_reevaluated
 from worker.services import SERVICES
 from worker.storage import credit_ledger as credits_store
-from worker.storage import store
+from worker.storage import workspaces
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 MAX_AMOUNT = 10**12  # well above any pack; keeps amounts inside bigint with room to sum
@@ -64,8 +64,8 @@ async def put_usage(request: web.Request) -> web.Response:
     now = services.clock()
     async with services.transaction() as conn:
         # The product may report usage before any billing event: a Free workspace then.
-        await store.ensure_workspace(conn, workspace_id, services.catalog, now)
-        loaded = await store.lock_workspace(conn, workspace_id)
+        await workspaces.ensure_workspace(conn, workspace_id, services.catalog, now)
+        loaded = await workspaces.lock_workspace(conn, workspace_id)
         assert loaded is not None
         state, stored = loaded
         if usage != state.usage:
@@ -116,7 +116,7 @@ async def consume_credits(request: web.Request) -> web.Response:
     source_key = consume_key(workspace_id, key)
     now = services.clock()
     async with services.transaction() as conn:
-        loaded = await store.lock_workspace(conn, workspace_id)
+        loaded = await workspaces.lock_workspace(conn, workspace_id)
         if loaded is None:
             raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
         state, stored = loaded

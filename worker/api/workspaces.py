@@ -11,7 +11,7 @@ from worker.errors import NotFound
 from worker.http.params import event_id_of, workspace_id_of
 from worker.plan_changes.store import change_json, workspace_status
 from worker.services import SERVICES
-from worker.storage import store
+from worker.storage import inbox
 
 
 def workspace_json(row: Any, invoices: list[Any]) -> dict[str, Any]:
@@ -44,7 +44,7 @@ async def get_workspace(request: web.Request) -> web.Response:
 async def get_event(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     event_id = event_id_of(request)
-    row = await store.get_event(services.pool, event_id)
+    row = await inbox.get_event(services.pool, event_id)
     if row is None:
         raise NotFound("event_not_found", f"no inbox event {event_id!r}")
     return web.json_response(to_jsonable(dict(row)))

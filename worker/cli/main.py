@@ -103,7 +103,7 @@ async def _query(settings: Settings, what: str, ident: str) -> int:
 
     from handlers.codec import to_jsonable
     from worker.api.workspaces import workspace_json
-    from worker.storage import store
+    from worker.storage import inbox, workspaces
     from worker.storage.db import init_connection
 
     assert settings.database_url
@@ -111,13 +111,13 @@ async def _query(settings: Settings, what: str, ident: str) -> int:
     try:
         await init_connection(conn)
         if what == "show":
-            row = await store.get_workspace(conn, ident)
+            row = await workspaces.get_workspace(conn, ident)
             if row is None:
                 print(f"no billing state for workspace {ident!r}", file=sys.stderr)
                 return 1
-            doc = workspace_json(row, list(await store.open_invoices(conn, ident)))
+            doc = workspace_json(row, list(await workspaces.open_invoices(conn, ident)))
         else:
-            row = await store.get_event(conn, ident)
+            row = await inbox.get_event(conn, ident)
             if row is None:
                 print(f"no inbox event {ident!r}", file=sys.stderr)
                 return 1

@@ -18,22 +18,10 @@ from worker.processing.after_commit import after_commit
 from worker.processing.reevaluation import save_reevaluated
 from worker.queue.worker import Job
 from worker.services import Services
-from worker.storage import db, store
+from worker.storage import db, workspaces
 
 log = get_logger("dunning")
 BATCH = 500
-# Workspaces whose level may move with time, by keyset pages over two partial indexes.
-CANDIDATES = """
-SELECT workspace_id FROM (
-    (SELECT DISTINCT workspace_id FROM invoices
-      WHERE status IN ('open', 'uncollectible') AND workspace_id > $1
-      ORDER BY workspace_id LIMIT $2)
-    UNION
-    (SELECT workspace_id FROM workspaces WHERE blocked AND workspace_id > $1
-      ORDER BY workspace_id LIMIT $2)
-) candidates
-ORDER BY workspace_id LIMIT $2
-"""
 
 
 async def sweep_dunning(job: Job) -> int:
@@ -44,16 +32,16 @@ async def sweep_dunning(job: Job) -> int:
     changed = 0
     after = ""  # keyset cursor: each branch walks its partial index from here
     while True:
-        rows = await services.pool.fetch(CANDIDATES, after, BATCH)
-        for row in rows:
+        candidates = await workspaces.dunning_candidates(services.pool, after, BATCH)
+        for workspace_id in candidates:
             try:
-                changed += await _sweep_one(services, row["workspace_id"], cause_id)
+                changed += await _sweep_one(services, workspace_id, cause_id)
             except asyncpg.LockNotAvailableError:
                 # An event holds the workspace; it re-evaluates the ladder itself, the next sweep too.
-                log.info("sweep_dunning_skipped", workspace_id=row["workspace_id"], reason="locked")
-        if len(rows) < BATCH:
+                log.info("sweep_dunning_skipped", workspace_id=workspace_id, reason="locked")
+        if len(candidates) < BATCH:
             break
-        after = rows[-1]["workspace_id"]
+        after = candidates[-1]
     if changed:
         log.info("sweep_dunning", changed=changed)
     return changed
@@ -63,7 +51,7 @@ async def _sweep_one(services: Services, workspace_id: str, cause_id: str) -> in
     now = services.clock()
     async with services.pool.acquire() as conn, conn.transaction():
         await db.begin_keyed(conn, services.settings.lock_timeout_ms)
-        loaded = await store.lock_workspace(conn, workspace_id)
+        loaded = await workspaces.lock_workspace(conn, workspace_id)
         if loaded is None:
             return 0
         state, stored = loaded

@@ -20,6 +20,7 @@ from worker.queue.enqueue import PROCESS_EVENT
 from worker.queue.retry import RetryLater, backoff_seconds
 from worker.queue.worker import Job
 from worker.services import Services
+from worker.storage import inbox
 from worker.storage.db import is_transient
 
 log = get_logger("jobs")
@@ -92,20 +93,15 @@ async def sweep_inbox(job: Job) -> int:
     """Re-enqueue what Redis may have lost (old ``received``) and what is due a retry."""
     services: Services = job.services
     now = services.clock()
-    rows = await services.pool.fetch(
-        """
-        SELECT event_id FROM webhook_events
-         WHERE (status = 'received' AND received_at < $1)
-            OR (status IN ('unmatched', 'failed') AND next_retry_at <= $2)
-         ORDER BY received_at LIMIT $3
-        """,
-        now - timedelta(seconds=services.settings.sweep_received_after_seconds),
-        now,
-        services.settings.sweep_batch_size,
+    due = await inbox.due_for_sweep(
+        services.pool,
+        received_before=now - timedelta(seconds=services.settings.sweep_received_after_seconds),
+        retry_due=now,
+        limit=services.settings.sweep_batch_size,
     )
     count = 0
-    for row in rows:
-        count += await services.queue.enqueue_event(row["event_id"])
+    for event_id in due:
+        count += await services.queue.enqueue_event(event_id)
     if count:
         log.info("sweep_inbox", requeued=count)
     return count

@@ -25,7 +25,7 @@ from worker.infra.logging import get_logger
 from worker.infra.stripe_gateway import StripeGateway
 from worker.processing.after_commit import after_commit
 from worker.services import Services
-from worker.storage import store
+from worker.storage import workspaces, writer
 
 log = get_logger("reconcile")
 
@@ -104,7 +104,7 @@ async def _apply_observations(
     cause_id: str,
 ) -> tuple[int, list[dict[str, Any]]]:
     """Reduce the observations in order under the row lock, one audit entry each; (version, applied)."""
-    loaded = await store.lock_workspace(conn, workspace_id)
+    loaded = await workspaces.lock_workspace(conn, workspace_id)
     assert loaded is not None
     state, stored_view = loaded
     applied: list[dict[str, Any]] = []
@@ -117,10 +117,10 @@ async def _apply_observations(
             continue
         changes = {**outcome.changes, **view_diff(before, outcome.view)}
         if outcome.subscription is not None:
-            await store.save_subscription(conn, workspace_id, outcome.subscription)
+            await writer.save_subscription(conn, workspace_id, outcome.subscription)
         if outcome.invoice is not None:
-            await store.save_invoice(conn, workspace_id, outcome.invoice)
-        await store.append_audit(
+            await writer.save_invoice(conn, workspace_id, outcome.invoice)
+        await writer.append_audit(
             conn,
             workspace_id=workspace_id,
             version=outcome.state.version,
@@ -141,7 +141,7 @@ async def _apply_observations(
             }
         )
     if applied:
-        await store.save_workspace(conn, state, stored_view, now)
+        await writer.save_workspace(conn, state, stored_view, now)
     return state.version, applied
 
 

@@ -46,7 +46,7 @@ from worker.plan_changes.store import (
     set_status,
 )
 from worker.services import Services
-from worker.storage import db, store
+from worker.storage import db, workspaces
 
 log = get_logger("plan_changes")
 
@@ -95,7 +95,7 @@ async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult
         if workspace_id is None:
             return FireResult(change_id, "missing")
         # Lock order everywhere: the workspace row, then the change row.
-        loaded = await store.lock_workspace(conn, workspace_id)
+        loaded = await workspaces.lock_workspace(conn, workspace_id)
         assert loaded is not None
         state, stored_view = loaded
         row = await conn.fetchrow(
@@ -231,7 +231,7 @@ async def _finish(
         workspace_id = await conn.fetchval(
             "SELECT workspace_id FROM plan_changes WHERE change_id = $1", change_id
         )
-        loaded = await store.lock_workspace(conn, workspace_id)
+        loaded = await workspaces.lock_workspace(conn, workspace_id)
         assert loaded is not None
         row = await conn.fetchrow(
             f"SELECT {COLUMNS} FROM plan_changes WHERE change_id = $1 FOR UPDATE", change_id

@@ -28,7 +28,7 @@ from worker.plan_changes.store import (
     set_status,
 )
 from worker.services import Services
-from worker.storage import db, store
+from worker.storage import db, workspaces
 
 # ---------------------------------------------------------------- requests (internal API)
 
@@ -38,7 +38,7 @@ async def _lock_workspace(
 ) -> tuple[WorkspaceState, WorkspaceView]:
     """Lock the workspace row (always before any plan-change row: one lock order everywhere)."""
     await db.begin_keyed(conn, services.settings.lock_timeout_ms)
-    loaded = await store.lock_workspace(conn, workspace_id)
+    loaded = await workspaces.lock_workspace(conn, workspace_id)
     if loaded is None:
         raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     return loaded
@@ -59,7 +59,7 @@ async def evaluate(
     """The decision without acting (dry run): no lock, nothing written."""
     now = services.clock()
     async with services.pool.acquire() as conn:
-        loaded = await store.load_workspace(conn, workspace_id)
+        loaded = await workspaces.load_workspace(conn, workspace_id)
     if loaded is None:
         raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
     state, _stored = loaded

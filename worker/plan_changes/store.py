@@ -15,7 +15,7 @@ from handlers.plan_policy import Decision
 from handlers.state import WorkspaceView
 from worker.config import Settings
 from worker.infra import json_codec
-from worker.storage import store
+from worker.storage import workspaces, writer
 
 ACTIVE = ("pending", "waiting_payment", "firing")
 KEY_PREFIX = "plan-change:"
@@ -37,8 +37,8 @@ _JSON_COLUMNS = frozenset({"request", "decision", "stripe_params"})
 # fields in binary and the pool's JSON codec is a text one.
 _WORKSPACE_STATUS = (
     "SELECT workspace_id, customer_id, view, version, created_at, updated_at, "
-    f"array(SELECT ROW({', '.join(store.OPEN_INVOICE_COLUMNS)}) "
-    f"FROM {store.OPEN_INVOICES_OF.format('w.workspace_id')}) AS open_invoices, "
+    f"array(SELECT ROW({', '.join(workspaces.OPEN_INVOICE_COLUMNS)}) "
+    f"FROM {workspaces.OPEN_INVOICES_OF.format('w.workspace_id')}) AS open_invoices, "
     "(SELECT ROW("
     + ", ".join(f"{c}::text" if c in _JSON_COLUMNS else c for c in _COLUMN_NAMES)
     + ") FROM plan_changes WHERE workspace_id = w.workspace_id AND status = ANY($2::text[])) AS pending "
@@ -90,12 +90,12 @@ async def active_change(conn: asyncpg.Connection | asyncpg.Pool, workspace_id: s
 async def workspace_status(
     conn: asyncpg.Connection | asyncpg.Pool, workspace_id: str
 ) -> tuple[asyncpg.Record, list[dict[str, Any]], dict[str, Any] | None] | None:
-    """The workspace row, its open invoices (``store.open_invoices``) and its active change
+    """The workspace row, its open invoices (``workspaces.open_invoices``) and its active change
     (``active_change``) as dicts, read in one statement; None when there is no such workspace."""
     row = await conn.fetchrow(_WORKSPACE_STATUS, workspace_id, list(ACTIVE))
     if row is None:
         return None
-    invoices = [dict(zip(store.OPEN_INVOICE_COLUMNS, r, strict=True)) for r in row["open_invoices"]]
+    invoices = [dict(zip(workspaces.OPEN_INVOICE_COLUMNS, r, strict=True)) for r in row["open_invoices"]]
     pending = None
     if row["pending"] is not None:
         pending = dict(zip(_COLUMN_NAMES, row["pending"], strict=True))
@@ -129,7 +129,7 @@ async def audit_change(
         workspace_id,
         now,
     )
-    await store.append_audit(
+    await writer.append_audit(
         conn,
         workspace_id=workspace_id,
         version=version,

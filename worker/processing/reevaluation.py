@@ -14,7 +14,7 @@ import asyncpg
 from handlers.catalog import Catalog
 from handlers.reducer import APPLIED, Outcome, reevaluate
 from handlers.state import WorkspaceState, WorkspaceView
-from worker.storage import store
+from worker.storage import writer
 
 
 async def save_reevaluated(
@@ -30,8 +30,8 @@ async def save_reevaluated(
 ) -> Outcome:
     outcome = reevaluate(state, stored, now, catalog)
     if outcome.result == APPLIED:
-        await store.save_workspace(conn, outcome.state, outcome.view, now)
-        await store.append_audit(
+        await writer.save_workspace(conn, outcome.state, outcome.view, now)
+        await writer.append_audit(
             conn,
             workspace_id=state.workspace_id,
             version=outcome.state.version,

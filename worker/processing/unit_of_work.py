@@ -27,8 +27,10 @@ from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionR
 from worker.infra import json_codec
 from worker.plan_changes.store import record_confirmations
 from worker.storage import credit_ledger as credits_store
-from worker.storage import db, store
-from worker.storage.store import AuditEntry, EventFinish, LockedWorkspace
+from worker.storage import db, inbox, workspaces, writer
+from worker.storage.audit import AuditEntry
+from worker.storage.inbox import EventFinish
+from worker.storage.workspaces import LockedWorkspace
 
 # Inbox statuses after which an event is never applied again.
 FINAL_STATUSES = frozenset({"processed", "ignored", "dead"})
@@ -104,12 +106,12 @@ class EventProcessor:
         results: dict[str, ProcessResult] = {}
         async with self.pool.acquire() as conn, conn.transaction():
             await db.begin_keyed(conn, self.lock_timeout_ms)
-            rows = await store.lock_events(conn, ids)
+            rows = await inbox.lock_events(conn, ids)
             # Every blocking lock is taken before the first read-ahead one, so read-ahead locks
             # are never held while waiting for another batch's events.
             requested = set(ids)
             ahead = [e for e in dict.fromkeys(read_ahead) if e not in requested]
-            ahead_rows = await store.lock_fresh_events(conn, ahead) if ahead else {}
+            ahead_rows = await inbox.lock_fresh_events(conn, ahead) if ahead else {}
             rows.update(ahead_rows)
             parsed: list[tuple[asyncpg.Record, BillingEvent]] = []
             for event_id in [*ids, *ahead_rows]:
@@ -127,7 +129,7 @@ class EventProcessor:
                 await self._apply(conn, routed, writes, results, now)
             await credits_store.append_many(conn, writes.credit_entries, now)
             await record_confirmations(conn, [r.event.meta for r in routed])
-            mapped = await store.write_batch(
+            mapped = await writer.write_batch(
                 conn,
                 subscriptions=writes.subscriptions,
                 invoices=writes.invoices,
@@ -171,7 +173,7 @@ class EventProcessor:
         """Map each event to its workspace: the payload's metadata, else a remembered customer —
         including one an earlier event of this batch maps (as sequential processing would)."""
         customers = sorted({c for _, e in parsed if (c := customer_of(e)) is not None})
-        known = await store.workspaces_for_customers(conn, customers)
+        known = await workspaces.workspaces_for_customers(conn, customers)
         new_mappings: dict[str, str] = {}
         routed = []
         for row, event in parsed:
@@ -221,12 +223,12 @@ class EventProcessor:
     ) -> None:
         touched = sorted({r.event.invoice.invoice_id for r in routed if isinstance(r.event, InvoiceObserved)})
         workspace_ids = sorted({r.workspace_id for r in routed})
-        locked = await store.lock_workspaces(conn, workspace_ids, touched)
+        locked = await workspaces.lock_workspaces(conn, workspace_ids, touched)
         first_seen = [w for w in workspace_ids if w not in locked]
         if first_seen:  # the first event of these workspaces: create their rows
-            locked.update(await store.ensure_workspaces(conn, first_seen, self.catalog, now))
+            locked.update(await workspaces.ensure_workspaces(conn, first_seen, self.catalog, now))
             if raced := [w for w in first_seen if w not in locked]:  # created meanwhile by another
-                locked.update(await store.lock_workspaces(conn, raced, touched))
+                locked.update(await workspaces.lock_workspaces(conn, raced, touched))
         grants = {r.event_id: credit_grants(r.event, self.catalog) for r in routed}
         granted = set(
             await credits_store.granted_keys(conn, (g.source_key for gs in grants.values() for g in gs))

@@ -6,7 +6,7 @@ of the receiver's CPU. Here every verified webhook hands its event to one batche
 One flush runs at a time, and a second (``max_in_flight`` 2) only once ``extra_flush_after``
 (16) arrivals wait behind it: each flush costs two round trips, and a second one for a handful of
 webhooks cost more CPU than the wait it saved. While flushes are busy, new arrivals accumulate and
-the next flush takes all of them (up to ``max_batch``): one multi-row INSERT (``store.insert_events``),
+the next flush takes all of them (up to ``max_batch``): one multi-row INSERT (``inbox.insert_events``),
 one ``JobQueue.enqueue_events`` for the events that are new or still ``received``, then each
 waiting request gets its answer.
 A database failure fails the whole batch (nothing is queued); a Redis failure fails the events
@@ -24,7 +24,7 @@ import asyncpg
 
 from worker.infra.logging import get_logger
 from worker.queue.enqueue import JobQueue
-from worker.storage import store
+from worker.storage import inbox
 
 log = get_logger("inbox_batcher")
 
@@ -60,7 +60,7 @@ class InboxUnavailable(Exception):
         self.error = failure.error
 
 
-_Pending = tuple[store.InboxRow, "asyncio.Future[Stored | Unavailable]"]
+_Pending = tuple[inbox.InboxRow, "asyncio.Future[Stored | Unavailable]"]
 
 
 class InboxBatcher:
@@ -112,7 +112,7 @@ class InboxBatcher:
         self._fail(self._pending, _stopping())
         self._pending = []
 
-    async def submit(self, row: store.InboxRow) -> Stored:
+    async def submit(self, row: inbox.InboxRow) -> Stored:
         """Store and queue ``row``'s event; raises ``InboxUnavailable`` when it cannot."""
         if self._closing or self._task is None or self._task.done() or self._loop is None:
             raise InboxUnavailable(_stopping())
@@ -166,12 +166,12 @@ class InboxBatcher:
             self._fail(batch, Unavailable("database", exc))
 
     async def _store_and_queue(self, batch: list[_Pending]) -> None:
-        rows: dict[str, store.InboxRow] = {}
+        rows: dict[str, inbox.InboxRow] = {}
         for row, _ in batch:
             rows.setdefault(row.event_id, row)  # the first delivery of an id inserts, the rest are duplicates
         try:
             async with self._pool.acquire() as conn:
-                stored = await store.insert_events(conn, list(rows.values()))
+                stored = await inbox.insert_events(conn, list(rows.values()))
         except Exception as exc:
             self._fail(batch, Unavailable("database", exc))
             return

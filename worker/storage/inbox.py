@@ -1,0 +1,165 @@
+"""The inbox (``webhook_events``): every verified event is stored here before the receiver answers 2xx.
+
+Inserts (one or many, idempotent on the event id), the row locks a unit of work takes, the status
+it finishes an event with (written by ``worker.storage.writer``), and the reads of the API and the
+inbox sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from handlers.evolve import quick_init
+
+
+async def insert_event(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    event_id: str,
+    event_type: str,
+    api_version: str | None,
+    created: datetime,
+    livemode: bool,
+    payload: str,
+) -> tuple[bool, str]:
+    """Insert into the inbox, idempotent on the event id. Returns (is_new, current status)."""
+    row = await conn.fetchrow(
+        """
+        WITH ins AS (
+            INSERT INTO webhook_events (event_id, type, api_version, created, livemode, payload)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING status
+        )
+        SELECT true AS new, status FROM ins
+        UNION ALL
+        SELECT false AS new, status FROM webhook_events WHERE event_id = $1
+        LIMIT 1
+        """,
+        event_id,
+        event_type,
+        api_version,
+        created,
+        livemode,
+        payload,
+    )
+    if row is None:
+        # A concurrent delivery of the same event committed after this statement's snapshot:
+        # a new statement sees it.
+        status = await conn.fetchval("SELECT status FROM webhook_events WHERE event_id = $1", event_id)
+        return False, status
+    return row["new"], row["status"]
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    """One verified event for ``insert_events``."""
+
+    event_id: str
+    event_type: str
+    api_version: str | None
+    created: datetime
+    livemode: bool
+    payload: str
+
+
+async def insert_events(
+    conn: asyncpg.Connection, rows: Sequence[InboxRow]
+) -> dict[str, tuple[bool, str | None]]:
+    """``insert_event`` for many events (distinct ids) in two statements; each id → (is_new, status).
+
+    One multi-row INSERT … ON CONFLICT DO NOTHING, then the status of the ids that conflicted,
+    read by a new statement so that it sees deliveries committed concurrently. Each statement
+    commits on its own (no transaction): a returned row is durable.
+    """
+    inserted = await conn.fetch(
+        """
+        INSERT INTO webhook_events (event_id, type, api_version, created, livemode, payload)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::text[])
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id, status
+        """,
+        [r.event_id for r in rows],
+        [r.event_type for r in rows],
+        [r.api_version for r in rows],
+        [r.created for r in rows],
+        [r.livemode for r in rows],
+        [r.payload for r in rows],
+    )
+    out: dict[str, tuple[bool, str | None]] = {r["event_id"]: (True, r["status"]) for r in inserted}
+    conflicted = [r.event_id for r in rows if r.event_id not in out]
+    if conflicted:
+        existing = await conn.fetch(
+            "SELECT event_id, status FROM webhook_events WHERE event_id = ANY($1::text[])", conflicted
+        )
+        found = {r["event_id"]: r["status"] for r in existing}
+        out.update((event_id, (False, found.get(event_id))) for event_id in conflicted)
+    return out
+
+
+async def lock_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """Row-lock inbox events in id order (two batches never wait on each other in a cycle)."""
+    rows = await conn.fetch(
+        "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "
+        "WHERE event_id = ANY($1::text[]) ORDER BY event_id FOR UPDATE",
+        event_ids,
+    )
+    return {r["event_id"]: r for r in rows}
+
+
+async def lock_fresh_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """Row-lock those of the events that are still ``received`` and not locked by anyone else,
+    without waiting (read-ahead: an event another transaction holds is left to its own job)."""
+    rows = await conn.fetch(
+        "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "
+        "WHERE event_id = ANY($1::text[]) AND status = 'received' ORDER BY event_id "
+        "FOR UPDATE SKIP LOCKED",
+        event_ids,
+    )
+    return {r["event_id"]: r for r in rows}
+
+
+@quick_init
+@dataclass(frozen=True)
+class EventFinish:
+    """The inbox status an event ends its unit of work with."""
+
+    event_id: str
+    status: str
+    outcome: str | None
+    workspace_id: str | None
+    customer_id: str | None
+    error: str | None = None
+    next_retry_at: datetime | None = None
+
+
+async def get_event(conn: asyncpg.Connection | asyncpg.Pool, event_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT event_id, type, api_version, created, livemode, status, outcome, workspace_id, "
+        "customer_id, attempts, last_error, received_at, processed_at, next_retry_at "
+        "FROM webhook_events WHERE event_id = $1",
+        event_id,
+    )
+
+
+async def due_for_sweep(
+    conn: asyncpg.Connection | asyncpg.Pool, *, received_before: datetime, retry_due: datetime, limit: int
+) -> list[str]:
+    """Ids of the events Redis may have lost (still ``received`` before ``received_before``) and
+    of those due a retry at ``retry_due``, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT event_id FROM webhook_events
+         WHERE (status = 'received' AND received_at < $1)
+            OR (status IN ('unmatched', 'failed') AND next_retry_at <= $2)
+         ORDER BY received_at LIMIT $3
+        """,
+        received_before,
+        retry_due,
+        limit,
+    )
+    return [r["event_id"] for r in rows]
