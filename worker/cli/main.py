@@ -21,10 +21,19 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+import asyncpg
+
 from handlers.catalog import CatalogError
+from handlers.codec import to_jsonable
+from worker.api.workspaces import workspace_json
 from worker.cli import ops as cli_ops
 from worker.config import ConfigError, Settings
+from worker.dev.services import embedded_services
 from worker.infra.logging import configure, get_logger
+from worker.runner import serve
+from worker.storage import inbox, workspaces
+from worker.storage.db import init_connection
+from worker.storage.migrate import migrate
 
 log = get_logger("cli")
 
@@ -70,12 +79,8 @@ def _dev_defaults(settings: Settings, data_dir: Path) -> Settings:
 
 
 def _run(settings: Settings, roles: Sequence[str]) -> int:
-    from worker.runner import serve
-
     with ExitStack() as stack:
         if not settings.database_url or not settings.redis_url:
-            from worker.dev.services import embedded_services
-
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             urls = stack.enter_context(embedded_services(settings.data_dir))
             settings = dataclasses.replace(
@@ -99,13 +104,6 @@ def _require(settings: Settings, roles: Sequence[str]) -> None:
 
 
 async def _query(settings: Settings, what: str, ident: str) -> int:
-    import asyncpg
-
-    from handlers.codec import to_jsonable
-    from worker.api.workspaces import workspace_json
-    from worker.storage import inbox, workspaces
-    from worker.storage.db import init_connection
-
     assert settings.database_url
     conn = await asyncpg.connect(settings.database_url)
     try:
@@ -138,7 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(settings, roles)
         if args.command in ("receiver", "api", "worker"):
             _require(settings, [args.command])
-            from worker.runner import serve
 
             asyncio.run(serve(settings, [args.command]))
             return 0
@@ -148,8 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _require(settings, [])
             return asyncio.run(cli_ops.run(settings, args))
         if args.command == "migrate":
-            from worker.storage.migrate import migrate
-
             applied = asyncio.run(migrate(settings.database_url))
             print(
                 f"applied {len(applied)} migration(s)"

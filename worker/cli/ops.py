@@ -17,6 +17,9 @@ import stripe
 
 from worker.config import Settings
 from worker.errors import BillingError
+from worker.ops import backfill, recovery
+from worker.ops.reconcile import reconcile_workspace
+from worker.services import Services
 
 COMMANDS = ("retry", "dead-letters", "reconcile", "backfill")
 
@@ -38,11 +41,6 @@ def add_parsers(sub: Any) -> None:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.api.ops import _since
-    from worker.ops import backfill, recovery
-    from worker.ops.reconcile import reconcile_workspace
-    from worker.services import Services
-
     services = await Services.start(settings)
     try:
         if args.command == "retry":
@@ -63,7 +61,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 if args.resume:
                     run_id = args.resume
                 else:
-                    since = _since(int(args.since) if args.since.isdigit() else args.since)
+                    since = backfill.parse_since(int(args.since) if args.since.isdigit() else args.since)
                     run_id = await backfill.start_run(services.pool, since, services.clock())
                 out = await backfill.run_pages(services, gateway, run_id)
         print(json.dumps(out, indent=2, default=str))

@@ -11,7 +11,7 @@ down it stays ``received`` and the inbox sweep enqueues it.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -133,3 +133,19 @@ async def _store(services: Services, event: dict[str, Any]) -> int:
         except (RedisError, OSError) as exc:  # stays `received`: the sweep enqueues it
             log.warning("backfill_enqueue_failed", event_id=event["id"], error=type(exc).__name__)
     return int(is_new)
+
+
+def parse_since(value: Any) -> datetime:
+    """``since`` as an operator gives it: unix seconds, or an ISO-8601 time with a zone."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < 2**33:
+            raise InvalidInput("invalid_since", "`since` is out of range")
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed.astimezone(UTC)
+    raise InvalidInput("invalid_since", "`since` must be a unix time or an ISO-8601 time with a zone")
