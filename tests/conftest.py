@@ -1,4 +1,4 @@
-"""Real services for the tests; how they are chosen is in tests/services.py.
+"""Real services for the tests; how they are chosen is in tests/support/services.py.
 
 Session fixtures: ``pg_url`` (a fresh database of this session), ``redis_url``, ``redis_prefix``.
 Function fixtures for fault tests: ``embedded_postgres_factory``, ``embedded_redis_factory``
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.services import (
+from tests.support.services import (
     ServiceChoice,
     acquire_postgres,
     acquire_redis,
@@ -31,7 +31,7 @@ from worker.dev.postgres import EmbeddedPostgres
 from worker.dev.redis import EmbeddedRedis
 
 # Fixtures built on these services (migrated database, settings) live in their own module.
-pytest_plugins = ("tests.service_fixtures",)
+pytest_plugins = ("tests.support.service_fixtures",)
 
 _chosen: dict[str, str] = {}
 
@@ -130,6 +130,16 @@ def _shut_down(servers: list[EmbeddedPostgres] | list[EmbeddedRedis]) -> None:
             server.stop(timeout=10)
         finally:
             server.kill()
+
+
+SYSTEM_TESTS = Path(__file__).resolve().parent / "system"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/system/ is ``slow``: ``-m "not slow"`` is the quick loop."""
+    for item in items:
+        if SYSTEM_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

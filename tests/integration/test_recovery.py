@@ -1,0 +1,165 @@
+"""Recovery sweeps and retry triggers: lost jobs come back, unmatched events end as dead letters
+with their reason, and replays of old events are no-ops unless something changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.support import stripe_factory as sf
+from tests.support.cli import run_cli
+from tests.support.helpers import RunningService, make_settings, running_service, wait_for
+from worker.config import Settings
+from worker.receiver.app import store_in_inbox
+
+
+def _ids(tag: str) -> dict[str, str]:
+    u = uuid.uuid4().hex[:10]
+    return {"workspace_id": f"ws_{tag}_{u}", "customer": f"cus_{tag}{u}", "sub_id": f"sub_{tag}{u}"}
+
+
+def _orphan_invoice(ids: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A failed-payment event whose metadata does not name the workspace (its customer is unknown)."""
+    events = sf.history_payment_failure(**ids, invoice_id=f"in_{ids['sub_id']}", outcome=None)
+    failed = next(e for e in events if e["type"] == "invoice.payment_failed")
+    orphan = json.loads(json.dumps(failed))
+    orphan["data"]["object"]["parent"]["subscription_details"]["metadata"] = {}
+    return orphan, events
+
+
+@pytest.fixture
+def fast_settings(migrated_pg_url: str, redis_url: str, redis_prefix: str) -> Settings:
+    return make_settings(
+        migrated_pg_url,
+        redis_url,
+        f"{redis_prefix}-{uuid.uuid4().hex[:6]}",
+        BW_UNMATCHED_RETRY_SECONDS="1,1",
+        BW_SWEEP_INTERVAL_SECONDS="1",
+        BW_SWEEP_RECEIVED_AFTER_SECONDS="1",
+    )
+
+
+async def _audits(svc: RunningService, workspace_id: str) -> int:
+    return await svc.services.pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE workspace_id = $1", workspace_id
+    )
+
+
+async def test_unmatched_event_is_dead_lettered_with_its_reason_then_retried_after_the_fix(
+    fast_settings: Settings,
+):
+    ids = _ids("unm")
+    orphan, events = _orphan_invoice(ids)
+    async with running_service(fast_settings) as svc:
+        assert (await svc.post_event(orphan))[0] == 200
+        await wait_for(lambda: svc.event_status(orphan["id"]), lambda s: s == "dead", timeout=20, what="dead")
+        status, body = await svc.api("GET", f"/v1/events/{orphan['id']}")
+        assert (body["outcome"], body["attempts"]) == ("unmatched", 3)  # first try + the 2 backoff steps
+        assert body["last_error"].startswith("unmatched after 3 tries: no workspace")
+        status, listed = await svc.api("GET", "/v1/dead-letters", params={"type": "invoice.payment_failed"})
+        assert status == 200
+        assert orphan["id"] in [d["event_id"] for d in listed["dead_letters"]]
+
+        # The fix: the subscription naming the workspace arrives. A dead letter stays parked …
+        assert (await svc.post_event(events[0]))[0] == 200
+        await svc.wait_processed([events[0]["id"]])
+        assert await svc.event_status(orphan["id"]) == "dead"
+        # … until an operator retries the type; then it applies, once.
+        status, body = await svc.api(
+            "POST", "/v1/dead-letters/retry", json={"type": "invoice.payment_failed"}
+        )
+        assert status == 202 and orphan["id"] in body["event_ids"]
+        await wait_for(lambda: svc.event_status(orphan["id"]), lambda s: s == "processed", what="processed")
+        _, body = await svc.api("GET", f"/v1/events/{orphan['id']}")
+        assert body["outcome"] == "applied"
+        state = await svc.workspace(ids["workspace_id"])
+        assert state["blocked"] is True
+
+
+async def test_replay_of_an_event_processed_long_ago_is_a_no_op(fast_settings: Settings):
+    ids = _ids("old")
+    event = sf.history_lifecycle(**ids)[0]
+    async with running_service(fast_settings) as svc:
+        assert (await svc.post_event(event))[0] == 200
+        await svc.wait_processed([event["id"]])
+        await svc.services.pool.execute(
+            "UPDATE webhook_events SET received_at = now() - interval '40 days', "
+            "processed_at = now() - interval '40 days' WHERE event_id = $1",
+            event["id"],
+        )
+        before = await svc.workspace(ids["workspace_id"])
+        audits = await _audits(svc, ids["workspace_id"])
+
+        status, body = await svc.api("POST", f"/v1/events/{event['id']}/retry")
+        assert (status, body["previous_status"], body["enqueued"]) == (202, "processed", True)
+        await wait_for(lambda: svc.event_status(event["id"]), lambda s: s == "processed", what="replayed")
+        _, row = await svc.api("GET", f"/v1/events/{event['id']}")
+        assert row["outcome"] == "stale"
+        after = await svc.workspace(ids["workspace_id"])
+        assert after == before  # same version, same state
+        assert await _audits(svc, ids["workspace_id"]) == audits
+
+        status, body = await svc.api("POST", "/v1/events/evt_doesnotexist/retry")
+        assert (status, body["error"]["code"]) == (404, "event_not_found")
+
+
+async def test_sweep_enqueues_events_redis_never_got(fast_settings: Settings):
+    """An event stored but never queued (Redis lost it) is processed once it is old enough."""
+    ids = _ids("swp")
+    event = sf.history_lifecycle(**ids)[0]
+    async with running_service(fast_settings) as svc:
+        is_new, _ = await store_in_inbox(svc.services, event, json.dumps(event))
+        assert is_new
+        await svc.wait_processed([event["id"]], timeout=20)
+        assert (await svc.workspace(ids["workspace_id"]))["status"] == "trialing"
+
+
+async def test_cli_lists_and_retries_dead_letters(fast_settings: Settings):
+    ids = _ids("cli")
+    orphan, _ = _orphan_invoice(ids)
+    async with running_service(fast_settings) as svc:
+        assert (await svc.post_event(orphan))[0] == 200
+        await wait_for(lambda: svc.event_status(orphan["id"]), lambda s: s == "dead", timeout=20, what="dead")
+        listed = await run_cli(fast_settings, "dead-letters", "--type", "invoice.payment_failed")
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert [r["last_error"][:15] for r in rows if r["event_id"] == orphan["id"]] == ["unmatched after"]
+        retried = await run_cli(fast_settings, "retry", orphan["id"])
+        assert retried.returncode == 0, retried.stderr
+        assert json.loads(retried.stdout)["previous_status"] == "dead"
+        # Still no workspace: it walks the backoff again and ends dead again, with a fresh budget.
+        await wait_for(
+            lambda: svc.event_status(orphan["id"]), lambda s: s == "dead", timeout=20, what="dead again"
+        )
+        missing = await run_cli(fast_settings, "retry", "evt_nosuchevent")
+        assert missing.returncode == 1 and "no inbox event" in missing.stderr
+
+
+async def test_a_handler_failing_max_tries_is_dead_lettered_with_error_and_traceback(fast_settings: Settings):
+    """A workspace row held locked by someone else: every try times out, then the event is parked
+    with the last error; once the lock is gone an operator retry applies it."""
+    ids = _ids("mxt")
+    first, second = sf.history_lifecycle(**ids)[:2]
+    settings = dataclasses.replace(fast_settings, max_tries=2, lock_timeout_ms=100)
+    async with running_service(settings) as svc:
+        assert (await svc.post_event(first))[0] == 200
+        await svc.wait_processed([first["id"]])
+        async with svc.services.pool.acquire() as holder, holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM workspaces WHERE workspace_id = $1 FOR UPDATE", ids["workspace_id"]
+            )
+            assert (await svc.post_event(second))[0] == 200
+            await wait_for(
+                lambda: svc.event_status(second["id"]), lambda s: s == "dead", timeout=20, what="dead"
+            )
+        _, row = await svc.api("GET", f"/v1/events/{second['id']}")
+        assert row["attempts"] == 2
+        assert row["last_error"].startswith("transient: Traceback")
+        assert "LockNotAvailableError" in row["last_error"]
+        status, _ = await svc.api("POST", f"/v1/events/{second['id']}/retry")
+        assert status == 202
+        await wait_for(lambda: svc.event_status(second["id"]), lambda s: s == "processed", what="processed")
