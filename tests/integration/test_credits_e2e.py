@@ -11,22 +11,11 @@ import pytest
 
 from tests.support import credit_events as ce
 from tests.support import stripe_factory as sf
-from tests.support.helpers import RunningService, running_service
+from tests.support.helpers import RunningService
 from tests.support.money_helpers import changes_of, ids
-from worker.config import Settings
+from tests.support.service_fixtures import service_fixture
 
-
-@pytest.fixture
-async def service(settings: Settings):
-    async with running_service(settings, clock=lambda: sf.at(sf.T0 + 2 * sf.DAY)) as svc:
-        yield svc
-
-
-async def _deliver(svc: RunningService, *events: dict[str, Any]) -> None:
-    for event in events:
-        status, body = await svc.post_event(event)
-        assert status == 200, body
-    await svc.wait_processed([e["id"] for e in events])
+service = service_fixture(at=sf.at(sf.T0 + 2 * sf.DAY))
 
 
 async def _ledger(svc: RunningService, ws: str, query: str = "") -> dict[str, Any]:
@@ -49,7 +38,7 @@ async def _funded(svc: RunningService, tag: str, packs: int = 1) -> str:
     event = ce.pack_checkout(
         workspace_id=ws, customer=i["customer"], session_id=f"cs_{ws}", packs=((ce.PACK_1000, packs),)
     )
-    await _deliver(svc, event)
+    await svc.deliver(event)
     return ws
 
 
@@ -60,11 +49,11 @@ async def test_same_pack_delivered_three_ways_grants_once(service: RunningServic
     checkout = ce.pack_checkout(workspace_id=ws, customer=cus, session_id=f"cs_{ws}", invoice_id=f"in_{ws}")
     invoice = ce.pack_invoice(workspace_id=None, customer=cus, invoice_id=f"in_{ws}")  # maps by customer
 
-    await _deliver(service, checkout)
-    await _deliver(service, checkout)  # Stripe's duplicate delivery (same event id)
+    await service.deliver(checkout)
+    await service.deliver(checkout)  # Stripe's duplicate delivery (same event id)
     replay = await service.services.processor.process(checkout["id"])  # an operator's replay
     assert replay.outcome == "duplicate"
-    await _deliver(service, invoice)  # the one-off invoice of the same purchase
+    await service.deliver(invoice)  # the one-off invoice of the same purchase
 
     state = await service.workspace(ws)
     assert state["ai_credit_balance"] == 1_000
@@ -93,8 +82,8 @@ async def test_cycle_invoice_paid_twice_grants_once_and_proration_never(service:
         sub_id=i["sub_id"],
         kind="payment_succeeded",
     )
-    await _deliver(service, paid, succeeded)
-    await _deliver(service, paid)
+    await service.deliver(paid, succeeded)
+    await service.deliver(paid)
     ledger = await _ledger(service, ws)
     assert [(e["source_key"], e["amount"]) for e in ledger["entries"]] == [(f"cycle:in_{ws}", 500)]
     assert (await service.workspace(ws))["ai_credit_balance"] == 500

@@ -13,40 +13,17 @@ import pytest
 from handlers.codec import parse_datetime
 from handlers.reducer import BlockApplied, BlockLevelChanged, BlockLifted
 from tests.support import stripe_factory as sf
-from tests.support.helpers import RunningService, running_service
-from tests.support.money_helpers import AfterCommitRecorder, MovableClock, after_commit_calls, changes_of, ids
-from worker.config import Settings
+from tests.support.clock import MovableClock
+from tests.support.helpers import RunningService
+from tests.support.money_helpers import AfterCommitRecorder, changes_of, ids
+from tests.support.service_fixtures import service_fixture
 from worker.jobs.dunning import sweep_dunning
 from worker.queue.worker import Job
 
-__all__ = ["after_commit_calls"]  # the fixture, used by name
-
-
-@pytest.fixture
-def clock() -> MovableClock:
-    return MovableClock(sf.at(sf.T0))
-
-
-@pytest.fixture
-async def service(settings: Settings, clock: MovableClock, monkeypatch: pytest.MonkeyPatch):
-    """The service on the test's clock, whose dunning sweep runs only when a test runs it: the
-    worker's cron (minute % 5, second 20) would sweep with the clock wherever the test has set
-    it, even back at the start of the next history (a CI run lost a block that way)."""
-
-    async def no_cron_sweep(ctx: dict[str, Any]) -> int:
-        return 0
-
-    monkeypatch.setattr("worker.jobs.worker.sweep_dunning", no_cron_sweep)
-    async with running_service(settings, clock=clock) as svc:
-        yield svc
-
-
-async def _deliver(svc: RunningService, clock: MovableClock, events: list[dict[str, Any]]) -> None:
-    for event in events:
-        clock.now = max(clock.now, sf.at(event["created"]))  # the worker sees them as they happen
-        status, body = await svc.post_event(event)
-        assert status == 200, body
-        await svc.wait_processed([event["id"]])
+# The service on the test's clock, whose dunning sweep runs only when a test runs it: the
+# worker's cron (minute % 5, second 20) would sweep with the clock wherever the test has set it,
+# even back at the start of the next history (a CI run lost a block that way).
+service = service_fixture(at=sf.at(sf.T0), cron_sweep=False)
 
 
 def _history(tag: str, **kw: Any) -> tuple[str, list[dict[str, Any]]]:
@@ -78,7 +55,7 @@ async def test_failed_payment_escalates_by_the_sweep_and_payment_clears(
     paid_at = next(n for n, e in enumerate(events) if e["type"] == "invoice.paid")
     failing, paying = events[:paid_at], events[paid_at:]  # payment comes 20 days after the failure
 
-    await _deliver(service, clock, failing)
+    await service.deliver(*failing, clock=clock)
     state = await service.workspace(ws)
     assert (state["dunning_level"], state["blocked"]) == ("payment_issue", True)
     since = parse_datetime(state["block"]["since"])
@@ -115,7 +92,7 @@ async def test_failed_payment_escalates_by_the_sweep_and_payment_clears(
     assert len(await changes_of(service, ws)) == notified + 1
 
     # The customer pays: the block is lifted by re-evaluation, and the lift reaches after_commit.
-    await _deliver(service, clock, paying)
+    await service.deliver(*paying, clock=clock)
     state = await service.workspace(ws)
     assert (state["blocked"], state["dunning_level"], state["open_invoices"]) == (False, None, [])
     assert BlockLifted("restricted") in after_commit_calls.effects_for(ws)
@@ -126,7 +103,7 @@ async def test_uncollectible_blocking_is_configuration_and_the_sweep_applies_a_c
     service: RunningService, clock: MovableClock, after_commit_calls: AfterCommitRecorder
 ):
     ws, events = _history("uncoll", outcome="uncollectible")
-    await _deliver(service, clock, events)
+    await service.deliver(*events, clock=clock)
     state = await service.workspace(ws)
     assert state["blocked"] is True  # the example catalog: uncollectible money is still owed
 
@@ -151,7 +128,7 @@ async def test_sweep_leaves_workspaces_without_unpaid_invoices_alone(
     service: RunningService, clock: MovableClock
 ):
     ws, events = _history("clean", outcome="voided")
-    await _deliver(service, clock, events)
+    await service.deliver(*events, clock=clock)
     version = (await service.workspace(ws))["version"]
     clock.now += timedelta(days=60)
     await _sweep(service, ws)
@@ -167,7 +144,7 @@ async def test_sweep_walks_every_candidate_in_batches(
     for n in range(5):
         ws, events = _history(f"batch{n}", outcome=None)
         clock.now = sf.at(sf.T0)
-        await _deliver(service, clock, events)
+        await service.deliver(*events, clock=clock)
         workspaces.append(ws)
     since = parse_datetime((await service.workspace(workspaces[0]))["block"]["since"])
     clock.now = since + timedelta(days=31)

@@ -18,7 +18,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.support.helpers import customer_event, make_settings, running_service, sign, wait_for
+from tests.support.helpers import customer_event, make_settings, post_signed, running_service, wait_for
+from tests.support.service_fixtures import service_fixture
 from tests.support.services import free_port
 from worker.config import Settings
 from worker.receiver.app import BATCHER, create_receiver_app, inbox_row
@@ -26,13 +27,6 @@ from worker.receiver.inbox_batcher import InboxBatcher, InboxUnavailable, Receiv
 from worker.runner import start_site
 from worker.services import Services
 from worker.storage.migrate import migrate
-
-
-async def _post(http: aiohttp.ClientSession, url: str, event: dict[str, Any]) -> tuple[int, Any]:
-    body = json.dumps(event)
-    headers = {"Stripe-Signature": sign(body), "Content-Type": "application/json"}
-    async with http.post(f"{url}/webhooks/stripe", data=body, headers=headers) as resp:
-        return resp.status, await resp.json()
 
 
 async def _rows(pool: asyncpg.Pool, ids: list[str]) -> dict[str, str]:
@@ -60,15 +54,12 @@ async def _insert_waiting(pool: asyncpg.Pool) -> int:
     )
 
 
-@pytest.fixture
-async def service(settings: Settings) -> AsyncIterator[Any]:
-    async with running_service(settings, worker=False) as svc:
-        yield svc
+service = service_fixture(worker=False)
 
 
 async def test_many_concurrent_deliveries_are_each_stored_and_queued_once(service):
     events = [customer_event("cus_batch") for _ in range(300)]
-    answers = await asyncio.gather(*(_post(service.http, service.receiver_url, e) for e in events))
+    answers = await asyncio.gather(*(service.post_event(e) for e in events))
     ids = [e["id"] for e in events]
     assert [a for a in answers if a[0] != 200] == []
     assert {a[1]["event_id"] for a in answers} == set(ids)
@@ -77,7 +68,7 @@ async def test_many_concurrent_deliveries_are_each_stored_and_queued_once(servic
     assert len(await _queued_jobs(service.services, ids)) == len(ids)
     # A second round of the same deliveries (Stripe's retries): all duplicates, nothing new queued.
     depth = await service.services.queue.depth()
-    again = await asyncio.gather(*(_post(service.http, service.receiver_url, e) for e in events))
+    again = await asyncio.gather(*(service.post_event(e) for e in events))
     assert {(a[0], a[1]["duplicate"]) for a in again} == {(200, True)}
     assert await service.services.queue.depth() == depth
 
@@ -107,7 +98,7 @@ async def test_duplicates_inside_one_batch_insert_once_and_answer_duplicate(serv
 
 async def test_duplicate_http_deliveries_at_once_one_accepted_the_rest_duplicate(service):
     event = customer_event("cus_batch")
-    answers = await asyncio.gather(*(_post(service.http, service.receiver_url, event) for _ in range(20)))
+    answers = await asyncio.gather(*(service.post_event(event) for _ in range(20)))
     assert {a[0] for a in answers} == {200}
     assert sorted(a[1]["duplicate"] for a in answers) == [False] + [True] * 19
     assert await _rows(service.services.pool, [event["id"]]) == {event["id"]: "received"}
@@ -131,7 +122,7 @@ async def test_postgres_down_every_request_of_the_batch_gets_503_and_nothing_is_
     events = [customer_event("cus_batch") for _ in range(40)]
     async with running_service(settings, worker=False) as svc:
         postgres.stop()
-        answers = await asyncio.gather(*(_post(svc.http, svc.receiver_url, e) for e in events))
+        answers = await asyncio.gather(*(svc.post_event(e) for e in events))
         assert {(status, body["error"]["code"]) for status, body in answers} == {
             (503, "database_unavailable")
         }
@@ -141,10 +132,7 @@ async def test_postgres_down_every_request_of_the_batch_gets_503_and_nothing_is_
         ids = [e["id"] for e in events]
 
         async def accepted() -> list[int]:
-            return [
-                status
-                for status, _ in await asyncio.gather(*(_post(svc.http, svc.receiver_url, e) for e in events))
-            ]
+            return [status for status, _ in await asyncio.gather(*(svc.post_event(e) for e in events))]
 
         await wait_for(accepted, lambda statuses: set(statuses) == {200}, timeout=30, what="retries accepted")
         assert await _rows(svc.services.pool, ids) == dict.fromkeys(ids, "received")
@@ -158,13 +146,13 @@ async def test_redis_down_answers_queue_unavailable_and_keeps_the_rows(private_s
     ids = [e["id"] for e in events]
     async with running_service(settings, worker=False) as svc:
         redis.stop()
-        answers = await asyncio.gather(*(_post(svc.http, svc.receiver_url, e) for e in events))
+        answers = await asyncio.gather(*(svc.post_event(e) for e in events))
         assert {(status, body["error"]["code"]) for status, body in answers} == {(503, "queue_unavailable")}
         assert await _rows(svc.services.pool, ids) == dict.fromkeys(ids, "received")
         redis.start()
 
         async def retried() -> set[tuple[int, bool]]:
-            answers = await asyncio.gather(*(_post(svc.http, svc.receiver_url, e) for e in events))
+            answers = await asyncio.gather(*(svc.post_event(e) for e in events))
             return {(status, body.get("duplicate")) for status, body in answers}
 
         # Stripe's retries: duplicates of stored rows still `received`, so they are queued now.
@@ -215,7 +203,7 @@ async def test_shutdown_flushes_pending_requests_before_stopping(own_receiver: _
     blocker, tx = await _block_inserts_of(pool, blocker_event)
     events = [blocker_event] + [customer_event("cus_batch") for _ in range(30)]
     async with aiohttp.ClientSession() as http:
-        posts = [asyncio.create_task(_post(http, own_receiver.url, e)) for e in events]
+        posts = [asyncio.create_task(post_signed(http, own_receiver.url, e)) for e in events]
         # The first batch waits on the open transaction; the others queue up behind it.
         await wait_for(lambda: _insert_waiting(pool), lambda n: n >= 1, what="a blocked INSERT")
         batcher = own_receiver.runner.app[BATCHER]

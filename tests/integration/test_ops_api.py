@@ -23,6 +23,7 @@ from tests.support.helpers import (
     customer_event,
     running_service,
     sign,
+    signed_headers,
     wait_for,
 )
 from tests.support.paths import ROOT
@@ -159,7 +160,7 @@ async def test_worker_warns_when_redis_may_evict(settings: Settings, embedded_re
 
 def _signed(body: str | bytes) -> dict[str, str]:
     text = body if isinstance(body, str) else body.decode("latin-1")
-    return {"Stripe-Signature": sign(text, SECRET_A), "Content-Type": "application/json"}
+    return signed_headers(text, SECRET_A)
 
 
 def _envelope(**overrides: Any) -> str:

@@ -12,24 +12,12 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import pytest
-
 from tests.support import stripe_factory as sf
-from tests.support.helpers import RunningService, history_ids, running_service, wait_for
-from worker.config import Settings
+from tests.support.helpers import RunningService, history_ids, wait_for
+from tests.support.service_fixtures import service_fixture
 
-
-async def _deliver_and_wait(svc: RunningService, event: dict[str, Any]) -> None:
-    status, body = await svc.post_event(event)
-    assert status == 200, body
-    await svc.wait_processed([event["id"]])
-
-
-@pytest.fixture
-async def service(settings: Settings):
-    # The clock sits just after the factory's histories so dunning ages are deterministic.
-    async with running_service(settings, clock=lambda: sf.at(sf.T0) + timedelta(days=45)) as svc:
-        yield svc
+# The clock sits just after the factory's histories so dunning ages are deterministic.
+service = service_fixture(at=sf.at(sf.T0) + timedelta(days=45))
 
 
 async def test_subscription_lifecycle_over_http(service: RunningService):
@@ -39,7 +27,7 @@ async def test_subscription_lifecycle_over_http(service: RunningService):
 
     assert await service.workspace(ws) is None  # unknown until its first event
 
-    await _deliver_and_wait(service, created)
+    await service.deliver(created)
     state = await service.workspace(ws)
     assert (state["plan"], state["interval"], state["seats"], state["status"]) == (
         "plus",
@@ -49,20 +37,20 @@ async def test_subscription_lifecycle_over_http(service: RunningService):
     )
     assert state["trial_end"] is not None and state["blocked"] is False
 
-    await _deliver_and_wait(service, trial_will_end)
-    await _deliver_and_wait(service, active)
+    await service.deliver(trial_will_end)
+    await service.deliver(active)
     state = await service.workspace(ws)
     assert state["status"] == "active"
     assert state["period_start"] == state["trial_end"]  # the first paid period starts at trial end
 
-    await _deliver_and_wait(service, plan_change)
+    await service.deliver(plan_change)
     state = await service.workspace(ws)
     assert (state["plan"], state["seats"], state["status"]) == ("business", 5, "active")
 
-    await _deliver_and_wait(service, cancel_requested)
+    await service.deliver(cancel_requested)
     assert (await service.workspace(ws))["cancel_at_period_end"] is True
 
-    await _deliver_and_wait(service, deleted)
+    await service.deliver(deleted)
     state = await service.workspace(ws)
     assert (state["plan"], state["status"], state["cancel_at_period_end"]) == ("free", "canceled", False)
     # One audit entry per state-changing event, versions without gaps.
@@ -79,12 +67,12 @@ async def test_payment_failure_blocks_then_payment_lifts_it(service: RunningServ
     by_label = {e["id"].split("_", 3)[-1]: e for e in events}
 
     for label in ("sub_created", "invoice_created", "invoice_finalized"):
-        await _deliver_and_wait(service, by_label[label])
+        await service.deliver(by_label[label])
     state = await service.workspace(ws)
     assert state["blocked"] is False
     assert [i["status"] for i in state["open_invoices"]] == ["open"]  # open but not failed: no block
 
-    await _deliver_and_wait(service, by_label["payment_failed_1"])
+    await service.deliver(by_label["payment_failed_1"])
     state = await service.workspace(ws)
     assert state["blocked"] is True
     assert state["block_reasons"] == ["open_invoice"]
@@ -98,7 +86,7 @@ async def test_payment_failure_blocks_then_payment_lifts_it(service: RunningServ
         "invoice_payment_succeeded",
         "sub_active",
     ):
-        await _deliver_and_wait(service, by_label[label])
+        await service.deliver(by_label[label])
     state = await service.workspace(ws)
     assert state["blocked"] is False and state["block"] is None
     assert state["open_invoices"] == []
@@ -113,7 +101,7 @@ async def test_unknown_event_type_is_stored_and_ignored(service: RunningService)
         created=sf.T0,
         event_id=f"evt_unknown{uuid.uuid4().hex[:12]}",
     )
-    await _deliver_and_wait(service, event)
+    await service.deliver(event)
     status, body = await service.api("GET", f"/v1/events/{event['id']}")
     assert status == 200
     assert (body["status"], body["workspace_id"], body["attempts"]) == ("ignored", None, 1)
@@ -135,7 +123,7 @@ async def test_event_of_an_unknown_customer_waits_unmatched_then_applies(service
     assert "no workspace" in body["last_error"]
 
     # The subscription (which names the workspace) arrives; the waiting invoice event follows.
-    await _deliver_and_wait(service, events[0])
+    await service.deliver(events[0])
     await service.wait_processed([orphan["id"]], timeout=30)
     state = await service.workspace(ids["workspace_id"])
     assert state["blocked"] is True
@@ -168,7 +156,7 @@ async def test_shuffled_duplicated_delivery_gives_the_in_order_state(service: Ru
     shuffled = _history(shuffled_ids, "in_shf" + shuffled_ids["sub_id"][-10:])
 
     for event in ordered:
-        await _deliver_and_wait(service, event)
+        await service.deliver(event)
 
     rng = random.Random(20261122)
     delivery = shuffled + rng.sample(shuffled, k=len(shuffled) // 2)  # half of them twice

@@ -99,7 +99,7 @@ async def test_business_yearly_to_plus_monthly_fires_once_at_the_lead_before_con
         period_end=sf.period_end_for("price_plus_monthly", fired_at),
         request_idempotency_key=call.idempotency_key,
     )
-    await world.deliver(webhook)
+    await world.svc.deliver(webhook)
     state = await world.svc.workspace(world.ws)
     assert (state["plan"], state["interval"], state["seats"]) == ("plus", "monthly", 5)
     assert state["pending_plan_change"] is None
@@ -114,7 +114,7 @@ async def test_an_open_invoice_makes_the_change_wait_and_payment_releases_it(wor
     change_id = body["plan_change"]["change_id"]
     failed_at = ts(world.clock.now)
     common = world.invoice_fields(f"in_pc{uuid.uuid4().hex[:10]}", failed_at - 60)
-    await world.deliver(
+    await world.svc.deliver(
         sf.invoice_event("payment_failed", created=failed_at, status="open", attempt_count=1, **common)
     )
     assert (await world.svc.workspace(world.ws))["blocked"] is True
@@ -133,7 +133,7 @@ async def test_an_open_invoice_makes_the_change_wait_and_payment_releases_it(wor
     paid = sf.invoice_event(
         "paid", created=ts(world.clock.now), status="paid", amount_paid=9600, amount_remaining=0, **common
     )
-    await world.deliver(paid)  # BlockLifted → after_commit releases the change to the worker
+    await world.svc.deliver(paid)  # BlockLifted → after_commit releases the change to the worker
     await wait_for(lambda: world.row(change_id), lambda r: r["status"] == "applied", what="release fired")
     (call,) = world.server.calls("POST")
     assert call.idempotency_key == f"plan-change:{change_id}"
@@ -393,8 +393,8 @@ async def test_the_confirming_webhook_is_the_earliest_whatever_the_arrival_order
     items = [("price_enterprise_annual", 6)]
     early = world.sub_event("updated", t, items, request_idempotency_key=key)
     late = world.sub_event("updated", t + 5, items, request_idempotency_key=key)
-    await world.deliver(late)  # Stripe's events arrive in any order
-    await world.deliver(early)
+    await world.svc.deliver(late)  # Stripe's events arrive in any order
+    await world.svc.deliver(early)
     row = await world.row(change_id)
     assert (row["confirmed_event_id"], row["status"]) == (early["id"], "applied")
     state = await world.svc.workspace(world.ws)
@@ -440,7 +440,7 @@ async def test_dunning_escalates_with_no_event_then_payment_clears_it_and_releas
     change_id = body["plan_change"]["change_id"]
     failed_at = world.clock.now
     common = world.invoice_fields(f"in_dl{uuid.uuid4().hex[:10]}", ts(failed_at) - 60)
-    await world.deliver(
+    await world.svc.deliver(
         sf.invoice_event("payment_failed", created=ts(failed_at), status="open", attempt_count=1, **common)
     )
     assert (await world.svc.workspace(world.ws))["dunning_level"] == "payment_issue"
@@ -459,7 +459,7 @@ async def test_dunning_escalates_with_no_event_then_payment_clears_it_and_releas
     paid = sf.invoice_event(
         "paid", created=ts(world.clock.now), status="paid", amount_paid=9600, amount_remaining=0, **common
     )
-    await world.deliver(paid)
+    await world.svc.deliver(paid)
     state = await world.svc.workspace(world.ws)
     assert (state["blocked"], state["dunning_level"]) == (False, None)
     await wait_for(

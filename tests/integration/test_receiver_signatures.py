@@ -17,19 +17,13 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.support.helpers import SECRET_A, SECRET_B, RunningService, customer_event, running_service, sign
-from worker.config import Settings
+from tests.support.helpers import SECRET_A, SECRET_B, RunningService, customer_event, sign, signed_headers
+from tests.support.service_fixtures import service_fixture
 from worker.infra import metrics
 from worker.infra.heap import GC_GEN0_THRESHOLD
 from worker.receiver.app import verify_signature
 
-
-@pytest.fixture
-async def service(settings: Settings):
-    import dataclasses
-
-    async with running_service(dataclasses.replace(settings, max_body_bytes=64 * 1024), worker=False) as svc:
-        yield svc
+service = service_fixture(worker=False, max_body_bytes=64 * 1024)
 
 
 async def _stored(svc: RunningService, event_id: str) -> bool:
@@ -157,7 +151,7 @@ async def test_the_200_answer_and_the_counters(service: RunningService):
     """Byte for byte the JSON ``web.json_response`` wrote, and one count per delivery."""
     event = customer_event("cus_ack")
     body = json.dumps(event)
-    headers = {"Stripe-Signature": sign(body), "Content-Type": "application/json"}
+    headers = signed_headers(body)
     before = {o: _webhooks_counted("customer.created", o) for o in ("accepted", "duplicate")}
     for duplicate in (False, True):
         async with service.http.post(

@@ -71,8 +71,7 @@ async def test_reconcile_applies_stripes_truth_once_and_orders_against_events(
     now = int(time.time())
     async with running_service(stripe_settings) as svc:
         first = _sub_event(ids, now - 3 * DAY, seats=2, n=1)
-        assert (await svc.post_event(first))[0] == 200
-        await svc.wait_processed([first["id"]])
+        await svc.deliver(first)
         # Stripe has moved on (a webhook we missed): 7 seats, and an open invoice.
         truth = _sub_event(ids, now - DAY, seats=7)["data"]["object"]
         stripe_server.put({"id": ids["customer"], "object": "customer"})
@@ -113,8 +112,7 @@ async def test_reconcile_applies_stripes_truth_once_and_orders_against_events(
         late = _sub_event(ids, now - 2 * DAY, seats=3, n=2)
         newer = _sub_event(ids, int(time.time()) + 2, seats=9, n=3)
         for event in (late, newer):
-            assert (await svc.post_event(event))[0] == 200
-            await svc.wait_processed([event["id"]])
+            await svc.deliver(event)
         _, late_row = await svc.api("GET", f"/v1/events/{late['id']}")
         assert late_row["outcome"] == "stale"
         assert (await svc.workspace(ids["workspace_id"]))["seats"] == 9
@@ -128,8 +126,7 @@ async def test_reconcile_errors_are_specific(
         status, body = await svc.api("POST", f"/v1/workspaces/{ids['workspace_id']}/reconcile")
         assert (status, body["error"]["code"]) == (404, "workspace_not_found")
         event = _sub_event(ids, int(time.time()) - DAY, seats=1)
-        assert (await svc.post_event(event))[0] == 200
-        await svc.wait_processed([event["id"]])
+        await svc.deliver(event)
         stripe_server.put({"id": ids["customer"], "object": "customer"})
         stripe_server.fail_next(3, status=503, path=r"/v1/customers/.*")  # past the SDK retries
         status, body = await svc.api("POST", f"/v1/workspaces/{ids['workspace_id']}/reconcile")

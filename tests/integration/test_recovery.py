@@ -65,8 +65,7 @@ async def test_unmatched_event_is_dead_lettered_with_its_reason_then_retried_aft
         assert orphan["id"] in [d["event_id"] for d in listed["dead_letters"]]
 
         # The fix: the subscription naming the workspace arrives. A dead letter stays parked …
-        assert (await svc.post_event(events[0]))[0] == 200
-        await svc.wait_processed([events[0]["id"]])
+        await svc.deliver(events[0])
         assert await svc.event_status(orphan["id"]) == "dead"
         # … until an operator retries the type; then it applies, once.
         status, body = await svc.api(
@@ -84,8 +83,7 @@ async def test_replay_of_an_event_processed_long_ago_is_a_no_op(fast_settings: S
     ids = _ids("old")
     event = sf.history_lifecycle(**ids)[0]
     async with running_service(fast_settings) as svc:
-        assert (await svc.post_event(event))[0] == 200
-        await svc.wait_processed([event["id"]])
+        await svc.deliver(event)
         await svc.services.pool.execute(
             "UPDATE webhook_events SET received_at = now() - interval '40 days', "
             "processed_at = now() - interval '40 days' WHERE event_id = $1",
@@ -146,8 +144,7 @@ async def test_a_handler_failing_max_tries_is_dead_lettered_with_error_and_trace
     first, second = sf.history_lifecycle(**ids)[:2]
     settings = dataclasses.replace(fast_settings, max_tries=2, lock_timeout_ms=100)
     async with running_service(settings) as svc:
-        assert (await svc.post_event(first))[0] == 200
-        await svc.wait_processed([first["id"]])
+        await svc.deliver(first)
         async with svc.services.pool.acquire() as holder, holder.transaction():
             await holder.execute(
                 "SELECT 1 FROM workspaces WHERE workspace_id = $1 FOR UPDATE", ids["workspace_id"]

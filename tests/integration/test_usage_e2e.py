@@ -14,20 +14,11 @@ from tests.support import credit_events as ce
 from tests.support import stripe_factory as sf
 from tests.support.helpers import RunningService, running_service
 from tests.support.money_helpers import changes_of, ids, text
+from tests.support.service_fixtures import service_fixture
 from worker.config import Settings
 from worker.infra.notifications import stream_name
 
-
-@pytest.fixture
-async def service(settings: Settings):
-    async with running_service(settings, clock=lambda: sf.at(sf.T0 + 2 * sf.DAY)) as svc:
-        yield svc
-
-
-async def _deliver(svc: RunningService, event: dict[str, Any]) -> None:
-    status, body = await svc.post_event(event)
-    assert status == 200, body
-    await svc.wait_processed([event["id"]])
+service = service_fixture(at=sf.at(sf.T0 + 2 * sf.DAY))
 
 
 def _sub(i: dict[str, str], kind: str, created: int, items: list[tuple[str, int]]) -> dict[str, Any]:
@@ -57,7 +48,7 @@ async def _usage(svc: RunningService, ws: str, members: int, used: int) -> dict[
 async def test_seat_limit_hit_after_inviting_teammates_then_seats_added(service: RunningService):
     i = ids("seats")
     ws = i["workspace_id"]
-    await _deliver(service, _sub(i, "created", sf.T0, [(ce.PLUS_MONTHLY, 3)]))
+    await service.deliver(_sub(i, "created", sf.T0, [(ce.PLUS_MONTHLY, 3)]))
     assert (await _usage(service, ws, 3, GB))["over_seat_limit"] is False
 
     # Two teammates invited: 5 members on 3 paid seats.
@@ -66,7 +57,7 @@ async def test_seat_limit_hit_after_inviting_teammates_then_seats_added(service:
     assert (state["members"], state["seats"], state["over_seat_limit"]) == (5, 3, True)
 
     # More seats on the same plan (not a bigger plan) clears the warning.
-    await _deliver(service, _sub(i, "updated", sf.T0 + 60, [(ce.PLUS_MONTHLY, 5)]))
+    await service.deliver(_sub(i, "updated", sf.T0 + 60, [(ce.PLUS_MONTHLY, 5)]))
     state = await service.workspace(ws)
     assert (state["plan"], state["seats"], state["over_seat_limit"]) == ("plus", 5, False)
     # So does removing members who no longer need access, after a later invite.
@@ -88,26 +79,26 @@ async def test_free_workspace_uses_the_plan_seat_limit(service: RunningService):
 async def test_storage_limit_with_a_fitting_plan_is_fixed_by_an_add_on(service: RunningService):
     i = ids("storage")
     ws = i["workspace_id"]
-    await _deliver(service, _sub(i, "created", sf.T0, [(ce.PLUS_MONTHLY, 3)]))
+    await service.deliver(_sub(i, "created", sf.T0, [(ce.PLUS_MONTHLY, 3)]))
     await _usage(service, ws, 3, 150 * GB)
     state = await service.workspace(ws)
     assert (state["storage_quota_bytes"], state["over_storage_quota"]) == (100 * GB, True)
 
     # An AI credit pack does not repair a storage limit.
-    await _deliver(service, ce.pack_checkout(workspace_id=ws, customer=i["customer"], session_id=f"cs_{ws}"))
+    await service.deliver(ce.pack_checkout(workspace_id=ws, customer=i["customer"], session_id=f"cs_{ws}"))
     state = await service.workspace(ws)
     assert (state["ai_credit_balance"], state["over_storage_quota"]) == (1_000, True)
 
     # Buying one storage add-on: quota = plan + 1 x 100 GB, no plan change.
-    await _deliver(service, _sub(i, "updated", sf.T0 + 60, [(ce.PLUS_MONTHLY, 3), (ce.STORAGE_100GB, 1)]))
+    await service.deliver(_sub(i, "updated", sf.T0 + 60, [(ce.PLUS_MONTHLY, 3), (ce.STORAGE_100GB, 1)]))
     state = await service.workspace(ws)
     assert (state["plan"], state["seats"], state["storage_addon_units"]) == ("plus", 3, 1)
     assert (state["storage_quota_bytes"], state["over_storage_quota"]) == (200 * GB, False)
 
     # Changing it to 2 units, then removing it, moves the quota each time.
-    await _deliver(service, _sub(i, "updated", sf.T0 + 120, [(ce.PLUS_MONTHLY, 3), (ce.STORAGE_100GB, 2)]))
+    await service.deliver(_sub(i, "updated", sf.T0 + 120, [(ce.PLUS_MONTHLY, 3), (ce.STORAGE_100GB, 2)]))
     assert (await service.workspace(ws))["storage_quota_bytes"] == 300 * GB
-    await _deliver(service, _sub(i, "updated", sf.T0 + 180, [(ce.PLUS_MONTHLY, 3)]))
+    await service.deliver(_sub(i, "updated", sf.T0 + 180, [(ce.PLUS_MONTHLY, 3)]))
     state = await service.workspace(ws)
     assert (state["storage_quota_bytes"], state["over_storage_quota"]) == (100 * GB, True)
 

@@ -1,4 +1,5 @@
-"""Test helpers: signing, a running service (receiver + internal API + worker), waiting."""
+"""Test helpers: signing, a running service (receiver + internal API + worker), delivering signed
+events to it, waiting."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
 import stripe
 
 from handlers.catalog import Catalog
+from tests.support.clock import MovableClock
 from tests.support.services import free_port
 from worker.api.app import create_internal_app
 from worker.clock import Clock, utcnow
@@ -33,6 +36,31 @@ T = TypeVar("T")
 
 def sign(body: str, secret: str = SECRET_A, timestamp: int | None = None) -> str:
     return stripe.WebhookSignature.generate_signature_header(body, secret, timestamp=timestamp)
+
+
+def signed_headers(body: str, secret: str = SECRET_A) -> dict[str, str]:
+    """The headers Stripe sends with ``body``: its signature with ``secret``, and JSON."""
+    return {"Stripe-Signature": sign(body, secret), "Content-Type": "application/json"}
+
+
+async def post_raw(
+    http: aiohttp.ClientSession, receiver_url: str, body: bytes | str, headers: Mapping[str, str]
+) -> tuple[int, Any]:
+    """POST ``body`` to a receiver's webhook path; the status and the JSON answer (else its text)."""
+    async with http.post(f"{receiver_url}/webhooks/stripe", data=body, headers=dict(headers)) as resp:
+        text = await resp.text()
+        try:
+            return resp.status, json.loads(text)
+        except ValueError:
+            return resp.status, text
+
+
+async def post_signed(
+    http: aiohttp.ClientSession, receiver_url: str, event: Mapping[str, Any], secret: str = SECRET_A
+) -> tuple[int, Any]:
+    """POST ``event`` to a receiver as Stripe does: JSON, signed with ``secret``."""
+    body = json.dumps(event)
+    return await post_raw(http, receiver_url, body, signed_headers(body, secret))
 
 
 def make_settings(pg_url: str, redis_url: str, prefix: str, **overrides: Any) -> Settings:
@@ -121,20 +149,24 @@ class RunningService:
     http: aiohttp.ClientSession
 
     async def post_raw(self, body: bytes | str, headers: Mapping[str, str]) -> tuple[int, Any]:
-        async with self.http.post(
-            f"{self.receiver_url}/webhooks/stripe", data=body, headers=dict(headers)
-        ) as resp:
-            text = await resp.text()
-            try:
-                return resp.status, json.loads(text)
-            except ValueError:
-                return resp.status, text
+        return await post_raw(self.http, self.receiver_url, body, headers)
 
     async def post_event(self, event: Mapping[str, Any], secret: str = SECRET_A) -> tuple[int, Any]:
-        body = json.dumps(event)
-        return await self.post_raw(
-            body, {"Stripe-Signature": sign(body, secret), "Content-Type": "application/json"}
-        )
+        return await post_signed(self.http, self.receiver_url, event, secret)
+
+    async def deliver(self, *events: Mapping[str, Any], clock: MovableClock | None = None) -> None:
+        """Post each event signed (each answered 200) and wait until all are processed. With
+        ``clock`` one at a time, the clock first moved on to the event's ``created``: the worker
+        sees them as they happen."""
+        if clock is None:
+            for event in events:
+                status, body = await self.post_event(event)
+                assert status == 200, body
+            await self.wait_processed([e["id"] for e in events])
+            return
+        for event in events:
+            clock.now = max(clock.now, datetime.fromtimestamp(event["created"], UTC))
+            await self.deliver(event)
 
     async def api(
         self, method: str, path: str, *, token: str | None = TOKEN, **kwargs: Any

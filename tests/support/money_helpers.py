@@ -1,30 +1,15 @@
-"""Shared pieces of the usage, credits and dunning service tests: a movable clock, ids, the
-change stream, and a recorder of what reaches ``worker.processing.after_commit``."""
+"""Shared pieces of the usage, credits and dunning service tests: ids, the change stream, and a
+recorder of what reaches ``worker.processing.after_commit`` (the ``after_commit_calls`` fixture)."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
-
-import pytest
 
 from tests.support.helpers import RunningService
 from worker.infra.notifications import stream_name
-from worker.processing import after_commit as bus
-
-
-@dataclass
-class MovableClock:
-    """The service's injected clock; a test moves it instead of sleeping."""
-
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def ids(tag: str) -> dict[str, str]:
@@ -57,17 +42,3 @@ class AfterCommitRecorder:
 
     def effects_for(self, workspace_id: str) -> list[Any]:
         return [e for ws, _, effects, _ in self.calls if ws == workspace_id for e in effects]
-
-
-@pytest.fixture
-def after_commit_calls(monkeypatch: pytest.MonkeyPatch) -> AfterCommitRecorder:
-    recorder = AfterCommitRecorder()
-    real = bus.after_commits
-
-    async def recording(services: Any, committed: Sequence[tuple[Any, tuple[Any, ...]]]) -> None:
-        for change, effects in committed:
-            recorder.calls.append((change.workspace_id, change.version, tuple(effects), change.cause))
-        await real(services, committed)
-
-    monkeypatch.setattr(bus, "after_commits", recording)
-    return recorder

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.support import stripe_factory as sf
+from tests.support.clock import MovableClock
 from tests.support.helpers import RunningService, make_settings, running_service, wait_for
 from tests.support.stripe_server import StripeServer
 from worker.config import Settings
@@ -24,18 +25,10 @@ LEAD = 3600  # policy.fire_lead_seconds of the example catalog
 
 
 @dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
 class World:
     svc: RunningService
     server: StripeServer
-    clock: Clock
+    clock: MovableClock
     ws: str
     customer: str
     sub_id: str
@@ -43,11 +36,6 @@ class World:
     @property
     def ctx(self) -> Job:
         return Job(self.svc.services)
-
-    async def deliver(self, event: dict[str, Any]) -> None:
-        status, body = await self.svc.post_event(event)
-        assert status == 200, body
-        await self.svc.wait_processed([event["id"]])
 
     async def request(self, **body: Any) -> tuple[int, Any]:
         base = {
@@ -108,11 +96,11 @@ async def world_for(settings: Settings) -> AsyncIterator[World]:
             STRIPE_API_KEY=server.api_key,
             STRIPE_API_BASE=server.url,
         )
-        clock = Clock(datetime.fromtimestamp(START, UTC) + timedelta(days=30))
+        clock = MovableClock(datetime.fromtimestamp(START, UTC) + timedelta(days=30))
         async with running_service(configured, clock=clock) as svc:
             u = uuid.uuid4().hex[:10]
             w = World(svc, server, clock, f"ws_pc_{u}", f"cus_pc{u}", f"sub_pc{u}")
             created = w.sub_event("created", START, [("price_business_annual", 5)])
             server.put(created["data"]["object"])
-            await w.deliver(created)
+            await w.svc.deliver(created)
             yield w

@@ -101,7 +101,7 @@ def _histories(count: int, per_workspace: int | None = None) -> dict[str, list[d
     return out
 
 
-async def _deliver(svc: RunningService, event: dict[str, Any], deadline: float = 60) -> int:
+async def _post_until_accepted(svc: RunningService, event: dict[str, Any], deadline: float = 60) -> int:
     """Deliver like Stripe: retry on 5xx until a 200. Returns how many 503s it took."""
     refusals = 0
     loop = asyncio.get_running_loop()
@@ -150,7 +150,7 @@ async def test_redis_stopped_while_webhooks_arrive(stack: Stack):
         assert kept == len(refused)  # stored before the 503: nothing acknowledged, nothing lost
         stack.redis.start()
         for event in events[third:]:  # Stripe's retries, then the rest of the stream
-            await _deliver(svc, event)
+            await _post_until_accepted(svc, event)
         await svc.wait_processed(_all_ids(histories), timeout=60)
         await _assert_exactly_once(svc, histories)
 
@@ -164,7 +164,7 @@ async def test_postgres_down_the_receiver_answers_503_and_acknowledges_nothing(s
         status, body = await svc.post_event(first)
         assert (status, body["error"]["code"]) == (503, "database_unavailable")
         stack.postgres.start()
-        await _deliver(svc, first)  # Stripe's retry, once the pool reconnects
+        await _post_until_accepted(svc, first)  # Stripe's retry, once the pool reconnects
         assert (await svc.post_event(second))[0] == 200
         rows = await svc.services.pool.fetch(
             "SELECT event_id FROM webhook_events WHERE event_id = ANY($1::text[])",
@@ -207,7 +207,7 @@ async def test_postgres_restarted_mid_stream_workers_recover(stack: Stack):
         restart = asyncio.create_task(asyncio.to_thread(stack.postgres.restart))
         refusals = 0
         for event in events[half:]:
-            refusals += await _deliver(svc, event)
+            refusals += await _post_until_accepted(svc, event)
         await restart
         # The restart hit a live stream: work was queued, and/or webhooks were refused meanwhile.
         assert pending > 0 or refusals > 0
@@ -242,7 +242,7 @@ async def test_burst_with_duplicates_shuffled_and_workers_killed_twice(stack: St
 
             async def one(event: dict[str, Any]) -> None:
                 async with sem:
-                    await _deliver(svc, event)
+                    await _post_until_accepted(svc, event)
 
             await asyncio.gather(*(one(e) for e in deliveries))
 

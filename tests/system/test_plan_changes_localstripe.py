@@ -12,7 +12,6 @@ import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from subprocess import DEVNULL
@@ -21,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.support import stripe_factory as sf
+from tests.support.clock import MovableClock
 from tests.support.helpers import make_settings, running_service, wait_for
 from tests.support.services import free_port
 from worker.config import Settings
@@ -63,14 +63,6 @@ async def localstripe() -> AsyncIterator[str]:
             await proc.wait()
 
 
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 async def test_plan_change_calls_against_localstripe(settings: Settings, localstripe: str):
     setup = StripeGateway(API_KEY, api_base=localstripe, max_network_retries=0)
     try:
@@ -101,7 +93,7 @@ async def test_plan_change_calls_against_localstripe(settings: Settings, localst
         STRIPE_API_KEY=API_KEY,
         STRIPE_API_BASE=localstripe,
     )
-    clock = Clock(datetime.fromtimestamp(start, UTC) + timedelta(days=1))
+    clock = MovableClock(datetime.fromtimestamp(start, UTC) + timedelta(days=1))
     async with running_service(configured, clock=clock) as svc:
         event = sf.subscription_event(
             "created",
@@ -116,8 +108,7 @@ async def test_plan_change_calls_against_localstripe(settings: Settings, localst
             period_end=end,
         )
         event["data"]["object"]["items"]["data"][0]["id"] = item_id  # localstripe's item id
-        assert (await svc.post_event(event))[0] == 200
-        await svc.wait_processed([event["id"]])
+        await svc.deliver(event)
 
         body = {"requested_by_role": "workspace_admin", "member_count": 3, "storage_used_bytes": 0}
         status, answer = await svc.api(

@@ -27,7 +27,7 @@ class Shell:
     state: WorkspaceState = field(default_factory=lambda: WorkspaceState.new(WS))
     ledger: dict[str, int] = field(default_factory=dict)
 
-    def deliver(self, raw: dict[str, Any]) -> str:
+    def apply(self, raw: dict[str, Any]) -> str:
         event: BillingEvent = normalize(raw)
         known = {e.source_key for e in credit_grants(event, CATALOG)} & set(self.ledger)
         outcome = apply_event(replace(self.state, credit_keys=frozenset(known)), event, NOW, CATALOG)
@@ -60,7 +60,7 @@ def test_a_pack_bought_through_checkout_and_its_invoice_grants_once() -> None:
     shell = Shell()
     checkout = _checkout("cs_1", "in_pack1")
     invoice = ce.pack_invoice(workspace_id=WS, customer=CUS, invoice_id="in_pack1")
-    results = [shell.deliver(e) for e in (invoice, checkout, checkout, invoice)]
+    results = [shell.apply(e) for e in (invoice, checkout, checkout, invoice)]
     assert results == [APPLIED, STALE, STALE, STALE]
     assert shell.ledger == {f"pack:invoice:in_pack1:{ce.PACK_1000}": 1_000}
     assert shell.balance == 1_000 and shell.state.version == 1
@@ -69,17 +69,17 @@ def test_a_pack_bought_through_checkout_and_its_invoice_grants_once() -> None:
 def test_checkout_without_an_invoice_grants_per_session_and_quantity() -> None:
     shell = Shell()
     # Webhooks carry one pack as metadata price_id + quantity, several only as expanded line items.
-    shell.deliver(_checkout("cs_a", packs=((ce.PACK_5000, 2),)))
-    shell.deliver(_checkout("cs_b", packs=((ce.PACK_5000, 1), (ce.PACK_1000, 3)), expand_line_items=True))
-    shell.deliver(_checkout("cs_c"))
+    shell.apply(_checkout("cs_a", packs=((ce.PACK_5000, 2),)))
+    shell.apply(_checkout("cs_b", packs=((ce.PACK_5000, 1), (ce.PACK_1000, 3)), expand_line_items=True))
+    shell.apply(_checkout("cs_c"))
     assert shell.balance == 2 * 5_000 + (5_000 + 3 * 1_000) + 1_000
     assert len(shell.ledger) == 4
 
 
 def test_unpaid_or_subscription_checkouts_grant_nothing() -> None:
     shell = Shell()
-    assert shell.deliver(_checkout("cs_u", payment_status="unpaid")) == IGNORED
-    assert shell.deliver(_checkout("cs_s", mode="subscription")) == IGNORED
+    assert shell.apply(_checkout("cs_u", payment_status="unpaid")) == IGNORED
+    assert shell.apply(_checkout("cs_s", mode="subscription")) == IGNORED
     assert shell.balance == 0 and shell.state.version == 0
 
 
@@ -89,12 +89,12 @@ def test_cycle_credits_once_per_paid_cycle_invoice_and_never_from_proration() ->
     succeeded = ce.cycle_invoice(
         workspace_id=WS, customer=CUS, invoice_id="in_c1", sub_id=SUB, kind="payment_succeeded"
     )
-    shell.deliver(paid)
-    shell.deliver(succeeded)
-    shell.deliver(paid)
+    shell.apply(paid)
+    shell.apply(succeeded)
+    shell.apply(paid)
     # Plus grants 500 per cycle; the proration lines (incl. a prorated pack line) grant nothing.
     assert shell.ledger == {"cycle:in_c1": 500}
-    shell.deliver(ce.cycle_invoice(workspace_id=WS, customer=CUS, invoice_id="in_c2", sub_id=SUB))
+    shell.apply(ce.cycle_invoice(workspace_id=WS, customer=CUS, invoice_id="in_c2", sub_id=SUB))
     assert shell.balance == 1_000
 
 
@@ -117,13 +117,13 @@ def test_open_invoices_zero_trial_invoices_and_updates_grant_nothing() -> None:
         billing_reason="subscription_update",
     )
     for raw in (trial, update):
-        shell.deliver(raw)
+        shell.apply(raw)
     assert shell.ledger == {} and shell.balance == 0
 
 
 def test_consumption_refuses_to_go_below_zero_and_changes_nothing() -> None:
     shell = Shell()
-    shell.deliver(_checkout("cs_1"))
+    shell.apply(_checkout("cs_1"))
     before = shell.state
     assert shell.spend(1_001, "k1") is False
     assert shell.state is before and shell.balance == 1_000
@@ -173,7 +173,7 @@ def test_balance_is_the_ledger_sum_and_never_negative(actions: list[tuple[Any, .
             ok = shell.spend(action[1], key)
             assert ok == (action[1] <= before)
         else:
-            shell.deliver(_raw(action))
+            shell.apply(_raw(action))
         assert shell.balance == sum(shell.ledger.values())
         assert shell.balance >= 0
     # Each purchase granted at most once, whatever its event types and repetitions.
