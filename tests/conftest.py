@@ -124,6 +124,16 @@ def embedded_redis_factory() -> Iterator[Callable[..., EmbeddedRedis]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    """An empty folder of this test (outside pytest's tmp_path: short, for server sockets)."""
+    path = make_temp_dir("bw-embedded-test-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _shut_down(servers: list[EmbeddedPostgres] | list[EmbeddedRedis]) -> None:
     for server in servers:
         try:

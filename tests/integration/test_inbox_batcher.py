@@ -1,9 +1,8 @@
 """The receiver's group commit (worker/inbox_batcher.py) on real PostgreSQL and Redis.
 
 Many concurrent deliveries are each stored and queued exactly once; duplicates inside one batch
-answer ``duplicate``; a database outage answers 503 to the whole batch and queues nothing; a
-Redis outage answers 503 ``queue_unavailable`` with the rows kept; shutting down with requests
-pending answers every one of them.
+answer ``duplicate``; shutting down with requests pending answers every one of them. Outages of
+the database or Redis: tests/system/test_inbox_batcher_faults.py.
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.support.helpers import customer_event, make_settings, post_signed, running_service, wait_for
+from tests.support.helpers import customer_event, post_signed, wait_for
+from tests.support.inbox import inbox_rows, queued_jobs
 from tests.support.service_fixtures import service_fixture
 from tests.support.services import free_port
 from worker.config import Settings
@@ -26,25 +26,6 @@ from worker.receiver.app import BATCHER, create_receiver_app, inbox_row
 from worker.receiver.inbox_batcher import InboxBatcher, InboxUnavailable, ReceiverStopping, Stored
 from worker.runner import start_site
 from worker.services import Services
-from worker.storage.migrate import migrate
-
-
-async def _rows(pool: asyncpg.Pool, ids: list[str]) -> dict[str, str]:
-    rows = await pool.fetch(
-        "SELECT event_id, status FROM webhook_events WHERE event_id = ANY($1::text[])", ids
-    )
-    return {r["event_id"]: r["status"] for r in rows}
-
-
-async def _queued_jobs(services: Services, ids: list[str]) -> list[str]:
-    """The queued job ids of these events (a sorted set cannot hold one twice)."""
-    queued = []
-    for event_id in ids:
-        job_id = services.queue.event_job_id(event_id)
-        if await services.redis.zscore(services.settings.queue_name, job_id) is not None:
-            assert await services.redis.exists(f"arq:job:{job_id}")
-            queued.append(job_id)
-    return queued
 
 
 async def _insert_waiting(pool: asyncpg.Pool) -> int:
@@ -64,8 +45,8 @@ async def test_many_concurrent_deliveries_are_each_stored_and_queued_once(servic
     assert [a for a in answers if a[0] != 200] == []
     assert {a[1]["event_id"] for a in answers} == set(ids)
     assert all(a[1] == {"received": True, "duplicate": False, "event_id": a[1]["event_id"]} for a in answers)
-    assert await _rows(service.services.pool, ids) == dict.fromkeys(ids, "received")
-    assert len(await _queued_jobs(service.services, ids)) == len(ids)
+    assert await inbox_rows(service.services.pool, ids) == dict.fromkeys(ids, "received")
+    assert len(await queued_jobs(service.services, ids)) == len(ids)
     # A second round of the same deliveries (Stripe's retries): all duplicates, nothing new queued.
     depth = await service.services.queue.depth()
     again = await asyncio.gather(*(service.post_event(e) for e in events))
@@ -89,11 +70,11 @@ async def test_duplicates_inside_one_batch_insert_once_and_answer_duplicate(serv
         Stored(True, "received"),
         Stored(False, "received"),
     ]
-    assert await _rows(service.services.pool, [event["id"], other["id"]]) == {
+    assert await inbox_rows(service.services.pool, [event["id"], other["id"]]) == {
         event["id"]: "received",
         other["id"]: "received",
     }
-    assert len(await _queued_jobs(service.services, [event["id"], other["id"]])) == 2
+    assert len(await queued_jobs(service.services, [event["id"], other["id"]])) == 2
 
 
 async def test_duplicate_http_deliveries_at_once_one_accepted_the_rest_duplicate(service):
@@ -101,63 +82,8 @@ async def test_duplicate_http_deliveries_at_once_one_accepted_the_rest_duplicate
     answers = await asyncio.gather(*(service.post_event(event) for _ in range(20)))
     assert {a[0] for a in answers} == {200}
     assert sorted(a[1]["duplicate"] for a in answers) == [False] + [True] * 19
-    assert await _rows(service.services.pool, [event["id"]]) == {event["id"]: "received"}
-    assert len(await _queued_jobs(service.services, [event["id"]])) == 1
-
-
-# ------------------------------------------------------------------ outages (private servers)
-
-
-@pytest.fixture
-async def private_settings(embedded_postgres_factory, embedded_redis_factory) -> Any:
-    postgres = embedded_postgres_factory()
-    redis = embedded_redis_factory()
-    await migrate(postgres.url())
-    return make_settings(postgres.url(), redis.url(), "bwbatch"), postgres, redis
-
-
-@pytest.mark.slow
-async def test_postgres_down_every_request_of_the_batch_gets_503_and_nothing_is_queued(private_settings):
-    settings, postgres, _ = private_settings
-    events = [customer_event("cus_batch") for _ in range(40)]
-    async with running_service(settings, worker=False) as svc:
-        postgres.stop()
-        answers = await asyncio.gather(*(svc.post_event(e) for e in events))
-        assert {(status, body["error"]["code"]) for status, body in answers} == {
-            (503, "database_unavailable")
-        }
-        assert await svc.services.queue.depth() == 0
-        postgres.start()
-        # Stripe's retry once the database is back: every event accepted, stored and queued once.
-        ids = [e["id"] for e in events]
-
-        async def accepted() -> list[int]:
-            return [status for status, _ in await asyncio.gather(*(svc.post_event(e) for e in events))]
-
-        await wait_for(accepted, lambda statuses: set(statuses) == {200}, timeout=30, what="retries accepted")
-        assert await _rows(svc.services.pool, ids) == dict.fromkeys(ids, "received")
-        assert len(await _queued_jobs(svc.services, ids)) == len(ids)
-
-
-@pytest.mark.slow
-async def test_redis_down_answers_queue_unavailable_and_keeps_the_rows(private_settings):
-    settings, _, redis = private_settings
-    events = [customer_event("cus_batch") for _ in range(40)]
-    ids = [e["id"] for e in events]
-    async with running_service(settings, worker=False) as svc:
-        redis.stop()
-        answers = await asyncio.gather(*(svc.post_event(e) for e in events))
-        assert {(status, body["error"]["code"]) for status, body in answers} == {(503, "queue_unavailable")}
-        assert await _rows(svc.services.pool, ids) == dict.fromkeys(ids, "received")
-        redis.start()
-
-        async def retried() -> set[tuple[int, bool]]:
-            answers = await asyncio.gather(*(svc.post_event(e) for e in events))
-            return {(status, body.get("duplicate")) for status, body in answers}
-
-        # Stripe's retries: duplicates of stored rows still `received`, so they are queued now.
-        await wait_for(retried, lambda seen: seen == {(200, True)}, timeout=30, what="retries accepted")
-        assert len(await _queued_jobs(svc.services, ids)) == len(ids)
+    assert await inbox_rows(service.services.pool, [event["id"]]) == {event["id"]: "received"}
+    assert len(await queued_jobs(service.services, [event["id"]])) == 1
 
 
 # ------------------------------------------------------------------ shutdown with requests pending
@@ -216,8 +142,8 @@ async def test_shutdown_flushes_pending_requests_before_stopping(own_receiver: _
     assert {status for status, _ in answers} == {200}
     assert answers[0][1]["duplicate"] is True  # the blocker's own delivery committed first
     ids = [e["id"] for e in events]
-    assert await _rows(pool, ids) == dict.fromkeys(ids, "received")
-    assert len(await _queued_jobs(own_receiver.services, ids[1:])) == len(ids) - 1
+    assert await inbox_rows(pool, ids) == dict.fromkeys(ids, "received")
+    assert len(await queued_jobs(own_receiver.services, ids[1:])) == len(ids) - 1
 
 
 async def test_shutdown_answers_503_to_what_cannot_be_flushed_in_time(settings: Settings):
@@ -241,7 +167,7 @@ async def test_shutdown_answers_503_to_what_cannot_be_flushed_in_time(settings: 
         ), results
         with pytest.raises(InboxUnavailable):  # nothing is taken once stopped
             await batcher.submit(inbox_row(customer_event("cus_batch"), "{}"))
-        assert await _queued_jobs(services, [e["id"] for e in events]) == []
+        assert await queued_jobs(services, [e["id"] for e in events]) == []
     finally:
         await tx.rollback()
         await services.pool.release(blocker)

@@ -3,77 +3,28 @@ the inbox), against the local Stripe-playing server."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-import uuid
 from typing import Any
 
-import pytest
-
 from tests.support import stripe_factory as sf
-from tests.support.cli import run_cli
-from tests.support.helpers import RunningService, running_service, wait_for
+from tests.support.helpers import running_service, wait_for
+from tests.support.money_helpers import audit_count
+from tests.support.money_helpers import ids as fresh_ids
+from tests.support.scenarios import DAY, reconcile_sub_event
 from tests.support.stripe_server import StripeServer
 from worker.config import Settings
-from worker.ops.backfill import BACKFILL_LOCK
-
-DAY = 86_400
-
-
-def _ids(tag: str) -> dict[str, str]:
-    u = uuid.uuid4().hex[:10]
-    return {"workspace_id": f"ws_{tag}_{u}", "customer": f"cus_{tag}{u}", "sub_id": f"sub_{tag}{u}"}
-
-
-@pytest.fixture
-async def stripe_server():
-    async with StripeServer() as server:
-        yield server
-
-
-@pytest.fixture
-def stripe_settings(settings: Settings, stripe_server: StripeServer) -> Settings:
-    return dataclasses.replace(
-        settings, stripe_api_key=stripe_server.api_key, stripe_api_base=stripe_server.url
-    )
-
-
-def _sub_event(
-    ids: dict[str, str], created: int, *, seats: int, status: str = "active", n: int = 0
-) -> dict[str, Any]:
-    start = created - 5 * DAY
-    return sf.subscription_event(
-        "updated",
-        api_version=sf.ENDIVE,
-        created=created,
-        event_id=f"evt_rc{n}_{ids['sub_id']}",
-        sub_id=ids["sub_id"],
-        customer=ids["customer"],
-        workspace_id=ids["workspace_id"],
-        status=status,
-        items=[("price_plus_monthly", seats)],
-        period_start=start,
-        period_end=sf.period_end_for("price_plus_monthly", start),
-    )
-
-
-async def _audits(svc: RunningService, workspace_id: str) -> int:
-    return await svc.services.pool.fetchval(
-        "SELECT count(*) FROM audit_log WHERE workspace_id = $1", workspace_id
-    )
 
 
 async def test_reconcile_applies_stripes_truth_once_and_orders_against_events(
     stripe_settings: Settings, stripe_server: StripeServer
 ):
-    ids = _ids("rec")
+    ids = fresh_ids("rec")
     now = int(time.time())
     async with running_service(stripe_settings) as svc:
-        first = _sub_event(ids, now - 3 * DAY, seats=2, n=1)
+        first = reconcile_sub_event(ids, now - 3 * DAY, seats=2, n=1)
         await svc.deliver(first)
         # Stripe has moved on (a webhook we missed): 7 seats, and an open invoice.
-        truth = _sub_event(ids, now - DAY, seats=7)["data"]["object"]
+        truth = reconcile_sub_event(ids, now - DAY, seats=7)["data"]["object"]
         stripe_server.put({"id": ids["customer"], "object": "customer"})
         stripe_server.put(truth)
         invoice = sf.invoice_event(
@@ -88,7 +39,7 @@ async def test_reconcile_applies_stripes_truth_once_and_orders_against_events(
             amount_due=4200,
         )["data"]["object"]
         stripe_server.put(invoice)
-        audits = await _audits(svc, ids["workspace_id"])
+        audits = await audit_count(svc, ids["workspace_id"])
 
         status, body = await svc.api("POST", f"/v1/workspaces/{ids['workspace_id']}/reconcile")
         assert status == 200, body
@@ -96,7 +47,7 @@ async def test_reconcile_applies_stripes_truth_once_and_orders_against_events(
         state = await svc.workspace(ids["workspace_id"])
         assert state["seats"] == 7
         assert [i["invoice_id"] for i in state["open_invoices"]] == [invoice["id"]]
-        assert await _audits(svc, ids["workspace_id"]) == audits + 2
+        assert await audit_count(svc, ids["workspace_id"]) == audits + 2
         causes = await svc.services.pool.fetch(
             "SELECT cause_kind FROM audit_log WHERE workspace_id = $1 ORDER BY version DESC LIMIT 2",
             ids["workspace_id"],
@@ -106,11 +57,11 @@ async def test_reconcile_applies_stripes_truth_once_and_orders_against_events(
         # Nothing changed at Stripe: a second reconcile changes nothing.
         status, body = await svc.api("POST", f"/v1/workspaces/{ids['workspace_id']}/reconcile")
         assert (status, body["applied"]) == (200, [])
-        assert await _audits(svc, ids["workspace_id"]) == audits + 2
+        assert await audit_count(svc, ids["workspace_id"]) == audits + 2
 
         # An event older than the fetch (delivered late) loses; one newer than the fetch wins.
-        late = _sub_event(ids, now - 2 * DAY, seats=3, n=2)
-        newer = _sub_event(ids, int(time.time()) + 2, seats=9, n=3)
+        late = reconcile_sub_event(ids, now - 2 * DAY, seats=3, n=2)
+        newer = reconcile_sub_event(ids, int(time.time()) + 2, seats=9, n=3)
         for event in (late, newer):
             await svc.deliver(event)
         _, late_row = await svc.api("GET", f"/v1/events/{late['id']}")
@@ -121,11 +72,11 @@ async def test_reconcile_applies_stripes_truth_once_and_orders_against_events(
 async def test_reconcile_errors_are_specific(
     stripe_settings: Settings, stripe_server: StripeServer, settings: Settings
 ):
-    ids = _ids("rce")
+    ids = fresh_ids("rce")
     async with running_service(stripe_settings) as svc:
         status, body = await svc.api("POST", f"/v1/workspaces/{ids['workspace_id']}/reconcile")
         assert (status, body["error"]["code"]) == (404, "workspace_not_found")
-        event = _sub_event(ids, int(time.time()) - DAY, seats=1)
+        event = reconcile_sub_event(ids, int(time.time()) - DAY, seats=1)
         await svc.deliver(event)
         stripe_server.put({"id": ids["customer"], "object": "customer"})
         stripe_server.fail_next(3, status=503, path=r"/v1/customers/.*")  # past the SDK retries
@@ -142,12 +93,12 @@ async def test_backfill_imports_only_missing_events_and_resumes_after_a_failure(
     now = int(time.time())
     histories = []
     for n in range(50):  # 250 events: three pages of 100
-        ids = _ids(f"bf{n}")
+        ids = fresh_ids(f"bf{n}")
         histories.append(sf.history_lifecycle(**ids, start=now - 25 * DAY, trial_days=3))
     events = [e for h in histories for e in h if e["created"] <= now]
     stripe_server.events = list(events)
     # An event older than `since` must not be imported.
-    old = sf.history_lifecycle(**_ids("bfold"), start=now - 29 * DAY)[0]
+    old = sf.history_lifecycle(**fresh_ids("bfold"), start=now - 29 * DAY)[0]
     stripe_server.events.append(old)
     assert len(events) > 200
     async with running_service(stripe_settings) as svc:
@@ -199,47 +150,17 @@ async def test_backfill_imports_only_missing_events_and_resumes_after_a_failure(
         assert (status, body["error"]["code"]) == (400, "invalid_since")
 
 
-async def test_cli_reconciles_and_backfills(stripe_settings: Settings, stripe_server: StripeServer):
-    ids = _ids("rcli")
-    now = int(time.time())
-    env = {"STRIPE_API_KEY": stripe_server.api_key, "STRIPE_API_BASE": stripe_server.url}
-    history = sf.history_lifecycle(**ids, start=now - 20 * DAY, trial_days=3)
-    events = [e for e in history if e["created"] <= now]
-    stripe_server.events = list(events)
-    async with running_service(stripe_settings) as svc:
-        done = await run_cli(stripe_settings, "backfill", "--since", str(now - 21 * DAY), **env)
-        assert done.returncode == 0, done.stderr
-        run = json.loads(done.stdout)
-        assert (run["status"], run["inserted"]) == ("done", len(events))
-        await svc.wait_processed([e["id"] for e in events])
-        # One reader per run: while another process holds the run, a resume is refused.
-        async with svc.services.pool.acquire() as holder:
-            await holder.execute("SELECT pg_advisory_lock($1, $2)", BACKFILL_LOCK, run["run_id"])
-            busy = await run_cli(stripe_settings, "backfill", "--resume", str(run["run_id"]), **env)
-            await holder.execute("SELECT pg_advisory_unlock($1, $2)", BACKFILL_LOCK, run["run_id"])
-        assert busy.returncode == 1 and "backfill_busy" in busy.stderr
-        stripe_server.put({"id": ids["customer"], "object": "customer"})
-        stripe_server.put(_sub_event(ids, now - DAY, seats=11, status="past_due")["data"]["object"])
-        result = await run_cli(stripe_settings, "reconcile", ids["workspace_id"], **env)
-        assert result.returncode == 0, result.stderr
-        assert [a["object"] for a in json.loads(result.stdout)["applied"]] == [ids["sub_id"]]
-        state = await svc.workspace(ids["workspace_id"])
-        assert (state["seats"], state["status"]) == (11, "past_due")
-        too_old = await run_cli(stripe_settings, "backfill", "--since", str(now - 40 * DAY), **env)
-        assert too_old.returncode == 1 and "since_out_of_range" in too_old.stderr
-
-
 async def test_two_events_tied_on_created_make_the_worker_ask_stripe(
     stripe_settings: Settings, stripe_server: StripeServer
 ):
     """SPEC §4: latest ``created`` wins; on a tie with different content, re-fetch from Stripe."""
-    ids = _ids("tie")
+    ids = fresh_ids("tie")
     now = int(time.time())
     # Two updates stamped with the same second. The deterministic tie-break (higher event id)
     # would keep the "z" one; Stripe's object says the "a" one is the truth.
-    truth = _sub_event(ids, now - 60, seats=7, status="active")
+    truth = reconcile_sub_event(ids, now - 60, seats=7, status="active")
     truth["id"] = f"evt_tie_a_{ids['sub_id']}"
-    other = _sub_event(ids, now - 60, seats=3, status="past_due")
+    other = reconcile_sub_event(ids, now - 60, seats=3, status="past_due")
     other["id"] = f"evt_tie_z_{ids['sub_id']}"
     stripe_server.put({"id": ids["customer"], "object": "customer"})
     stripe_server.put(truth["data"]["object"])

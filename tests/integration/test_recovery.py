@@ -5,55 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
-from typing import Any
-
-import pytest
 
 from tests.support import stripe_factory as sf
-from tests.support.cli import run_cli
-from tests.support.helpers import RunningService, make_settings, running_service, wait_for
+from tests.support.helpers import running_service, wait_for
+from tests.support.money_helpers import audit_count
+from tests.support.money_helpers import ids as fresh_ids
+from tests.support.scenarios import orphan_invoice
 from worker.config import Settings
 from worker.receiver.app import store_in_inbox
-
-
-def _ids(tag: str) -> dict[str, str]:
-    u = uuid.uuid4().hex[:10]
-    return {"workspace_id": f"ws_{tag}_{u}", "customer": f"cus_{tag}{u}", "sub_id": f"sub_{tag}{u}"}
-
-
-def _orphan_invoice(ids: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A failed-payment event whose metadata does not name the workspace (its customer is unknown)."""
-    events = sf.history_payment_failure(**ids, invoice_id=f"in_{ids['sub_id']}", outcome=None)
-    failed = next(e for e in events if e["type"] == "invoice.payment_failed")
-    orphan = json.loads(json.dumps(failed))
-    orphan["data"]["object"]["parent"]["subscription_details"]["metadata"] = {}
-    return orphan, events
-
-
-@pytest.fixture
-def fast_settings(migrated_pg_url: str, redis_url: str, redis_prefix: str) -> Settings:
-    return make_settings(
-        migrated_pg_url,
-        redis_url,
-        f"{redis_prefix}-{uuid.uuid4().hex[:6]}",
-        BW_UNMATCHED_RETRY_SECONDS="1,1",
-        BW_SWEEP_INTERVAL_SECONDS="1",
-        BW_SWEEP_RECEIVED_AFTER_SECONDS="1",
-    )
-
-
-async def _audits(svc: RunningService, workspace_id: str) -> int:
-    return await svc.services.pool.fetchval(
-        "SELECT count(*) FROM audit_log WHERE workspace_id = $1", workspace_id
-    )
 
 
 async def test_unmatched_event_is_dead_lettered_with_its_reason_then_retried_after_the_fix(
     fast_settings: Settings,
 ):
-    ids = _ids("unm")
-    orphan, events = _orphan_invoice(ids)
+    ids = fresh_ids("unm")
+    orphan, events = orphan_invoice(ids)
     async with running_service(fast_settings) as svc:
         assert (await svc.post_event(orphan))[0] == 200
         await wait_for(lambda: svc.event_status(orphan["id"]), lambda s: s == "dead", timeout=20, what="dead")
@@ -80,7 +46,7 @@ async def test_unmatched_event_is_dead_lettered_with_its_reason_then_retried_aft
 
 
 async def test_replay_of_an_event_processed_long_ago_is_a_no_op(fast_settings: Settings):
-    ids = _ids("old")
+    ids = fresh_ids("old")
     event = sf.history_lifecycle(**ids)[0]
     async with running_service(fast_settings) as svc:
         await svc.deliver(event)
@@ -90,7 +56,7 @@ async def test_replay_of_an_event_processed_long_ago_is_a_no_op(fast_settings: S
             event["id"],
         )
         before = await svc.workspace(ids["workspace_id"])
-        audits = await _audits(svc, ids["workspace_id"])
+        audits = await audit_count(svc, ids["workspace_id"])
 
         status, body = await svc.api("POST", f"/v1/events/{event['id']}/retry")
         assert (status, body["previous_status"], body["enqueued"]) == (202, "processed", True)
@@ -99,7 +65,7 @@ async def test_replay_of_an_event_processed_long_ago_is_a_no_op(fast_settings: S
         assert row["outcome"] == "stale"
         after = await svc.workspace(ids["workspace_id"])
         assert after == before  # same version, same state
-        assert await _audits(svc, ids["workspace_id"]) == audits
+        assert await audit_count(svc, ids["workspace_id"]) == audits
 
         status, body = await svc.api("POST", "/v1/events/evt_doesnotexist/retry")
         assert (status, body["error"]["code"]) == (404, "event_not_found")
@@ -107,7 +73,7 @@ async def test_replay_of_an_event_processed_long_ago_is_a_no_op(fast_settings: S
 
 async def test_sweep_enqueues_events_redis_never_got(fast_settings: Settings):
     """An event stored but never queued (Redis lost it) is processed once it is old enough."""
-    ids = _ids("swp")
+    ids = fresh_ids("swp")
     event = sf.history_lifecycle(**ids)[0]
     async with running_service(fast_settings) as svc:
         is_new, _ = await store_in_inbox(svc.services, event, json.dumps(event))
@@ -116,31 +82,10 @@ async def test_sweep_enqueues_events_redis_never_got(fast_settings: Settings):
         assert (await svc.workspace(ids["workspace_id"]))["status"] == "trialing"
 
 
-async def test_cli_lists_and_retries_dead_letters(fast_settings: Settings):
-    ids = _ids("cli")
-    orphan, _ = _orphan_invoice(ids)
-    async with running_service(fast_settings) as svc:
-        assert (await svc.post_event(orphan))[0] == 200
-        await wait_for(lambda: svc.event_status(orphan["id"]), lambda s: s == "dead", timeout=20, what="dead")
-        listed = await run_cli(fast_settings, "dead-letters", "--type", "invoice.payment_failed")
-        assert listed.returncode == 0, listed.stderr
-        rows = json.loads(listed.stdout)
-        assert [r["last_error"][:15] for r in rows if r["event_id"] == orphan["id"]] == ["unmatched after"]
-        retried = await run_cli(fast_settings, "retry", orphan["id"])
-        assert retried.returncode == 0, retried.stderr
-        assert json.loads(retried.stdout)["previous_status"] == "dead"
-        # Still no workspace: it walks the backoff again and ends dead again, with a fresh budget.
-        await wait_for(
-            lambda: svc.event_status(orphan["id"]), lambda s: s == "dead", timeout=20, what="dead again"
-        )
-        missing = await run_cli(fast_settings, "retry", "evt_nosuchevent")
-        assert missing.returncode == 1 and "no inbox event" in missing.stderr
-
-
 async def test_a_handler_failing_max_tries_is_dead_lettered_with_error_and_traceback(fast_settings: Settings):
     """A workspace row held locked by someone else: every try times out, then the event is parked
     with the last error; once the lock is gone an operator retry applies it."""
-    ids = _ids("mxt")
+    ids = fresh_ids("mxt")
     first, second = sf.history_lifecycle(**ids)[:2]
     settings = dataclasses.replace(fast_settings, max_tries=2, lock_timeout_ms=100)
     async with running_service(settings) as svc:

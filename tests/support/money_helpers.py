@@ -42,3 +42,10 @@ class AfterCommitRecorder:
 
     def effects_for(self, workspace_id: str) -> list[Any]:
         return [e for ws, _, effects, _ in self.calls if ws == workspace_id for e in effects]
+
+
+async def audit_count(svc: RunningService, workspace_id: str) -> int:
+    """How many audit entries one workspace has."""
+    return await svc.services.pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE workspace_id = $1", workspace_id
+    )

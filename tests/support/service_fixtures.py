@@ -1,10 +1,11 @@
 """Fixtures that build on the real services of conftest (a plugin of tests/conftest.py, so they
 are available everywhere): a migrated database, settings, the one ``service`` fixture factory,
-the service's clock, and the recorder of after-commit calls."""
+the service's clock, Stripe's stand-in, and the recorder of after-commit calls."""
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from tests.support.clock import MovableClock
 from tests.support.helpers import RunningService, make_settings, running_service
 from tests.support.money_helpers import AfterCommitRecorder
+from tests.support.stripe_server import StripeServer
 from worker.clock import utcnow
 from worker.config import Settings
 from worker.processing import after_commit as bus
@@ -29,6 +31,34 @@ async def migrated_pg_url(pg_url: str) -> str:
 @pytest.fixture
 def settings(migrated_pg_url: str, redis_url: str, redis_prefix: str) -> Settings:
     return make_settings(migrated_pg_url, redis_url, redis_prefix)
+
+
+@pytest.fixture
+def fast_settings(migrated_pg_url: str, redis_url: str, redis_prefix: str) -> Settings:
+    """Settings of a test of its own (own Redis prefix) whose retries and sweeps come within seconds."""
+    return make_settings(
+        migrated_pg_url,
+        redis_url,
+        f"{redis_prefix}-{uuid.uuid4().hex[:6]}",
+        BW_UNMATCHED_RETRY_SECONDS="1,1",
+        BW_SWEEP_INTERVAL_SECONDS="1",
+        BW_SWEEP_RECEIVED_AFTER_SECONDS="1",
+    )
+
+
+@pytest.fixture
+async def stripe_server() -> AsyncIterator[StripeServer]:
+    """The Stripe stand-in (tests/support/stripe_server.py) of one test."""
+    async with StripeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def stripe_settings(settings: Settings, stripe_server: StripeServer) -> Settings:
+    """``settings`` pointed at the ``stripe_server`` fixture."""
+    return dataclasses.replace(
+        settings, stripe_api_key=stripe_server.api_key, stripe_api_base=stripe_server.url
+    )
 
 
 def service_fixture(

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -42,6 +43,7 @@ __all__ = [
     "create_database",
     "delete_prefixed_keys",
     "drop_database",
+    "fetchval",
     "free_port",
     "make_temp_dir",
     "postgres_answers",
@@ -205,3 +207,12 @@ async def delete_prefixed_keys(url: str, prefix: str) -> int:
     finally:
         await client.aclose()
     return deleted
+
+
+async def fetchval(url: str, sql: str, *args: Any) -> Any:
+    """One value from a fresh connection to ``url`` (closed after)."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()

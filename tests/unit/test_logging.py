@@ -1,15 +1,14 @@
-"""Operations read JSON log lines: one per webhook and per job, with stable keys, no secrets."""
+"""Operations read JSON log lines with stable keys and no secrets: masking, rendering, writing.
+
+One line per webhook and per job from a running service: tests/integration/test_logging_service.py;
+lines written at a process's exit: tests/system/test_logging_at_exit.py."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-import logging
-import subprocess
-import sys
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -18,10 +17,6 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support import stripe_factory as sf
-from tests.support.helpers import SECRET_A, TOKEN, running_service, wait_for
-from tests.support.paths import ROOT
-from worker.config import Settings
 from worker.infra import logging as logging_module
 from worker.infra.logging import LineWriter, configure, render_json
 
@@ -30,54 +25,6 @@ from worker.infra.logging import LineWriter, configure, render_json
 class _Point:
     x: int
     y: int
-
-
-@pytest.fixture
-def log_lines():
-    buffer = io.StringIO()
-    configure("info", stream=buffer)
-    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
-    structlog.reset_defaults()
-    logging.basicConfig(force=True, level=logging.WARNING)
-
-
-async def test_one_json_line_per_webhook_and_per_job(settings: Settings, log_lines):
-    u = uuid.uuid4().hex[:10]
-    event = sf.history_lifecycle(workspace_id=f"ws_log_{u}", customer=f"cus_log{u}", sub_id=f"sub_log{u}")[0]
-    async with running_service(settings) as svc:
-        await svc.deliver(event)
-
-        # The job logs after its commit (and after the notification): wait for the line itself.
-        async def job_lines() -> int:
-            return sum(
-                1
-                for line in log_lines()
-                if line.get("event_id") == event["id"] and line["msg"] == "job_finished"
-            )
-
-        await wait_for(job_lines, what="the job_finished line")
-        await svc.post_raw("{}", {"Stripe-Signature": "t=1,v1=deadbeef"})
-    lines = [line for line in log_lines() if line.get("event_id") == event["id"]]
-    received = [line for line in lines if line["msg"] == "webhook_received"]
-    finished = [line for line in lines if line["msg"] == "job_finished"]
-    assert len(received) == 1 and len(finished) == 1, lines
-    for line in (*received, *finished):
-        assert {
-            "ts",
-            "level",
-            "component",
-            "msg",
-            "event_id",
-            "event_type",
-            "outcome",
-            "duration_ms",
-        } <= line.keys()
-    assert finished[0]["workspace_id"] == f"ws_log_{u}"
-    assert (finished[0]["outcome"], finished[0]["attempt"]) == ("applied", 1)
-    rejected = [line for line in log_lines() if line["msg"] == "webhook_rejected"]
-    assert rejected and rejected[-1]["code"] == "signature_mismatch", rejected
-    everything = json.dumps(log_lines())
-    assert SECRET_A not in everything and TOKEN not in everything and "whsec_" not in everything
 
 
 def test_secrets_are_masked_wherever_they_appear():
@@ -190,19 +137,3 @@ def test_lines_logged_close_together_are_written_together_and_soon():
     assert stream.flushes == ["line 0\nline 1\nline 2\n"]  # … then written in one call
     writer.info("outside a loop")  # CLI and start-up: at once
     assert stream.flushes[-1].endswith("outside a loop\n") and len(stream.flushes) == 2
-
-
-def test_lines_of_a_loop_stopped_before_its_next_iteration_are_written_at_exit():
-    program = (
-        "import asyncio\n"
-        "from worker.infra.logging import configure, get_logger\n"
-        "configure('info')\n"
-        "loop = asyncio.new_event_loop()\n"
-        "loop.call_soon(lambda: (get_logger('t').info('last_words'), loop.stop()))\n"
-        "loop.run_forever()\n"
-        "loop.close()\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
-    )
-    assert json.loads(done.stdout.strip().splitlines()[-1])["msg"] == "last_words"
