@@ -87,20 +87,7 @@ def embedded_postgres_factory() -> Iterator[Callable[..., EmbeddedPostgres]]:
     of an earlier one to open the same data with a new object. Every server made is stopped (or
     killed) at teardown and its folder removed.
     """
-    root = make_temp_dir("bw-pg-")
-    made: list[EmbeddedPostgres] = []
-
-    def make(data_dir: Path | None = None, *, start: bool = True, **kwargs: Any) -> EmbeddedPostgres:
-        kwargs.setdefault("durable", False)
-        server = EmbeddedPostgres(data_dir or root / f"pg{len(made)}", **kwargs)
-        made.append(server)
-        return server.start() if start else server
-
-    try:
-        yield make
-    finally:
-        _shut_down(made)
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _server_factory(EmbeddedPostgres, "pg", durable=False)
 
 
 @pytest.fixture
@@ -109,11 +96,15 @@ def embedded_redis_factory() -> Iterator[Callable[..., EmbeddedRedis]]:
 
     Every server made is stopped (or killed) at teardown and its folder removed.
     """
-    root = make_temp_dir("bw-redis-")
-    made: list[EmbeddedRedis] = []
+    yield from _server_factory(EmbeddedRedis, "redis")
 
-    def make(data_dir: Path | None = None, *, start: bool = True, **kwargs: Any) -> EmbeddedRedis:
-        server = EmbeddedRedis(data_dir or root / f"redis{len(made)}", **kwargs)
+
+def _server_factory(server_class: Any, name: str, **defaults: Any) -> Iterator[Callable[..., Any]]:
+    root = make_temp_dir(f"bw-{name}-")
+    made: list[Any] = []
+
+    def make(data_dir: Path | None = None, *, start: bool = True, **kwargs: Any) -> Any:
+        server = server_class(data_dir or root / f"{name}{len(made)}", **{**defaults, **kwargs})
         made.append(server)
         return server.start() if start else server
 
@@ -134,7 +125,7 @@ def private_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _shut_down(servers: list[EmbeddedPostgres] | list[EmbeddedRedis]) -> None:
+def _shut_down(servers: list[Any]) -> None:
     for server in servers:
         try:
             server.stop(timeout=10)

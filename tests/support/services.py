@@ -21,6 +21,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,44 +114,51 @@ async def redis_answers(url: str, timeout: float = 2.0) -> bool:
 
 async def acquire_postgres(env_url: str | None) -> ServiceChoice:
     """The PostgreSQL of this session; see the module docstring for the order."""
-    if env_url == EMBEDDED:
-        return _embedded_postgres()
-    if env_url:
-        if not await postgres_answers(env_url):
-            raise RuntimeError(f"TEST_DATABASE_URL is set but no PostgreSQL answers at {env_url}")
-        return ServiceChoice(env_url, "TEST_DATABASE_URL")
-    if await postgres_answers(LOCAL_POSTGRES_URL):
-        return ServiceChoice(LOCAL_POSTGRES_URL, "local 127.0.0.1:5432")
-    return _embedded_postgres()
-
-
-def _embedded_postgres() -> ServiceChoice:
-    temp_dir = make_temp_dir("bw-test-pg-")
-    server = EmbeddedPostgres(temp_dir / "data", durable=False)
-    try:
-        server.start()
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
-    return ServiceChoice(server.url(), "embedded", embedded=server, temp_dir=temp_dir)
+    return await _acquire(
+        env_url,
+        "TEST_DATABASE_URL",
+        "PostgreSQL",
+        postgres_answers,
+        LOCAL_POSTGRES_URL,
+        "local 127.0.0.1:5432",
+        lambda temp_dir: EmbeddedPostgres(temp_dir / "data", durable=False),
+        "bw-test-pg-",
+    )
 
 
 async def acquire_redis(env_url: str | None) -> ServiceChoice:
     """The Redis of this session; see the module docstring for the order."""
-    if env_url == EMBEDDED:
-        return _embedded_redis()
-    if env_url:
-        if not await redis_answers(env_url):
-            raise RuntimeError(f"TEST_REDIS_URL is set but no Redis answers at {env_url}")
-        return ServiceChoice(env_url, "TEST_REDIS_URL")
-    if await redis_answers(LOCAL_REDIS_URL):
-        return ServiceChoice(LOCAL_REDIS_URL, "local 127.0.0.1:6379")
-    return _embedded_redis()
+    return await _acquire(
+        env_url,
+        "TEST_REDIS_URL",
+        "Redis",
+        redis_answers,
+        LOCAL_REDIS_URL,
+        "local 127.0.0.1:6379",
+        lambda temp_dir: EmbeddedRedis(temp_dir / "data", appendonly=False),
+        "bw-test-redis-",
+    )
 
 
-def _embedded_redis() -> ServiceChoice:
-    temp_dir = make_temp_dir("bw-test-redis-")
-    server = EmbeddedRedis(temp_dir / "data", appendonly=False)
+async def _acquire(
+    env_url: str | None,
+    env_name: str,
+    kind: str,
+    answers: Callable[[str], Awaitable[bool]],
+    local_url: str,
+    local_source: str,
+    make_embedded: Callable[[Path], EmbeddedPostgres | EmbeddedRedis],
+    temp_prefix: str,
+) -> ServiceChoice:
+    """``env_url`` (which must answer), else the local server if it answers, else an embedded one."""
+    if env_url and env_url != EMBEDDED:
+        if not await answers(env_url):
+            raise RuntimeError(f"{env_name} is set but no {kind} answers at {env_url}")
+        return ServiceChoice(env_url, env_name)
+    if env_url != EMBEDDED and await answers(local_url):
+        return ServiceChoice(local_url, local_source)
+    temp_dir = make_temp_dir(temp_prefix)
+    server = make_embedded(temp_dir)
     try:
         server.start()
     except BaseException:

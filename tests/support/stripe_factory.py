@@ -21,8 +21,9 @@ in the three shapes carries the same id. Timestamps may be unix ints or aware da
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -451,67 +452,20 @@ def subscription_event(
     *,
     api_version: str,
     created: Timestamp,
-    sub_id: str,
-    customer: str,
-    workspace_id: str | None,
-    status: str,
-    items: Sequence[tuple[str, int]],
-    period_start: Timestamp,
-    period_end: Timestamp,
-    event_id: str | None = None,
-    start_date: Timestamp | None = None,
-    trial_start: Timestamp | None = None,
-    trial_end: Timestamp | None = None,
-    cancel_at_period_end: bool = False,
-    cancel_at: Timestamp | None = None,
-    canceled_at: Timestamp | None = None,
-    ended_at: Timestamp | None = None,
-    cancellation_reason: str | None = None,
-    custom_contract: bool = False,
-    metadata: Mapping[str, str] | None = None,
-    billing_cycle_anchor: Timestamp | None = None,
-    latest_invoice: str | None = None,
-    previous_attributes: Mapping[str, Any] | None = None,
-    request_id: str | None = None,
-    request_idempotency_key: str | None = None,
     livemode: bool = False,
+    **fields: Any,
 ) -> dict[str, Any]:
-    """A ``customer.subscription.<kind>`` event (kind: created, updated, deleted, …)."""
-    event_type = _event_type("customer.subscription.", kind, SUBSCRIPTION_KINDS)
-    fields = dict(
-        sub_id=sub_id,
-        customer=customer,
-        workspace_id=workspace_id,
-        status=status,
-        items=[tuple(i) for i in items],
-        period_start=period_start,
-        period_end=period_end,
-        start_date=start_date,
-        trial_start=trial_start,
-        trial_end=trial_end,
-        cancel_at_period_end=cancel_at_period_end,
-        cancel_at=cancel_at,
-        canceled_at=canceled_at,
-        ended_at=ended_at,
-        cancellation_reason=cancellation_reason,
-        custom_contract=custom_contract,
-        metadata=metadata,
-        billing_cycle_anchor=billing_cycle_anchor,
-        latest_invoice=latest_invoice,
-        livemode=livemode,
-    )
-    obj = subscription_object(api_version=api_version, **fields)  # type: ignore[arg-type]
-    return envelope(
-        event_type,
-        obj,
+    """A ``customer.subscription.<kind>`` event (kind: created, updated, deleted, …); ``fields``
+    are the keyword arguments of :func:`subscription_object` and :func:`envelope`."""
+    if "items" in fields:
+        fields["items"] = [tuple(i) for i in fields["items"]]
+    return _object_event(
+        _event_type("customer.subscription.", kind, SUBSCRIPTION_KINDS),
+        subscription_object,
+        fields,
         api_version=api_version,
         created=created,
-        event_id=event_id,
-        previous_attributes=previous_attributes,
-        request_id=request_id,
-        request_idempotency_key=request_idempotency_key,
         livemode=livemode,
-        logical=_logical(fields),
     )
 
 
@@ -819,70 +773,22 @@ def invoice_event(
     *,
     api_version: str,
     created: Timestamp,
-    invoice_id: str,
-    customer: str,
-    sub_id: str | None,
-    workspace_id: str | None,
-    status: str,
-    amount_due: int,
-    amount_paid: int = 0,
-    attempt_count: int = 0,
-    billing_reason: str | None = "subscription_cycle",
-    lines: Sequence[LineSpec] = (),
-    event_id: str | None = None,
-    amount_remaining: int | None = None,
-    next_payment_attempt: Timestamp | None = None,
-    currency: str = "usd",
-    invoice_created: Timestamp | None = None,
-    due_date: Timestamp | None = None,
-    period_start: Timestamp | None = None,
-    period_end: Timestamp | None = None,
-    subscription_metadata: Mapping[str, str] | None = None,
-    metadata: Mapping[str, str] | None = None,
-    uncollectible_reason: str | None = None,
-    previous_attributes: Mapping[str, Any] | None = None,
-    request_id: str | None = None,
-    request_idempotency_key: str | None = None,
     livemode: bool = False,
+    **fields: Any,
 ) -> dict[str, Any]:
-    """An ``invoice.<kind>`` event. ``invoice_created`` defaults to the event's ``created``."""
-    event_type = _event_type("invoice.", kind, INVOICE_KINDS)
-    fields = dict(
-        invoice_id=invoice_id,
-        customer=customer,
-        sub_id=sub_id,
-        workspace_id=workspace_id,
-        status=status,
-        amount_due=amount_due,
-        amount_paid=amount_paid,
-        amount_remaining=amount_remaining,
-        attempt_count=attempt_count,
-        next_payment_attempt=next_payment_attempt,
-        billing_reason=billing_reason,
-        currency=currency,
-        invoice_created=invoice_created if invoice_created is not None else created,
-        status_changed_at=created,
-        due_date=due_date,
-        period_start=period_start,
-        period_end=period_end,
-        lines=list(lines),
-        subscription_metadata=subscription_metadata,
-        metadata=metadata,
-        uncollectible_reason=uncollectible_reason,
-        livemode=livemode,
-    )
-    obj = invoice_object(api_version=api_version, **fields)  # type: ignore[arg-type]
-    return envelope(
-        event_type,
-        obj,
+    """An ``invoice.<kind>`` event; ``fields`` are the keyword arguments of :func:`invoice_object`
+    and :func:`envelope`. ``invoice_created`` and ``status_changed_at`` default to ``created``."""
+    if fields.get("invoice_created") is None:
+        fields["invoice_created"] = created
+    fields.setdefault("status_changed_at", created)
+    fields["lines"] = list(fields.get("lines", ()))
+    return _object_event(
+        _event_type("invoice.", kind, INVOICE_KINDS),
+        invoice_object,
+        fields,
         api_version=api_version,
         created=created,
-        event_id=event_id,
-        previous_attributes=previous_attributes,
-        request_id=request_id,
-        request_idempotency_key=request_idempotency_key,
         livemode=livemode,
-        logical=_logical(fields),
     )
 
 
@@ -1057,48 +963,55 @@ def checkout_completed_event(
     *,
     api_version: str,
     created: Timestamp,
-    session_id: str,
-    customer: str | None,
-    workspace_id: str | None,
-    price_quantities: Sequence[tuple[str, int]] = (("price_ai_pack_1000", 1),),
-    mode: str = "payment",
-    payment_status: str = "paid",
-    client_reference_id: str | None = None,
-    metadata: Mapping[str, str] | None = None,
-    metadata_price: bool = True,
-    expand_line_items: bool = False,
-    event_id: str | None = None,
-    request_id: str | None = None,
-    request_idempotency_key: str | None = None,
     livemode: bool = False,
+    **fields: Any,
 ) -> dict[str, Any]:
-    """A ``checkout.session.completed`` event (AI credit packs are one-time Checkout buys)."""
-    fields = dict(
-        session_id=session_id,
-        customer=customer,
-        workspace_id=workspace_id,
-        price_quantities=[tuple(pq) for pq in price_quantities],
-        created=created,
-        mode=mode,
-        payment_status=payment_status,
-        client_reference_id=client_reference_id,
-        metadata=metadata,
-        metadata_price=metadata_price,
-        expand_line_items=expand_line_items,
-        livemode=livemode,
-    )
-    obj = checkout_session_object(api_version=api_version, **fields)  # type: ignore[arg-type]
-    return envelope(
+    """A ``checkout.session.completed`` event (AI credit packs are one-time Checkout buys);
+    ``fields`` are the keyword arguments of :func:`checkout_session_object` and :func:`envelope`."""
+    fields["price_quantities"] = [
+        tuple(pq) for pq in fields.get("price_quantities", (("price_ai_pack_1000", 1),))
+    ]
+    return _object_event(
         "checkout.session.completed",
-        obj,
+        checkout_session_object,
+        {**fields, "created": created},
         api_version=api_version,
         created=created,
-        event_id=event_id,
-        request_id=request_id,
-        request_idempotency_key=request_idempotency_key,
         livemode=livemode,
-        logical=_logical(fields),
+        not_logical=() if "status" in fields else ("status",),
     )
+
+
+def _object_event(
+    event_type: str,
+    make_object: Callable[..., dict[str, Any]],
+    fields: Mapping[str, Any],
+    *,
+    api_version: str,
+    created: Timestamp,
+    livemode: bool,
+    not_logical: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The event of ``make_object(api_version=api_version, livemode=livemode, **fields)``; the
+    fields named in ``ENVELOPE_FIELDS`` go to :func:`envelope` instead. Its default id hashes
+    every keyword of ``make_object`` (defaults filled in, ``not_logical`` left out), so the same
+    logical event gets the same id in every API version."""
+    object_fields = {k: v for k, v in fields.items() if k not in ENVELOPE_FIELDS}
+    bound = inspect.signature(make_object).bind(api_version=api_version, livemode=livemode, **object_fields)
+    bound.apply_defaults()
+    logical = {k: v for k, v in bound.arguments.items() if k != "api_version" and k not in not_logical}
+    return envelope(
+        event_type,
+        make_object(**bound.arguments),
+        api_version=api_version,
+        created=created,
+        livemode=livemode,
+        logical=_logical(logical),
+        **{k: v for k, v in fields.items() if k in ENVELOPE_FIELDS},
+    )
+
+
+ENVELOPE_FIELDS = ("event_id", "previous_attributes", "request_id", "request_idempotency_key")
 
 
 def _logical(fields: Mapping[str, Any]) -> dict[str, Any]:
