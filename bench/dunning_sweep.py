@@ -16,8 +16,8 @@ from datetime import timedelta
 import asyncpg
 from arq.connections import create_pool
 
-from tests import stripe_factory as sf
-from tests.helpers import make_settings
+from tests.support import stripe_factory as sf
+from tests.support.helpers import make_settings
 from worker.infra.notifications import stream_name
 from worker.jobs.dunning import BATCH, sweep_dunning
 from worker.queue.redis import redis_settings

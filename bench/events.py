@@ -1,6 +1,6 @@
 """Realistic, validly signed webhook bodies with unique ids, cheap enough to make by the ten thousand.
 
-One body per event type is rendered by ``tests.stripe_factory`` (the 2026 API shape, ~3.5 kB, like
+One body per event type is rendered by ``tests.support.stripe_factory`` (the 2026 API shape, ~3.5 kB, like
 Stripe's); unique events are that body with the ids substituted, so a load generator spends its
 CPU on sending, not on building dicts.
 """
@@ -12,7 +12,7 @@ import time
 
 import stripe
 
-from tests import stripe_factory as sf
+from tests.support import stripe_factory as sf
 
 _WS, _CUS, _SUB, _EVT = "ws_BENCHWSXX", "cus_BENCHCUSXX", "sub_BENCHSUBXX", "evt_BENCHEVTXX"
 

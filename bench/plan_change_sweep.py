@@ -11,7 +11,7 @@ downgrade to Plus Monthly for each: N ``pending`` ``at_period_end`` changes, fir
 ``policy.fire_lead_seconds``. The API's deferred ``fire_plan_change`` jobs are *not* queued: only
 the sweep fires (the case it exists for: Redis lost the deferred jobs, or they never ran).
 
-Measured: ``tests.stripe_server.StripeServer`` runs as its own process (``bench.stripe_proc``)
+Measured: ``tests.support.stripe_server.StripeServer`` runs as its own process (``bench.stripe_proc``)
 seeded with the N subscriptions; the service's ``build_worker`` runs as its own process
 (``bench.plan_change_worker``) with its clock moved to just after the fire time, and does what it
 does in production (cron ``sweep_plan_changes`` every 10 s). Figures: first sweep start → last
@@ -51,7 +51,7 @@ from bench.common import (
     service_env,
 )
 from handlers.plan_policy import AT_PERIOD_END, ChangeRequest
-from tests import stripe_factory as sf
+from tests.support import stripe_factory as sf
 from worker.config import Settings
 from worker.plan_changes import requests as plan_changes
 from worker.plan_changes.store import due_changes

@@ -66,7 +66,7 @@ EXPLAINED = {
 async def _template(url: str, processor: EventProcessor) -> None:
     """One real workspace, made by processing a real history (subscription, renewal invoice that
     failed then was paid): the rows every clone copies."""
-    from tests import stripe_factory as sf
+    from tests.support import stripe_factory as sf
 
     history = sf.history_payment_failure(
         workspace_id=TEMPLATE,

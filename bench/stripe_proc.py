@@ -1,4 +1,4 @@
-"""``tests.stripe_server.StripeServer`` in its own process, for benchmarks that call Stripe.
+"""``tests.support.stripe_server.StripeServer`` in its own process, for benchmarks that call Stripe.
 
     python -m bench.stripe_proc --seed objects.json --summary summary.json [--delay 0.3]
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.stripe_server import StripeServer
+from tests.support.stripe_server import StripeServer
 
 
 def summary(server: StripeServer, cpu_s: float) -> dict[str, Any]:

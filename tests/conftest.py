@@ -1,4 +1,4 @@
-"""Real services for the tests; how they are chosen is in tests/services.py.
+"""Real services for the tests; how they are chosen is in tests/support/services.py.
 
 Session fixtures: ``pg_url`` (a fresh database of this session), ``redis_url``, ``redis_prefix``.
 Function fixtures for fault tests: ``embedded_postgres_factory``, ``embedded_redis_factory``
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.services import (
+from tests.support.services import (
     ServiceChoice,
     acquire_postgres,
     acquire_redis,
@@ -31,7 +31,7 @@ from worker.dev.postgres import EmbeddedPostgres
 from worker.dev.redis import EmbeddedRedis
 
 # Fixtures built on these services (migrated database, settings) live in their own module.
-pytest_plugins = ("tests.service_fixtures",)
+pytest_plugins = ("tests.support.service_fixtures",)
 
 _chosen: dict[str, str] = {}
 
@@ -87,12 +87,24 @@ def embedded_postgres_factory() -> Iterator[Callable[..., EmbeddedPostgres]]:
     of an earlier one to open the same data with a new object. Every server made is stopped (or
     killed) at teardown and its folder removed.
     """
-    root = make_temp_dir("bw-pg-")
-    made: list[EmbeddedPostgres] = []
+    yield from _server_factory(EmbeddedPostgres, "pg", durable=False)
 
-    def make(data_dir: Path | None = None, *, start: bool = True, **kwargs: Any) -> EmbeddedPostgres:
-        kwargs.setdefault("durable", False)
-        server = EmbeddedPostgres(data_dir or root / f"pg{len(made)}", **kwargs)
+
+@pytest.fixture
+def embedded_redis_factory() -> Iterator[Callable[..., EmbeddedRedis]]:
+    """``make(data_dir=None, start=True, **kwargs)``: a private redis-server on a free port.
+
+    Every server made is stopped (or killed) at teardown and its folder removed.
+    """
+    yield from _server_factory(EmbeddedRedis, "redis")
+
+
+def _server_factory(server_class: Any, name: str, **defaults: Any) -> Iterator[Callable[..., Any]]:
+    root = make_temp_dir(f"bw-{name}-")
+    made: list[Any] = []
+
+    def make(data_dir: Path | None = None, *, start: bool = True, **kwargs: Any) -> Any:
+        server = server_class(data_dir or root / f"{name}{len(made)}", **{**defaults, **kwargs})
         made.append(server)
         return server.start() if start else server
 
@@ -104,32 +116,31 @@ def embedded_postgres_factory() -> Iterator[Callable[..., EmbeddedPostgres]]:
 
 
 @pytest.fixture
-def embedded_redis_factory() -> Iterator[Callable[..., EmbeddedRedis]]:
-    """``make(data_dir=None, start=True, **kwargs)``: a private redis-server on a free port.
-
-    Every server made is stopped (or killed) at teardown and its folder removed.
-    """
-    root = make_temp_dir("bw-redis-")
-    made: list[EmbeddedRedis] = []
-
-    def make(data_dir: Path | None = None, *, start: bool = True, **kwargs: Any) -> EmbeddedRedis:
-        server = EmbeddedRedis(data_dir or root / f"redis{len(made)}", **kwargs)
-        made.append(server)
-        return server.start() if start else server
-
+def private_dir() -> Iterator[Path]:
+    """An empty folder of this test (outside pytest's tmp_path: short, for server sockets)."""
+    path = make_temp_dir("bw-embedded-test-")
     try:
-        yield make
+        yield path
     finally:
-        _shut_down(made)
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def _shut_down(servers: list[EmbeddedPostgres] | list[EmbeddedRedis]) -> None:
+def _shut_down(servers: list[Any]) -> None:
     for server in servers:
         try:
             server.stop(timeout=10)
         finally:
             server.kill()
+
+
+SYSTEM_TESTS = Path(__file__).resolve().parent / "system"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/system/ is ``slow``: ``-m "not slow"`` is the quick loop."""
+    for item in items:
+        if SYSTEM_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
