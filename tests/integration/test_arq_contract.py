@@ -33,7 +33,7 @@ from arq.jobs import deserialize_job, deserialize_job_raw
 from arq.utils import timestamp_ms, to_unix_ms
 from arq.worker import Worker, func
 
-from tests.services import delete_prefixed_keys
+from tests.support.services import delete_prefixed_keys
 from worker.queue.enqueue import PROCESS_EVENT, JobQueue
 from worker.queue.redis import connect, redis_settings
 from worker.queue.retry import RetryLater
@@ -119,7 +119,7 @@ def test_arq_key_names_are_the_ones_we_assume() -> None:
     changed = {name: got for name, (got, want) in assumed.items() if got != want}
     assert not changed, (
         f"arq.constants changed its key names {changed}: JobQueue's Lua script, "
-        "tests/test_inbox_batcher.py and runbooks assume arq:job:/arq:result:/arq:in-progress:<id>"
+        "tests/integration/test_inbox_batcher.py and runbooks assume arq:job:/arq:result:/arq:in-progress:<id>"
     )
 
 

@@ -4,7 +4,7 @@ A module that adds routes exports ``PATHS`` (OpenAPI path items keyed by the aio
 pattern); ``worker.api.app`` keeps them under ``DOCUMENTED_PATHS`` on the application, and the
 builder merges them and includes a path only when a route for it is registered, so the document
 never describes a route that does not exist.
-``tests/test_ops_api.py`` checks the other direction: every registered route is documented.
+``tests/integration/test_ops_api.py`` checks the other direction: every registered route is documented.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Public aiohttp does what it can: the size limits are ``AppRunner`` options and
 ``Application(client_max_size=...)`` (set where the ports start, ``worker.runner.start_site``),
 the deadline and the JSON errors of routed requests are one middleware (``guarded``). The one
 private hook of the service is ``harden``, with what it relies on pinned by
-``tests/test_aiohttp_contract.py``.
+``tests/integration/test_aiohttp_contract.py``.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def harden(runner: web.AppRunner) -> None:
     too long a line or header, 400/414/431) and a handler's crash (500) are answered by
     ``RequestHandler.handle_error`` before any middleware, signal or request factory of the app
     sees them (aio-libs/aiohttp#3287, #9882), and its answer is text quoting the rejected input.
-    So the server's protocols get a ``handle_error`` of ours; ``tests/test_aiohttp_contract.py``
+    So the server's protocols get a ``handle_error`` of ours; ``tests/integration/test_aiohttp_contract.py``
     fails if aiohttp changes what this relies on.
     """
     server = runner.server

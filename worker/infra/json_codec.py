@@ -29,7 +29,7 @@ def _record_bytes(value: Any) -> bytes:
 def dumps_record(value: Any) -> str:
     """``dumps(to_jsonable(value))`` for our frozen records (dataclasses of str, int, bool, None,
     UTC datetimes, tuples, dicts and frozensets of str), in one C call: the same text (field
-    order, ``Z`` datetimes, sorted sets), about ten times faster (tests/test_json_codec.py)."""
+    order, ``Z`` datetimes, sorted sets), about ten times faster (tests/unit/test_json_codec.py)."""
     return _record_bytes(value).decode()
 
 

@@ -64,7 +64,7 @@ def verify_signature(
     ``verify_header`` gives per secret, tried for every secret. Done here with one-shot
     ``hmac.digest`` over the raw bytes and the header parsed once: the SDK (Python-level HMAC,
     the body re-encoded, the header parsed per secret) was 5-7 % of the receiver's CPU.
-    ``tests/test_receiver_signatures.py`` checks it against the SDK.
+    ``tests/integration/test_receiver_signatures.py`` checks it against the SDK.
     """
     if not secrets:
         return "signature_mismatch"
