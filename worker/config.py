@@ -65,6 +65,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("BW_WORKER_METRICS_PORT", "9102", "Port of a worker process's own /metrics (0: none)."),
     EnvVar("BW_DB_POOL_SIZE", "20", "PostgreSQL connections per process."),
     EnvVar("BW_LOG_LEVEL", "info", "debug, info, warning or error."),
+    EnvVar(
+        "BW_LOG_BATCH_MS",
+        "20",
+        "Longest wait of a log line for the next ones, to be written together (0: each at once).",
+    ),
 )
 
 _DEFAULTS = {v.name: v.default for v in ENV_VARS}
@@ -159,6 +164,7 @@ class Settings:
     worker_metrics_port: int
     db_pool_size: int
     log_level: str
+    log_batch_ms: int = 20
 
     @property
     def queue_name(self) -> str:
@@ -200,6 +206,7 @@ class Settings:
             worker_metrics_port=read.integer("BW_WORKER_METRICS_PORT"),
             db_pool_size=read.integer("BW_DB_POOL_SIZE", 2),
             log_level=level,
+            log_batch_ms=read.integer("BW_LOG_BATCH_MS"),
         )
 
     def require_service_settings(self) -> None:
