@@ -6,7 +6,10 @@ private PostgreSQL + Redis) and, in the same run and interleaved, to a bare aioh
 (``bench.bare_server``) that only answers 200. Then an open loop at half the receiver's maximum
 rate gives the latency a real (non-saturating) load sees.
 
-    python -m bench.ingest [--repeat 3] [--concurrency 64] [--requests 10000]
+    python -m bench.ingest [--repeat 3] [--concurrency 64] [--requests 10000] [--log-batch-ms 0]
+
+``--log-batch-ms`` sets the receiver's ``BW_LOG_BATCH_MS`` (default: the service's, 20 ms; 0:
+every log line written at once), to measure what batching the log writes saves.
 """
 
 from __future__ import annotations
@@ -58,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--open-duration", type=float, default=20.0)
+    parser.add_argument(
+        "--log-batch-ms", type=int, default=None, help="the receiver's BW_LOG_BATCH_MS (0: unbatched)"
+    )
     args = parser.parse_args(argv)
     tag = f"{int(time.time())}"
     with private_servers(args.workdir) as servers:
         logdir = Path("/tmp")
         rport, bport = free_port(), free_port()
         env = service_env(servers, BW_RECEIVER_HOST="127.0.0.1", BW_RECEIVER_PORT=str(rport))
+        if args.log_batch_ms is not None:
+            env["BW_LOG_BATCH_MS"] = str(args.log_batch_ms)
         receiver_args = [PYTHON, "-m", "worker.cli.main", "receiver"]
         with (
             process(receiver_args, env, logdir / f"bench-receiver-{tag}.log") as receiver,
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "requests_per_run": args.requests,
         "repeat": args.repeat,
+        "log_batch_ms": 20 if args.log_batch_ms is None else args.log_batch_ms,
         "receiver": rec,
         "receiver_half_rate_open_loop": open_summary(open_runs["receiver"]),
         "bare_half_rate_open_loop": open_summary(open_runs["bare"]),

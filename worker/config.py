@@ -65,6 +65,23 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("BW_WORKER_METRICS_PORT", "9102", "Port of a worker process's own /metrics (0: none)."),
     EnvVar("BW_DB_POOL_SIZE", "20", "PostgreSQL connections per process."),
     EnvVar("BW_LOG_LEVEL", "info", "debug, info, warning or error."),
+    EnvVar(
+        "BW_LOG_BATCH_MS",
+        "20",
+        "Longest wait of a log line for the next ones, to be written together (0: each at once).",
+    ),
+    EnvVar(
+        "BW_TRACING",
+        None,
+        "1: send OpenTelemetry traces (OTLP over HTTP, `tracing` extra); 0: never. "
+        "Unset: on when OTEL_EXPORTER_OTLP_ENDPOINT is set.",
+    ),
+    EnvVar(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        None,
+        "OTLP/HTTP collector base URL (e.g. `http://otel-collector:4318`); setting it turns tracing on.",
+    ),
+    EnvVar("OTEL_SERVICE_NAME", "billing-worker", "The traces' `service.name`."),
 )
 
 _DEFAULTS = {v.name: v.default for v in ENV_VARS}
@@ -121,6 +138,14 @@ class _EnvReader:
                 f"got {self.raw('BW_UNMATCHED_RETRY_SECONDS')!r}"
             ) from None
 
+    def tracing(self) -> bool:
+        value = (self.raw("BW_TRACING") or "").lower()
+        if value in {"", "auto"}:
+            return self.raw("OTEL_EXPORTER_OTLP_ENDPOINT") is not None
+        if value not in {"0", "1", "true", "false"}:
+            raise ConfigError(f"BW_TRACING must be 1 or 0, got {value!r}")
+        return value in {"1", "true"}
+
     def log_level(self) -> str:
         level = (self.raw("BW_LOG_LEVEL") or "info").lower()
         if level not in {"debug", "info", "warning", "error"}:
@@ -159,6 +184,9 @@ class Settings:
     worker_metrics_port: int
     db_pool_size: int
     log_level: str
+    log_batch_ms: int = 20
+    tracing: bool = False
+    service_name: str = "billing-worker"
 
     @property
     def queue_name(self) -> str:
@@ -200,6 +228,9 @@ class Settings:
             worker_metrics_port=read.integer("BW_WORKER_METRICS_PORT"),
             db_pool_size=read.integer("BW_DB_POOL_SIZE", 2),
             log_level=level,
+            log_batch_ms=read.integer("BW_LOG_BATCH_MS"),
+            tracing=read.tracing(),
+            service_name=read.raw("OTEL_SERVICE_NAME") or "billing-worker",
         )
 
     def require_service_settings(self) -> None:

@@ -18,7 +18,8 @@ from worker.clock import Clock, utcnow
 from worker.config import Settings
 from worker.http.hardening import harden
 from worker.http.probes import start_worker_metrics
-from worker.infra.logging import get_logger
+from worker.infra import tracing
+from worker.infra.logging import get_logger, install_exit_flush, set_batch_delay
 from worker.jobs.worker import build_worker
 from worker.ops.health import warn_unless_noeviction
 from worker.receiver.app import create_receiver_app
@@ -59,6 +60,9 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     assert settings.database_url is not None
+    set_batch_delay(settings.log_batch_ms / 1000)
+    if settings.tracing:  # before the apps and the Stripe client are built: they look once
+        tracing.configure(service_name=settings.service_name)
     if run_migrations:
         await migrate(settings.database_url)
     services = await Services.start(settings, clock=clock)
@@ -100,6 +104,8 @@ async def serve(
         await services.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        install_exit_flush()  # removing ours restored SIGTERM's default action
+        tracing.shutdown()  # the spans that wait for their batch are exported
 
 
 async def supervise_worker(services: Services, stop: asyncio.Event) -> None:

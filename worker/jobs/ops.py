@@ -4,6 +4,7 @@ survives worker restarts (its cursor is in Postgres)."""
 
 from __future__ import annotations
 
+from worker.infra import tracing
 from worker.infra.logging import get_logger
 from worker.ops import backfill
 from worker.ops.reconcile import reconcile_workspace
@@ -28,11 +29,16 @@ async def backfill_job(job: Job, run_id: int) -> str:
     return str(run["status"])
 
 
-async def reconcile_job(job: Job, workspace_id: str) -> str:
-    """Re-fetch a workspace's objects from Stripe (asked for when two events tie on ``created``)."""
+async def reconcile_job(job: Job, workspace_id: str, traceparent: str | None = None) -> str:
+    """Re-fetch a workspace's objects from Stripe (asked for when two events tie on ``created``);
+    with tracing on, in the trace of the event that asked (``traceparent``)."""
     services: Services = job.services
     if services.stripe is None:
         return "not_configured"
-    result = await reconcile_workspace(services, services.stripe, workspace_id, cause_kind="job")
+    attributes = {"workspace_id": workspace_id, "attempt": job.attempt}
+    with tracing.start_span(
+        "reconcile_workspace", parent=traceparent, kind="consumer", attributes=attributes
+    ):
+        result = await reconcile_workspace(services, services.stripe, workspace_id, cause_kind="job")
     log.info("workspace_refetched", workspace_id=workspace_id, applied=len(result.get("applied", [])))
     return "done"

@@ -69,7 +69,7 @@ async def after_events_committed(services: Services, results: Sequence[ProcessRe
     for r in results:
         if services.stripe is not None and any(isinstance(e, RefetchRequested) for e in r.effects):
             try:
-                await services.queue.enqueue_reconcile(r.workspace_id or "")
+                await services.queue.enqueue_reconcile(r.workspace_id or "", traceparent=r.traceparent)
             except Exception as exc:  # the deterministic tie-break already gave a state
                 log.warning("refetch_not_enqueued", workspace_id=r.workspace_id, error=repr(exc))
     requeue = [event_id for r in results for event_id in r.requeue]

@@ -23,9 +23,11 @@ no job came for (another worker ran the job) is dropped after ``keep_seconds``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from worker.infra import metrics
+from handlers.evolve import evolve
+from worker.infra import metrics, tracing
 from worker.infra.logging import get_logger
 from worker.processing.unit_of_work import EventProcessor, ProcessResult
 from worker.storage.db import is_transient
@@ -138,6 +140,7 @@ class EventBatcher:
             return
         busy = [*ids, *(event_id for event_id, _ in ahead)]
         self._busy.update(busy)
+        started_ns = time.time_ns() if tracing.enabled() else 0
         try:
             metrics.EVENT_BATCH_SIZE.observe(len(busy))
             outcomes, taken = await self._outcomes(ids, [event_id for event_id, _ in ahead])
@@ -146,6 +149,8 @@ class EventBatcher:
         if not taken:
             self._backlog = False  # nothing read ahead was written (none left, or a failure)
         committed = [o for o in outcomes if isinstance(o, ProcessResult)] + list(taken.values())
+        if started_ns and committed:
+            committed = traced(committed, started_ns, time.time_ns())
         # Unmatched events whose customer this batch mapped go round again rather than end
         # unmatched: their jobs wait for the next batch, their read-ahead results are dropped.
         again = {event_id for r in committed for event_id in r.requeue}
@@ -264,3 +269,41 @@ class EventBatcher:
             return (await self._processor.process_batch([event_id]))[0][0]
         except Exception as exc:
             return exc
+
+
+def traced(committed: list[ProcessResult], start_ns: int, end_ns: int) -> list[ProcessResult]:
+    """The spans of a committed batch; its results carry their event's span on (after-commit jobs).
+
+    A batch holds events of many traces and a span has one parent, so the transaction is an
+    ``event_batch`` span of its own trace, linked to the events' receiver spans, and each event
+    gets a ``process_event`` span over the same transaction, a child of its receiver span (its
+    webhook's trace goes on) and linked to the batch span."""
+    batch = tracing.record_span(
+        "event_batch",
+        start_ns=start_ns,
+        end_ns=end_ns,
+        attributes={"batch.size": len(committed)},
+        links=[r.traceparent for r in committed],
+    )
+    return [
+        evolve(
+            r,
+            traceparent=tracing.record_span(
+                "process_event",
+                start_ns=start_ns,
+                end_ns=end_ns,
+                parent=r.traceparent,
+                attributes={
+                    "event_id": r.event_id,
+                    "event_type": r.event_type,
+                    "workspace_id": r.workspace_id,
+                    "outcome": r.outcome,
+                    "status": r.status,
+                    "version": r.version,
+                    "batch.size": len(committed),
+                },
+                links=[batch],
+            ),
+        )
+        for r in committed
+    ]

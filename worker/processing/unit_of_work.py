@@ -24,7 +24,7 @@ from handlers.evolve import evolve, quick_init
 from handlers.normalize import PayloadError, normalize
 from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_json_diff
 from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
-from worker.infra import json_codec
+from worker.infra import json_codec, tracing
 from worker.plan_changes.store import record_confirmations
 from worker.storage import credit_ledger as credits_store
 from worker.storage import db, inbox, workspaces, writer
@@ -50,6 +50,9 @@ class ProcessResult:
     changes: dict[str, object] = field(default_factory=dict)
     # Unmatched events that waited for the customer this event mapped: queue them now.
     requeue: tuple[str, ...] = ()
+    # Tracing on: the trace the event belongs to (the receiver's span, stored with the event; once
+    # its batch is traced, the event's own span), which the jobs it causes continue.
+    traceparent: str | None = None
 
 
 @quick_init
@@ -140,6 +143,8 @@ class EventProcessor:
                 now=now,
             )
         _credit_mappings(routed, mapped, writes.finishes, results)
+        if tracing.enabled():
+            _carry_traceparents(rows, results)
         return _in_request_order(event_ids, results), {e: results[e] for e in ahead_rows}
 
     def _decode(
@@ -315,6 +320,13 @@ class EventProcessor:
                 error[:4000],
                 None if retry_in is None else now + timedelta(seconds=retry_in),
             )
+
+
+def _carry_traceparents(rows: dict[str, asyncpg.Record], results: dict[str, ProcessResult]) -> None:
+    """Each result carries its event's stored ``traceparent`` (the receiver's span)."""
+    for event_id, row in rows.items():
+        if row["traceparent"] is not None and event_id in results:
+            results[event_id] = evolve(results[event_id], traceparent=row["traceparent"])
 
 
 def _credit_mappings(

@@ -140,11 +140,13 @@ class JobQueue:
         )
         return job is not None
 
-    async def enqueue_reconcile(self, workspace_id: str) -> bool:
-        """One queued refetch per workspace at a time: a second request while one waits adds nothing."""
+    async def enqueue_reconcile(self, workspace_id: str, *, traceparent: str | None = None) -> bool:
+        """One queued refetch per workspace at a time: a second request while one waits adds nothing.
+        ``traceparent``: the span the job's trace continues (tracing on)."""
         job = await self.redis.enqueue_job(
             RECONCILE,
             workspace_id,
+            *([traceparent] if traceparent else []),
             _queue_name=self.queue_name,
             _job_id=f"{self.prefix}:reconcile:{workspace_id}",
         )

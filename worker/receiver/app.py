@@ -21,7 +21,7 @@ from aiohttp import web
 from handlers.normalize import PayloadError, validate_event_envelope
 from worker.http.errors import error
 from worker.http.hardening import guarded
-from worker.infra import json_codec, metrics
+from worker.infra import json_codec, metrics, tracing
 from worker.infra.heap import settle_heap
 from worker.infra.logging import get_logger
 from worker.receiver.inbox_batcher import InboxBatcher, InboxUnavailable
@@ -145,9 +145,13 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return reject(400, exc.code, str(exc))
     event_id, event_type = raw["id"], raw["type"]
     fields.update(event_id=event_id, event_type=event_type)
+    traceparent = None
+    if tracing.enabled():  # the worker's span continues this request's: stored with the event
+        tracing.set_attributes({"event_id": event_id, "event_type": event_type})
+        traceparent = tracing.inject()
 
     try:
-        stored = await request.app[BATCHER].submit(inbox_row(raw, text))
+        stored = await request.app[BATCHER].submit(inbox_row(raw, text, traceparent))
     except InboxUnavailable as exc:
         return _unavailable(exc, event_type, fields, started)
     is_new, status = stored.is_new, stored.status
@@ -209,7 +213,16 @@ def _accepted_counter(event_type: str, outcome: str) -> Any:
     return metrics.WEBHOOKS.labels(type=event_type, outcome=outcome)
 
 
-def inbox_row(raw: dict, text: str) -> inbox.InboxRow:
+async def traced_webhook(request: web.Request) -> web.Response:
+    """``stripe_webhook`` in a server span (the route's handler while tracing is on)."""
+    attributes = {"http.request.method": "POST", "http.route": "/webhooks/stripe"}
+    with tracing.start_span("POST /webhooks/stripe", kind="server", attributes=attributes):
+        response = await stripe_webhook(request)
+        tracing.set_attributes({"http.response.status_code": response.status})
+        return response
+
+
+def inbox_row(raw: dict, text: str, traceparent: str | None = None) -> inbox.InboxRow:
     """The inbox row of a verified, envelope-checked event."""
     api_version = raw.get("api_version")
     return inbox.InboxRow(
@@ -219,6 +232,7 @@ def inbox_row(raw: dict, text: str) -> inbox.InboxRow:
         created=datetime.fromtimestamp(raw["created"], UTC),
         livemode=bool(raw.get("livemode", False)),
         payload=text,
+        traceparent=traceparent,
     )
 
 
@@ -269,6 +283,7 @@ def create_receiver_app(services: Services) -> web.Application:
     app.on_startup.append(_settle_heap)
     app.cleanup_ctx.append(_inbox_batcher)
     app.on_shutdown.append(_stop_batcher)
-    app.router.add_post("/webhooks/stripe", stripe_webhook)
+    # Tracing off, the route is the plain handler: no span, no check per request.
+    app.router.add_post("/webhooks/stripe", traced_webhook if tracing.enabled() else stripe_webhook)
     app.router.add_get("/healthz", healthz)
     return app

@@ -65,6 +65,24 @@ class InboxRow:
     created: datetime
     livemode: bool
     payload: str
+    traceparent: str | None = None  # the receiver's span (tracing on): the worker's continues it
+
+
+_INSERT_EVENTS = """
+    INSERT INTO webhook_events (event_id, type, api_version, created, livemode, payload)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::text[])
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id, status
+"""
+# With tracing on: the same and each event's traceparent (off, the statement stays the one above).
+_INSERT_TRACED_EVENTS = """
+    INSERT INTO webhook_events (event_id, type, api_version, created, livemode, payload, traceparent)
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::text[], $7::text[]
+    )
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id, status
+"""
 
 
 async def insert_events(
@@ -76,20 +94,19 @@ async def insert_events(
     read by a new statement so that it sees deliveries committed concurrently. Each statement
     commits on its own (no transaction): a returned row is durable.
     """
-    inserted = await conn.fetch(
-        """
-        INSERT INTO webhook_events (event_id, type, api_version, created, livemode, payload)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::text[])
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id, status
-        """,
+    columns = [
         [r.event_id for r in rows],
         [r.event_type for r in rows],
         [r.api_version for r in rows],
         [r.created for r in rows],
         [r.livemode for r in rows],
         [r.payload for r in rows],
-    )
+    ]
+    traceparents = [r.traceparent for r in rows]
+    if any(traceparents):
+        inserted = await conn.fetch(_INSERT_TRACED_EVENTS, *columns, traceparents)
+    else:
+        inserted = await conn.fetch(_INSERT_EVENTS, *columns)
     out: dict[str, tuple[bool, str | None]] = {r["event_id"]: (True, r["status"]) for r in inserted}
     conflicted = [r.event_id for r in rows if r.event_id not in out]
     if conflicted:
@@ -104,7 +121,7 @@ async def insert_events(
 async def lock_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
     """Row-lock inbox events in id order (two batches never wait on each other in a cycle)."""
     rows = await conn.fetch(
-        "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "
+        "SELECT event_id, type, payload, status, attempts, created, traceparent FROM webhook_events "
         "WHERE event_id = ANY($1::text[]) ORDER BY event_id FOR UPDATE",
         event_ids,
     )
@@ -115,7 +132,7 @@ async def lock_fresh_events(conn: asyncpg.Connection, event_ids: Sequence[str]) 
     """Row-lock those of the events that are still ``received`` and not locked by anyone else,
     without waiting (read-ahead: an event another transaction holds is left to its own job)."""
     rows = await conn.fetch(
-        "SELECT event_id, type, payload, status, attempts, created FROM webhook_events "
+        "SELECT event_id, type, payload, status, attempts, created, traceparent FROM webhook_events "
         "WHERE event_id = ANY($1::text[]) AND status = 'received' ORDER BY event_id "
         "FOR UPDATE SKIP LOCKED",
         event_ids,
