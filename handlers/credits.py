@@ -7,6 +7,10 @@ same purchase) grants once. Key rules:
 * pack bought through an invoice (a paid one-off invoice, or a Checkout session that created one):
   ``pack:invoice:<invoice id>:<price>`` — the checkout event and the invoice events share it;
 * pack bought through a Checkout session without an invoice: ``pack:checkout:<session id>:<price>``;
+* a delayed payment method (bank debit): ``checkout.session.completed`` comes ``unpaid`` and grants
+  nothing; ``checkout.session.async_payment_succeeded`` grants, with the same key as a paid
+  ``completed`` would (and as the paid invoice, when the session created one);
+  ``checkout.session.async_payment_failed`` never grants;
 * plan credits: ``cycle:<invoice id>`` for a paid subscription_create / subscription_cycle invoice;
 * consumption: ``consume:<workspace id>:<idempotency key>``.
 
@@ -24,6 +28,8 @@ from handlers.evolve import evolve, quick_init
 from handlers.state import WorkspaceState
 
 CYCLE_BILLING_REASONS = frozenset({"subscription_create", "subscription_cycle"})
+ASYNC_PAYMENT_SUCCEEDED = "checkout.session.async_payment_succeeded"
+ASYNC_PAYMENT_FAILED = "checkout.session.async_payment_failed"
 PACK, CYCLE, CONSUME = "pack", "cycle", "consume"
 
 
@@ -48,13 +54,7 @@ class InsufficientCredits:
 def credit_grants(event: BillingEvent, catalog: Catalog) -> tuple[CreditEntry, ...]:
     """Every grant this event entitles to, whether or not it was already granted."""
     if isinstance(event, CheckoutCompleted):
-        if event.mode != "payment" or event.payment_status != "paid":
-            return ()
-        if event.invoice_id:
-            prefix, ref = f"pack:invoice:{event.invoice_id}", event.invoice_id
-        else:
-            prefix, ref = f"pack:checkout:{event.session_id}", event.session_id
-        return _packs(event.price_quantities, catalog, prefix, ref)
+        return checkout_packs(event, catalog) if checkout_paid(event) else ()
     if isinstance(event, InvoiceObserved) and event.invoice.status == "paid":
         inv = event.invoice
         regular = [line for line in inv.lines if not line.proration and line.price_id]
@@ -73,6 +73,24 @@ def credit_grants(event: BillingEvent, catalog: Catalog) -> tuple[CreditEntry, .
                 grants.append(CreditEntry(f"cycle:{inv.invoice_id}", credits, CYCLE, inv.invoice_id))
         return tuple(grants)
     return ()
+
+
+def checkout_paid(event: CheckoutCompleted) -> bool:
+    """Whether the session's payment is in: paid at completion, or its delayed payment succeeded."""
+    if event.meta.event_type == ASYNC_PAYMENT_FAILED:
+        return False
+    return event.payment_status == "paid" or event.meta.event_type == ASYNC_PAYMENT_SUCCEEDED
+
+
+def checkout_packs(event: CheckoutCompleted, catalog: Catalog) -> tuple[CreditEntry, ...]:
+    """The packs a payment-mode session buys, paid or not (one key per purchase, see above)."""
+    if event.mode != "payment":
+        return ()
+    if event.invoice_id:
+        prefix, ref = f"pack:invoice:{event.invoice_id}", event.invoice_id
+    else:
+        prefix, ref = f"pack:checkout:{event.session_id}", event.session_id
+    return _packs(event.price_quantities, catalog, prefix, ref)
 
 
 def _packs(

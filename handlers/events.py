@@ -26,6 +26,21 @@ SUBSCRIPTION_STATUSES = frozenset(
 )
 TERMINAL_SUBSCRIPTION_STATUSES = frozenset({"canceled", "incomplete_expired"})
 INVOICE_STATUSES = frozenset({"draft", "open", "paid", "void", "uncollectible"})
+BILLING_REASONS = frozenset(
+    {
+        "automatic_pending_invoice_item_invoice",
+        "manual",
+        "quote_accept",
+        "subscription",
+        "subscription_create",
+        "subscription_cycle",
+        "subscription_threshold",
+        "subscription_update",
+        "upcoming",
+    }
+)
+CHECKOUT_MODES = frozenset({"payment", "setup", "subscription"})
+CHECKOUT_PAYMENT_STATUSES = frozenset({"paid", "unpaid", "no_payment_required"})
 
 
 @quick_init
@@ -53,6 +68,17 @@ class SubscriptionItem:
 
 @quick_init
 @dataclass(frozen=True)
+class PendingUpdate:
+    """``subscription.pending_update``: changes Stripe applies once their invoice is paid
+    (``payment_behavior=pending_if_incomplete``), dropped at ``expires_at``."""
+
+    expires_at: datetime | None
+    items: tuple[SubscriptionItem, ...] | None  # ``subscription_items``; None: items unchanged
+    trial_end: datetime | None = None
+
+
+@quick_init
+@dataclass(frozen=True)
 class SubscriptionSnapshot:
     subscription_id: str
     customer_id: str
@@ -68,6 +94,7 @@ class SubscriptionSnapshot:
     start_date: datetime | None
     workspace_id: str | None  # metadata.workspace_id, when present
     custom_contract: bool = False  # metadata.custom_contract == "true"
+    pending_update: PendingUpdate | None = None
 
 
 @quick_init
@@ -104,7 +131,8 @@ class InvoiceSnapshot:
 @quick_init
 @dataclass(frozen=True)
 class SubscriptionObserved:
-    """customer.subscription.created|updated|deleted|paused|resumed|trial_will_end."""
+    """customer.subscription.created|updated|deleted|paused|resumed|trial_will_end|
+    pending_update_applied|pending_update_expired."""
 
     meta: EventMeta
     subscription: SubscriptionSnapshot
@@ -124,7 +152,8 @@ class InvoiceObserved:
 @quick_init
 @dataclass(frozen=True)
 class CheckoutCompleted:
-    """checkout.session.completed (one-time AI credit packs are bought through Checkout)."""
+    """checkout.session.completed|async_payment_succeeded|async_payment_failed (one-time AI credit
+    packs are bought through Checkout; ``meta.event_type`` says which)."""
 
     meta: EventMeta
     session_id: str

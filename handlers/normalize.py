@@ -19,6 +19,12 @@ Shapes accepted (see ``tests/fixtures/stripe/README.md`` for sources):
 * ``2026-09-30.endive`` adds fields (``status_details``, item ``billed_until`` /
   ``current_trial``, ``billing_mode`` …) that are simply ignored: unknown fields are tolerated.
 
+Unknown enum values (a subscription status a newer API version adds …) are kept as they came, and
+optional shapes that are off (``"lines": {}`` of 2020-era invoices, an object that is a number …)
+are read around; ``read_event`` returns both as ``Unexpected`` paths beside the event. Only a
+payload without what the reducer needs (an object id, the customer, an integer amount, a status)
+raises ``PayloadError``.
+
 References to other objects may be an id string or the expanded object. Unix timestamps become
 aware UTC datetimes; money stays in integer minor units.
 
@@ -31,9 +37,11 @@ subscription ``current_period_*`` is the period all items share (``None`` if the
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from handlers.events import BillingEvent, EventMeta, IgnoredEvent, InvoiceObserved, SubscriptionObserved
+from handlers.evolve import evolve, quick_init
 from handlers.stripe_checkout import read_checkout
 from handlers.stripe_fields import (
     MALFORMED_EVENT,
@@ -42,6 +50,7 @@ from handlers.stripe_fields import (
     NOT_A_STRIPE_EVENT,
     FieldReader,
     PayloadError,
+    Unexpected,
     json_type,
     malformed,
     timestamp,
@@ -57,7 +66,13 @@ SUBSCRIPTION_EVENT_TYPES = frozenset(
         "customer.subscription.trial_will_end",
         "customer.subscription.paused",
         "customer.subscription.resumed",
+        "customer.subscription.pending_update_applied",
+        "customer.subscription.pending_update_expired",
     }
+)
+# The subscription these carry has no pending update any more, whatever its payload says.
+PENDING_UPDATE_SETTLED_TYPES = frozenset(
+    {"customer.subscription.pending_update_applied", "customer.subscription.pending_update_expired"}
 )
 INVOICE_EVENT_TYPES = frozenset(
     {
@@ -72,7 +87,13 @@ INVOICE_EVENT_TYPES = frozenset(
         "invoice.marked_uncollectible",
     }
 )
-CHECKOUT_EVENT_TYPES = frozenset({"checkout.session.completed"})
+CHECKOUT_EVENT_TYPES = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",  # a delayed payment method (bank debit) paid
+        "checkout.session.async_payment_failed",
+    }
+)
 HANDLED_EVENT_TYPES = SUBSCRIPTION_EVENT_TYPES | INVOICE_EVENT_TYPES | CHECKOUT_EVENT_TYPES
 
 MAX_EVENT_ID_LENGTH = 255
@@ -117,31 +138,51 @@ def validate_event_envelope(obj: object) -> None:
         raise fail("data.object", f"must be an object, got {json_type(data.get('object'))}")
 
 
+@quick_init
+@dataclass(frozen=True)
+class Reading:
+    """A typed event and the shapes of its payload that were read around (for the shell to log)."""
+
+    event: BillingEvent
+    unexpected: tuple[Unexpected, ...] = ()
+
+
 def normalize(raw: Mapping[str, Any]) -> BillingEvent:
-    """Build the typed event for a raw Stripe event payload.
+    """Build the typed event for a raw Stripe event payload (``read_event`` without the notes)."""
+    return read_event(raw).event
+
+
+def read_event(raw: Mapping[str, Any]) -> Reading:
+    """Build the typed event for a raw Stripe event payload, with what was unexpected in it.
 
     Raises ``PayloadError`` with code ``not_a_stripe_event`` if the envelope is wrong and
-    ``malformed_event`` (naming the field) if the object of a handled type is unusable.
-    Unhandled types give ``IgnoredEvent`` without looking at their object.
+    ``malformed_event`` (naming the field) if the object of a handled type lacks what the reducer
+    needs. Unhandled types give ``IgnoredEvent`` without looking at their object.
     """
     validate_event_envelope(raw)
     meta = _meta(raw)
     obj = FieldReader(raw["data"]["object"], "data.object")
+    event: BillingEvent
     if meta.event_type in SUBSCRIPTION_EVENT_TYPES:
         obj.expect_object("subscription")
-        return SubscriptionObserved(meta, read_subscription(obj))
-    if meta.event_type in INVOICE_EVENT_TYPES:
+        snapshot = read_subscription(obj)
+        if meta.event_type in PENDING_UPDATE_SETTLED_TYPES and snapshot.pending_update is not None:
+            snapshot = evolve(snapshot, pending_update=None)
+        event = SubscriptionObserved(meta, snapshot)
+    elif meta.event_type in INVOICE_EVENT_TYPES:
         obj.expect_object("invoice")
-        return InvoiceObserved(
+        event = InvoiceObserved(
             meta,
             read_invoice(obj),
             payment_failed=meta.event_type == "invoice.payment_failed",
             action_required=meta.event_type == "invoice.payment_action_required",
         )
-    if meta.event_type in CHECKOUT_EVENT_TYPES:
+    elif meta.event_type in CHECKOUT_EVENT_TYPES:
         obj.expect_object("checkout.session")
-        return read_checkout(meta, obj)
-    return IgnoredEvent(meta)
+        event = read_checkout(meta, obj)
+    else:
+        return Reading(IgnoredEvent(meta))
+    return Reading(event, tuple(obj.unexpected))
 
 
 # --- envelope -------------------------------------------------------------------------------
@@ -181,8 +222,12 @@ __all__ = [
     "INVOICE_EVENT_TYPES",
     "MALFORMED_EVENT",
     "NOT_A_STRIPE_EVENT",
+    "PENDING_UPDATE_SETTLED_TYPES",
     "SUBSCRIPTION_EVENT_TYPES",
     "PayloadError",
+    "Reading",
+    "Unexpected",
     "normalize",
+    "read_event",
     "validate_event_envelope",
 ]

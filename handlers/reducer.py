@@ -11,7 +11,7 @@ from typing import Any
 
 from handlers.catalog import Catalog
 from handlers.codec import to_jsonable
-from handlers.credits import CreditEntry, credit_grants, grant
+from handlers.credits import ASYNC_PAYMENT_FAILED, CreditEntry, checkout_packs, credit_grants, grant
 from handlers.events import (
     BillingEvent,
     CheckoutCompleted,
@@ -94,13 +94,29 @@ def _checkout(
     """A paid one-time Checkout may buy credit packs; anything else is for subscription events."""
     candidates = credit_grants(event, catalog)
     if not candidates:
-        return Outcome(IGNORED, state, before, {})
+        return _checkout_not_paid(state, before, event, now, catalog)
     state = evolve(state, customer_id=state.customer_id or event.customer_id)
     state, granted = grant(state, candidates)
     if not granted:
         return Outcome(STALE, state, before, {})
     outcome = _finish(state, before, derive_view(state, catalog, now), None, None)
     return evolve(outcome, credit_entries=granted)
+
+
+def _checkout_not_paid(
+    state: WorkspaceState, before: WorkspaceView, event: CheckoutCompleted, now: datetime, catalog: Catalog
+) -> Outcome:
+    """A delayed payment that failed, or a pack purchase completed before its payment is in, grants
+    nothing but is recorded (the audit entry says so); other sessions are not ours to act on."""
+    if event.meta.event_type == ASYNC_PAYMENT_FAILED:
+        change: tuple[str | None, str] = ("unpaid", "failed")
+    elif event.payment_status == "unpaid" and checkout_packs(event, catalog):
+        change = (None, "unpaid")
+    else:
+        return Outcome(IGNORED, state, before, {})
+    state = evolve(state, customer_id=state.customer_id or event.customer_id)
+    changes = {f"checkout.{event.session_id}.payment_status": change}
+    return _finish(state, before, derive_view(state, catalog, now), None, None, changes)
 
 
 def _subscription(

@@ -33,6 +33,9 @@ class SubscriptionRecord:
 
 # Forward-only invoice statuses: draft → open → paid | void | uncollectible; uncollectible → paid | void.
 INVOICE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+# A status a newer API version adds is kept as it came and ranks like ``open``: ordered by time
+# among unsettled statuses, overtaken by a settled one. It neither blocks nor grants.
+UNKNOWN_INVOICE_STATUS_RANK = 1
 UNPAID_INVOICE_STATUSES = frozenset({"open", "uncollectible"})
 
 
@@ -51,7 +54,8 @@ class InvoiceRecord:
 
     @property
     def order_key(self) -> tuple[int, datetime, str]:
-        return (INVOICE_STATUS_RANK[self.snapshot.status], self.observed_at, self.observed_event_id)
+        rank = INVOICE_STATUS_RANK.get(self.snapshot.status, UNKNOWN_INVOICE_STATUS_RANK)
+        return (rank, self.observed_at, self.observed_event_id)
 
     @property
     def payment_failed(self) -> bool:
@@ -68,6 +72,19 @@ class Block:
     reasons: tuple[str, ...]
     invoice_ids: tuple[str, ...]
     since: datetime  # when the oldest failed unpaid invoice first failed
+
+
+@quick_init
+@dataclass(frozen=True)
+class PendingUpdateView:
+    """A change Stripe applies once its invoice is paid (``pending_if_incomplete``): what the
+    subscription will become and until when the offer stands."""
+
+    plan: str
+    interval: str | None
+    seats: int
+    expires_at: datetime | None
+    trial_end: datetime | None = None
 
 
 @quick_init
@@ -95,6 +112,7 @@ class WorkspaceView:
     storage_used_bytes: int | None = None
     over_storage_quota: bool = False
     ai_credit_balance: int = 0  # the AI-credit ledger sum (minor credits, never negative)
+    pending_update: PendingUpdateView | None = None  # the current subscription's, until it expires
 
     @property
     def blocked(self) -> bool:

@@ -1,10 +1,11 @@
-"""Reads a completed Stripe Checkout Session into a ``CheckoutCompleted`` event."""
+"""Reads a Stripe Checkout Session (completed, or its delayed payment settled) into a
+``CheckoutCompleted`` event."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from handlers.events import CheckoutCompleted, EventMeta
+from handlers.events import CHECKOUT_MODES, CHECKOUT_PAYMENT_STATUSES, CheckoutCompleted, EventMeta
 from handlers.stripe_fields import FieldReader, malformed, workspace_of
 
 
@@ -17,8 +18,9 @@ def read_checkout(meta: EventMeta, session: FieldReader) -> CheckoutCompleted:
     if line_items is not None:
         for item in line_items.list_items("data", required=True, list_object=False):
             price_id = item.opt_id("price")
-            if price_id is None:
-                raise malformed(item.path("price"), "is required on a checkout line item")
+            if price_id is None:  # nullable in Stripe's reference: nothing to grant for it
+                item.note(item.path("price"), "expected a price, got none")
+                continue
             quantity = item.opt_int("quantity", minimum=0)
             pairs.append((price_id, 1 if quantity is None else quantity))
     elif metadata.get("price_id"):
@@ -28,8 +30,8 @@ def read_checkout(meta: EventMeta, session: FieldReader) -> CheckoutCompleted:
         meta=meta,
         session_id=session.req_str("id"),
         customer_id=session.opt_id("customer"),
-        mode=session.req_str("mode"),
-        payment_status=session.req_str("payment_status"),
+        mode=session.enum("mode", CHECKOUT_MODES),
+        payment_status=session.enum("payment_status", CHECKOUT_PAYMENT_STATUSES),
         price_quantities=tuple(pairs),
         workspace_id=workspace_of(metadata) or reference or None,
         invoice_id=session.opt_id("invoice"),

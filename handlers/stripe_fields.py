@@ -1,8 +1,16 @@
-"""Typed reads of Stripe JSON values that name the offending field, and the ``PayloadError`` they raise."""
+"""Typed reads of Stripe JSON values that name the offending field, and the ``PayloadError`` they raise.
+
+Strict about what the reducer needs, tolerant of the rest: a field Stripe marks nullable or
+expandable that comes in an unexpected shape (a list object without ``data``, an object that is
+not one, metadata that is not a string map), or an enum value the worker does not know, is read as
+well as it can be and noted as an ``Unexpected`` shape on the reader (the shell logs and counts
+those). Only what the reducer cannot do without raises ``PayloadError``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +44,14 @@ class PayloadError(ValueError):
     @property
     def message(self) -> str:
         return str(self)
+
+
+@dataclass(frozen=True)
+class Unexpected:
+    """A shape the worker read around: the dotted path and what was odd about it."""
+
+    path: str
+    problem: str
 
 
 def workspace_of(metadata: Mapping[str, str]) -> str | None:
@@ -76,19 +92,41 @@ def json_type(value: object) -> str:
 class FieldReader:
     """Typed access to one JSON object, naming the field's full path in every error."""
 
-    __slots__ = ("_data", "_path")
+    __slots__ = ("_data", "_path", "unexpected")
 
-    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+    def __init__(
+        self, data: Mapping[str, Any], path: str, unexpected: list[Unexpected] | None = None
+    ) -> None:
         self._data = data
         self._path = path
+        # Shared by the readers of nested objects: one list per payload read.
+        self.unexpected: list[Unexpected] = [] if unexpected is None else unexpected
 
     def path(self, key: str) -> str:
         return f"{self._path}.{key}" if self._path else key
+
+    def child(self, data: Mapping[str, Any], path: str) -> FieldReader:
+        return FieldReader(data, path, self.unexpected)
+
+    def note(self, path: str, problem: str) -> None:
+        """Record a shape read around (``path`` is a full dotted path)."""
+        self.unexpected.append(Unexpected(path, problem))
+
+    def enum(self, key: str, known: frozenset[str]) -> str:
+        """A required string of an enum: a value the worker does not know is kept as it came."""
+        value = self.req_str(key)
+        if value not in known:
+            self.note(self.path(key), f"unknown value {value!r}")
+        return value
 
     def expect_object(self, expected: str) -> None:
         kind = self._data.get("object")
         if kind is not None and kind != expected:
             raise malformed(self.path("object"), f"must be {expected!r} for this event type, got {kind!r}")
+
+    def opt_raw(self, key: str) -> Any:
+        """The value at ``key`` as it came (None when absent)."""
+        return self._data.get(key)
 
     def req_str(self, key: str) -> str:
         value = self._data.get(key)
@@ -151,7 +189,7 @@ class FieldReader:
                 raise malformed(self.path(key), "must not be an empty string")
             return value
         if isinstance(value, MAPPINGS):
-            return FieldReader(value, self.path(key)).req_str("id")
+            return self.child(value, self.path(key)).req_str("id")
         raise malformed(self.path(key), f"must be an id or an expanded object, got {json_type(value)}")
 
     def req_id(self, key: str) -> str:
@@ -161,33 +199,41 @@ class FieldReader:
         return value
 
     def reader_or_none(self, key: str) -> FieldReader | None:
-        """The nested object at ``key`` if it is an object (an id string or null gives None)."""
+        """The nested object at ``key`` if it is an object (an id string or null gives None;
+        anything else is noted and read as null)."""
         value = self._data.get(key)
         if isinstance(value, MAPPINGS):
-            return FieldReader(value, self.path(key))
-        if value is None or isinstance(value, str):
-            return None
-        raise malformed(self.path(key), f"must be an object, an id or null, got {json_type(value)}")
+            return self.child(value, self.path(key))
+        if value is not None and not isinstance(value, str):
+            self.note(self.path(key), f"expected an object, an id or null, got {json_type(value)}")
+        return None
 
     def metadata(self, key: str) -> Mapping[str, str]:
-        """The metadata keys the worker reads (Stripe metadata values are strings)."""
+        """The metadata keys the worker reads (Stripe metadata values are strings; a value that is
+        not one is noted and left out)."""
         value = self._data.get(key)
         if value is None:
             return {}
         if not isinstance(value, MAPPINGS):
-            raise malformed(self.path(key), f"must be an object or null, got {json_type(value)}")
+            self.note(self.path(key), f"expected an object or null, got {json_type(value)}")
+            return {}
         out = {}
         for name in _METADATA_KEYS:
             item = value.get(name)
             if item is None:
                 continue
             if not isinstance(item, str):
-                raise malformed(f"{self.path(key)}.{name}", f"must be a string, got {json_type(item)}")
+                self.note(f"{self.path(key)}.{name}", f"expected a string, got {json_type(item)}")
+                continue
             out[name] = item
         return out
 
     def list_items(self, key: str, *, required: bool, list_object: bool = True) -> list[FieldReader]:
-        """Elements of a Stripe list object (``{"object": "list", "data": [...]}``) or array."""
+        """Elements of a Stripe list object (``{"object": "list", "data": [...]}``) or array.
+
+        A ``required`` list is read strictly. An optional one is read around: a list object without
+        ``data`` (``"lines": {}`` in some captured payloads), a bare array where a list object is
+        usual, or an element that is not an object is noted and skipped."""
         value = self._data.get(key)
         path = self.path(key)
         if value is None:
@@ -195,15 +241,29 @@ class FieldReader:
                 raise malformed(path, "is required")
             return []
         if list_object:
-            if not isinstance(value, MAPPINGS):
-                raise malformed(path, f"must be a list object, got {json_type(value)}")
-            value = value.get("data")
-            path = f"{path}.data"
-        if isinstance(value, str | bytes) or not isinstance(value, _SEQUENCES):
-            raise malformed(path, f"must be an array, got {json_type(value)}")
+            if isinstance(value, MAPPINGS):
+                value, path = value.get("data"), f"{path}.data"
+            elif required or not _is_array(value):
+                return self._odd_list(path, required, f"must be a list object, got {json_type(value)}")
+            else:
+                self.note(path, "expected a list object, got an array")
+        if not _is_array(value):
+            return self._odd_list(path, required, f"must be an array, got {json_type(value)}")
         out = []
         for index, element in enumerate(value):
             if not isinstance(element, MAPPINGS):
-                raise malformed(f"{path}[{index}]", f"must be an object, got {json_type(element)}")
-            out.append(FieldReader(element, f"{path}[{index}]"))
+                problem = f"must be an object, got {json_type(element)}"
+                self._odd_list(f"{path}[{index}]", required, problem)
+                continue
+            out.append(self.child(element, f"{path}[{index}]"))
         return out
+
+    def _odd_list(self, path: str, required: bool, problem: str) -> list[FieldReader]:
+        if required:
+            raise malformed(path, problem)
+        self.note(path, problem.replace("must be", "expected", 1))
+        return []
+
+
+def _is_array(value: object) -> bool:
+    return not isinstance(value, str | bytes) and isinstance(value, _SEQUENCES)

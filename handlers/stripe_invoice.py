@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from handlers.events import INVOICE_STATUSES, InvoiceLine, InvoiceSnapshot
-from handlers.stripe_fields import FieldReader, malformed, workspace_of
+from handlers.events import BILLING_REASONS, INVOICE_STATUSES, InvoiceLine, InvoiceSnapshot
+from handlers.stripe_fields import FieldReader, workspace_of
 
 
 def read_invoice(inv: FieldReader) -> InvoiceSnapshot:
@@ -22,9 +22,10 @@ def read_invoice(inv: FieldReader) -> InvoiceSnapshot:
         or workspace_of(inv.metadata("metadata"))
         or (workspace_of(customer.metadata("metadata")) if customer else None)
     )
-    status = inv.req_str("status")
-    if status not in INVOICE_STATUSES:
-        raise malformed(inv.path("status"), f"unknown invoice status {status!r}")
+    status = inv.enum("status", INVOICE_STATUSES)  # an unknown one is kept (see INVOICE_STATUS_RANK)
+    billing_reason = inv.opt_str("billing_reason")
+    if billing_reason is not None and billing_reason not in BILLING_REASONS:
+        inv.note(inv.path("billing_reason"), f"unknown value {billing_reason!r}")
     amount_due = inv.req_int("amount_due")
     amount_paid = inv.req_int("amount_paid")
     remaining = inv.opt_int("amount_remaining")
@@ -39,7 +40,7 @@ def read_invoice(inv: FieldReader) -> InvoiceSnapshot:
         amount_remaining=remaining if remaining is not None else max(amount_due - amount_paid, 0),
         attempt_count=inv.opt_int("attempt_count", minimum=0) or 0,
         next_payment_attempt=inv.opt_ts("next_payment_attempt"),
-        billing_reason=inv.opt_str("billing_reason"),
+        billing_reason=billing_reason,
         created=inv.req_ts("created"),
         due_date=inv.opt_ts("due_date"),
         period_start=inv.opt_ts("period_start"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from handlers.events import SUBSCRIPTION_STATUSES, SubscriptionItem, SubscriptionSnapshot
+from handlers.events import SUBSCRIPTION_STATUSES, PendingUpdate, SubscriptionItem, SubscriptionSnapshot
 from handlers.stripe_fields import FieldReader, malformed, workspace_of
 
 
@@ -26,9 +26,7 @@ def read_subscription(sub: FieldReader) -> SubscriptionSnapshot:
     workspace_id = workspace_of(metadata) or (
         workspace_of(customer.metadata("metadata")) if customer else None
     )
-    status = sub.req_str("status")
-    if status not in SUBSCRIPTION_STATUSES:
-        raise malformed(sub.path("status"), f"unknown subscription status {status!r}")
+    status = sub.enum("status", SUBSCRIPTION_STATUSES)  # an unknown one is kept and shown as it came
     return SubscriptionSnapshot(
         subscription_id=sub.req_str("id"),
         customer_id=sub.req_id("customer"),
@@ -44,6 +42,33 @@ def read_subscription(sub: FieldReader) -> SubscriptionSnapshot:
         start_date=sub.opt_ts("start_date"),
         workspace_id=workspace_id,
         custom_contract=metadata.get("custom_contract", "").strip().lower() == "true",
+        pending_update=_pending_update(sub),
+    )
+
+
+def _pending_update(sub: FieldReader) -> PendingUpdate | None:
+    """``pending_update`` (nullable): its items are read around, since only the view shows them."""
+    pending = sub.reader_or_none("pending_update")
+    if pending is None:
+        return None
+    if pending.opt_raw("expires_at") is None:
+        pending.note(pending.path("expires_at"), "expected a timestamp, got null")
+    items = None
+    if pending.opt_raw("subscription_items") is not None:
+        items = []
+        for item in pending.list_items("subscription_items", required=False, list_object=False):
+            price_id = item.opt_id("price") or item.opt_id("plan")
+            if price_id is None:
+                item.note(item.path("price"), "expected a price, got none")
+                continue
+            quantity = item.opt_int("quantity", minimum=0)
+            items.append(
+                SubscriptionItem(item.opt_str("id") or "", price_id, 1 if quantity is None else quantity)
+            )
+    return PendingUpdate(
+        expires_at=pending.opt_ts("expires_at"),
+        items=None if items is None else tuple(items),
+        trial_end=pending.opt_ts("trial_end"),
     )
 
 

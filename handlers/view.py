@@ -7,8 +7,8 @@ from typing import Any
 
 from handlers.catalog import Catalog, PriceRef
 from handlers.dunning import evaluate_block
-from handlers.events import TERMINAL_SUBSCRIPTION_STATUSES, SubscriptionItem
-from handlers.state import SubscriptionRecord, WorkspaceState, WorkspaceView
+from handlers.events import TERMINAL_SUBSCRIPTION_STATUSES, PendingUpdate, SubscriptionItem
+from handlers.state import PendingUpdateView, SubscriptionRecord, WorkspaceState, WorkspaceView
 
 
 def current_subscription(state: WorkspaceState) -> SubscriptionRecord | None:
@@ -95,12 +95,17 @@ def _plan_fields(state: WorkspaceState, catalog: Catalog, now: datetime) -> dict
             addon_units += i.quantity
             addon_bytes += i.quantity * addon.unit_bytes
     plan = catalog.plans[ref.plan] if ref and ref.plan else None
+    plan_key, interval, seats = (
+        plan.key if plan else "unknown",
+        ref.interval if ref else None,
+        item.quantity if item else 0,
+    )
     period_start = snap.current_period_start or (item.period_start if item else None)
     period_end = snap.current_period_end or (item.period_end if item else None)
     return dict(
-        plan=plan.key if plan else "unknown",
-        interval=ref.interval if ref else None,
-        seats=item.quantity if item else 0,
+        plan=plan_key,
+        interval=interval,
+        seats=seats,
         status=snap.status,
         subscription_id=snap.subscription_id,
         trial_end=snap.trial_end,
@@ -112,4 +117,22 @@ def _plan_fields(state: WorkspaceState, catalog: Catalog, now: datetime) -> dict
         storage_quota_bytes=(plan.storage_bytes if plan else free.storage_bytes) + addon_bytes,
         block=block,
         unknown_price_ids=tuple(sorted(unknown)),
+        pending_update=_pending_view(snap.pending_update, (plan_key, interval, seats), catalog, now),
     )
+
+
+def _pending_view(
+    pending: PendingUpdate | None, current: tuple[str, str | None, int], catalog: Catalog, now: datetime
+) -> PendingUpdateView | None:
+    """What a pending update will change the plan to: its first item with a plan price gives
+    plan, interval and seats (none: they stay as they are). Hidden once it has expired."""
+    if pending is None or (pending.expires_at is not None and pending.expires_at <= now):
+        return None
+    plan, interval, seats = current
+    for i in pending.items or ():
+        ref = catalog.price(i.price_id)
+        if ref is not None and ref.kind == "plan":
+            plan = catalog.plans[ref.plan].key if ref.plan else "unknown"
+            interval, seats = ref.interval, i.quantity
+            break
+    return PendingUpdateView(plan, interval, seats, pending.expires_at, pending.trial_end)

@@ -22,9 +22,12 @@ def pack_checkout(
     mode: str = "payment",
     payment_status: str = "paid",
     expand_line_items: bool = False,
+    kind: str = "completed",
 ) -> dict[str, Any]:
     """``checkout.session.completed`` for a pack; with ``invoice_id`` the session created an invoice
-    (``invoice_creation.enabled``), whose own ``invoice.paid`` describes the same purchase."""
+    (``invoice_creation.enabled``), whose own ``invoice.paid`` describes the same purchase.
+    ``kind`` ``async_payment_succeeded`` / ``async_payment_failed``: the outcome of a delayed payment
+    method (pass the ``payment_status`` Stripe sends with it: ``paid`` / ``unpaid``)."""
     event = sf.checkout_completed_event(
         api_version=sf.ENDIVE,
         created=created,
@@ -35,8 +38,9 @@ def pack_checkout(
         mode=mode,
         payment_status=payment_status,
         expand_line_items=expand_line_items,
-        event_id=f"evt_co_{session_id}_{invoice_id or 'noinv'}_{mode}_{payment_status}",
+        event_id=f"evt_co_{session_id}_{invoice_id or 'noinv'}_{mode}_{payment_status}_{kind}",
     )
+    event["type"] = f"checkout.session.{kind}"
     session = event["data"]["object"]
     session["invoice"] = invoice_id
     session["invoice_creation"]["enabled"] = invoice_id is not None

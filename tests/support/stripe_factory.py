@@ -36,7 +36,16 @@ API_VERSIONS = (PRE_BASIL, BASIL, ENDIVE)
 Timestamp = int | datetime
 DAY = 86_400
 
-SUBSCRIPTION_KINDS = ("created", "updated", "deleted", "trial_will_end", "paused", "resumed")
+SUBSCRIPTION_KINDS = (
+    "created",
+    "updated",
+    "deleted",
+    "trial_will_end",
+    "paused",
+    "resumed",
+    "pending_update_applied",
+    "pending_update_expired",
+)
 INVOICE_KINDS = (
     "created",
     "updated",
@@ -295,8 +304,10 @@ def subscription_object(
     billing_cycle_anchor: Timestamp | None = None,
     latest_invoice: str | None = None,
     livemode: bool = False,
+    pending_update: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A Subscription object in the shape of ``api_version``.
+    """A Subscription object in the shape of ``api_version``; ``pending_update`` as made by
+    :func:`pending_update_object`.
 
     ``cancellation_reason`` (``cancellation_details.reason``) defaults to
     ``cancellation_requested`` once a cancellation is requested or done.
@@ -392,7 +403,7 @@ def subscription_object(
         },
         "pending_invoice_item_interval": None,
         "pending_setup_intent": None,
-        "pending_update": None,
+        "pending_update": dict(pending_update) if pending_update is not None else None,
         "schedule": None,
         "start_date": start,
         "status": status,
@@ -445,6 +456,47 @@ def subscription_object(
             else None
         )
     return sub
+
+
+def pending_update_object(
+    *,
+    api_version: str,
+    sub_id: str,
+    items: Sequence[tuple[str, int]] | None,
+    expires_at: Timestamp,
+    trial_end: Timestamp | None = None,
+    livemode: bool = False,
+) -> dict[str, Any]:
+    """``subscription.pending_update`` (a ``payment_behavior=pending_if_incomplete`` update whose
+    invoice is not paid yet): ``items`` become its ``subscription_items`` (None: unchanged)."""
+    _check_version(api_version)
+    subscription_items = None
+    if items is not None:
+        subscription_items = [
+            {
+                "id": item_id(sub_id, index),
+                "object": "subscription_item",
+                "metadata": {},
+                "plan": plan_object(price_id, api_version, livemode=livemode),
+                "price": price_object(price_id, api_version, livemode=livemode),
+                "quantity": quantity,
+                "subscription": sub_id,
+                "tax_rates": [],
+            }
+            for index, (price_id, quantity) in enumerate(items)
+        ]
+    update: dict[str, Any] = {
+        "billing_cycle_anchor": None,
+        "expires_at": _ts(expires_at),
+        "subscription_items": subscription_items,
+        "trial_end": ts(trial_end),
+        "trial_from_plan": None,
+    }
+    if _basil_or_later(api_version):
+        update["discounts"] = None
+    if api_version == ENDIVE:
+        update["metadata"] = None
+    return update
 
 
 def subscription_event(
@@ -1370,6 +1422,7 @@ __all__ = [
     "invoice_event",
     "invoice_object",
     "item_id",
+    "pending_update_object",
     "period_end_for",
     "price_info",
     "price_object",

@@ -27,6 +27,7 @@ from handlers.normalize import (
     NOT_A_STRIPE_EVENT,
     PayloadError,
     normalize,
+    read_event,
     validate_event_envelope,
 )
 from tests.support import stripe_factory as sf
@@ -566,7 +567,7 @@ def test_unknown_fields_are_tolerated() -> None:
         "invoice.upcoming",  # has no invoice id: must not be treated as an invoice
         "invoice.deleted",
         "payment_intent.succeeded",
-        "customer.subscription.pending_update_applied",
+        "subscription_schedule.updated",
         "checkout.session.expired",
     ],
 )
@@ -719,7 +720,6 @@ def _set(path: str, value: Any) -> Mutation:
 
 MALFORMED_CASES: list[tuple[str, str, Mutation, str]] = [
     ("customer.subscription.created", sf.ENDIVE, _set("status", _DELETE), "data.object.status"),
-    ("customer.subscription.created", sf.ENDIVE, _set("status", "bogus"), "data.object.status"),
     ("customer.subscription.created", sf.ENDIVE, _set("id", 12), "data.object.id"),
     ("customer.subscription.created", sf.ENDIVE, _set("customer", _DELETE), "data.object.customer"),
     ("customer.subscription.created", sf.ENDIVE, _set("customer", 5), "data.object.customer"),
@@ -770,34 +770,18 @@ MALFORMED_CASES: list[tuple[str, str, Mutation, str]] = [
         _set("cancel_at_period_end", "yes"),
         "data.object.cancel_at_period_end",
     ),
-    ("customer.subscription.created", sf.ENDIVE, _set("metadata", ["ws"]), "data.object.metadata"),
-    (
-        "customer.subscription.created",
-        sf.ENDIVE,
-        _set("metadata.workspace_id", 7),
-        "data.object.metadata.workspace_id",
-    ),
     ("customer.subscription.updated", sf.ENDIVE, _set("object", "invoice"), "data.object.object"),
     ("invoice.paid", sf.ENDIVE, _set("amount_due", _DELETE), "data.object.amount_due"),
     ("invoice.paid", sf.ENDIVE, _set("amount_due", "5500"), "data.object.amount_due"),
     ("invoice.paid", sf.ENDIVE, _set("amount_paid", True), "data.object.amount_paid"),
-    ("invoice.paid", sf.ENDIVE, _set("status", "pending"), "data.object.status"),
     ("invoice.paid", sf.ENDIVE, _set("status", None), "data.object.status"),
     ("invoice.paid", sf.ENDIVE, _set("id", _DELETE), "data.object.id"),
     ("invoice.paid", sf.ENDIVE, _set("customer", None), "data.object.customer"),
     ("invoice.paid", sf.ENDIVE, _set("currency", _DELETE), "data.object.currency"),
     ("invoice.paid", sf.ENDIVE, _set("created", _DELETE), "data.object.created"),
     ("invoice.paid", sf.ENDIVE, _set("attempt_count", -1), "data.object.attempt_count"),
-    ("invoice.paid", sf.ENDIVE, _set("lines", []), "data.object.lines"),
     ("invoice.paid", sf.ENDIVE, _set("lines.data.0.amount", _DELETE), "data.object.lines.data[0].amount"),
     ("invoice.paid", sf.ENDIVE, _set("parent", "sub_x"), None),  # an id string: tolerated
-    ("invoice.paid", sf.ENDIVE, _set("parent", 5), "data.object.parent"),
-    (
-        "invoice.paid",
-        sf.ENDIVE,
-        _set("parent.subscription_details.metadata", "ws"),
-        "data.object.parent.subscription_details.metadata",
-    ),
     (
         "invoice.paid",
         sf.ENDIVE,
@@ -821,12 +805,6 @@ MALFORMED_CASES: list[tuple[str, str, Mutation, str]] = [
         _set("metadata.quantity", "0"),
         "data.object.metadata.quantity",
     ),
-    (
-        "checkout.session.completed",
-        sf.ENDIVE,
-        _set("line_items", {"object": "list", "data": [{"quantity": 1}]}),
-        "data.object.line_items.data[0].price",
-    ),
 ]
 
 
@@ -847,6 +825,87 @@ def test_malformed_objects(event_type: str, version: str, mutate: Mutation, fiel
     assert info.value.code == MALFORMED_EVENT
     assert info.value.field == field
     assert f"`{field}`" in str(info.value) and str(info.value).startswith("malformed event:")
+
+
+# --- read around: nullable, expandable, unknown enum values ----------------------------------
+
+TOLERATED_CASES: list[tuple[str, str, Mutation, str]] = [
+    ("customer.subscription.created", sf.ENDIVE, _set("status", "bogus"), "data.object.status"),
+    ("customer.subscription.created", sf.ENDIVE, _set("metadata", ["ws"]), "data.object.metadata"),
+    (
+        "customer.subscription.created",
+        sf.ENDIVE,
+        _set("metadata.workspace_id", 7),
+        "data.object.metadata.workspace_id",
+    ),
+    (
+        "customer.subscription.created",
+        sf.ENDIVE,
+        lambda o: o.update(metadata={}, customer={"id": "cus_x", "metadata": 3}),
+        "data.object.customer.metadata",
+    ),
+    ("customer.subscription.updated", sf.ENDIVE, _set("pending_update", 7), "data.object.pending_update"),
+    ("invoice.paid", sf.ENDIVE, _set("status", "pending"), "data.object.status"),
+    ("invoice.paid", sf.ENDIVE, _set("billing_reason", "subscription_renewal"), "data.object.billing_reason"),
+    ("invoice.paid", sf.ENDIVE, _set("lines", []), "data.object.lines"),
+    ("invoice.paid", sf.ENDIVE, _set("lines", {}), "data.object.lines.data"),
+    ("invoice.paid", sf.ENDIVE, _set("lines", {"object": "list", "data": None}), "data.object.lines.data"),
+    ("invoice.paid", sf.ENDIVE, _set("lines", "il_1"), "data.object.lines"),
+    ("invoice.paid", sf.ENDIVE, lambda o: o["lines"]["data"].insert(0, None), "data.object.lines.data[0]"),
+    ("invoice.paid", sf.ENDIVE, _set("parent", 5), "data.object.parent"),
+    (
+        "invoice.paid",
+        sf.ENDIVE,
+        _set("parent.subscription_details", []),
+        "data.object.parent.subscription_details",
+    ),
+    (
+        "invoice.paid",
+        sf.ENDIVE,
+        _set("parent.subscription_details.metadata", "ws"),
+        "data.object.parent.subscription_details.metadata",
+    ),
+    ("invoice.paid", sf.ENDIVE, _set("lines.data.0.pricing", 1), "data.object.lines.data[0].pricing"),
+    (
+        "checkout.session.completed",
+        sf.ENDIVE,
+        _set("payment_status", "pending"),
+        "data.object.payment_status",
+    ),
+    ("checkout.session.completed", sf.ENDIVE, _set("mode", "installments"), "data.object.mode"),
+    (
+        "checkout.session.completed",
+        sf.ENDIVE,
+        _set("line_items", {"object": "list", "data": [{"quantity": 1}]}),
+        "data.object.line_items.data[0].price",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "version", "mutate", "path"),
+    TOLERATED_CASES,
+    ids=[f"{c[0]}:{c[3]}" for c in TOLERATED_CASES],
+)
+def test_tolerated_shapes_are_read_and_reported(
+    event_type: str, version: str, mutate: Mutation, path: str
+) -> None:
+    raw = copy.deepcopy(load(version, event_type))
+    assert read_event(raw).unexpected == ()  # the fixture itself reads cleanly
+    mutate(raw["data"]["object"])
+    reading = read_event(raw)
+    assert [u.path for u in reading.unexpected] == [path]
+    assert reading.event == normalize(raw)
+    assert not isinstance(reading.event, IgnoredEvent)
+
+
+def test_an_unknown_subscription_status_is_kept_as_it_came() -> None:
+    raw = copy.deepcopy(load(sf.ENDIVE, "customer.subscription.updated"))
+    raw["data"]["object"]["status"] = "on_hold"
+    reading = read_event(raw)
+    assert isinstance(reading.event, SubscriptionObserved)
+    assert reading.event.subscription.status == "on_hold"
+    assert reading.unexpected[0].problem == "unknown value 'on_hold'"
 
 
 def test_malformed_request_field() -> None:

@@ -60,3 +60,10 @@ STRIPE_API_ERRORS = Counter(
     ["operation", "kind"],
     registry=REGISTRY,
 )
+STRIPE_SHAPE_UNEXPECTED = Counter(
+    "billing_stripe_shape_unexpected_total",
+    "Fields of Stripe payloads read around (unknown enum value, odd nullable or expandable shape), "
+    "by event type and field path (array indices as []).",
+    ["type", "path"],
+    registry=REGISTRY,
+)

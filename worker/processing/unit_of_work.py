@@ -21,11 +21,12 @@ from handlers.catalog import Catalog
 from handlers.credits import credit_grants
 from handlers.events import BillingEvent, IgnoredEvent, InvoiceObserved, customer_of, workspace_hint
 from handlers.evolve import evolve, quick_init
-from handlers.normalize import PayloadError, normalize
+from handlers.normalize import PayloadError
 from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_json_diff
 from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
 from worker.infra import json_codec, tracing
 from worker.plan_changes.store import record_confirmations
+from worker.processing.reading import malformed_error, read_payload
 from worker.storage import credit_ledger as credits_store
 from worker.storage import db, inbox, workspaces, writer
 from worker.storage.audit import AuditEntry
@@ -153,11 +154,11 @@ class EventProcessor:
         """The normalised event, or None once a malformed or ignored event is finished."""
         event_id = row["event_id"]
         try:
-            event = normalize(json_codec.loads(row["payload"]))
+            event = read_payload(json_codec.loads(row["payload"]), event_id, row["type"])
         except (PayloadError, ValueError) as exc:
-            # A payload that cannot be understood will not get better with retries.
+            # A payload without what the reducer needs will not get better with retries.
             writes.finishes.append(
-                EventFinish(event_id, "dead", "malformed", None, None, error=f"malformed payload: {exc}")
+                EventFinish(event_id, "dead", "malformed", None, None, error=malformed_error(exc))
             )
             results[event_id] = ProcessResult(event_id, "dead", "malformed", row["type"])
             return None
