@@ -30,6 +30,7 @@ HEADERS = {
     "Cache-Control": "no-cache",
 }
 CONSOLE_FILES = web.AppKey("console_files", dict)
+_ERR = {"$ref": "#/components/responses/Error"}
 
 
 def load_assets() -> dict[str, bytes]:
@@ -65,31 +66,31 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(PREFIX + "/{name}", console_file)
 
 
-def _page(summary: str, media: str, **extra: Any) -> dict[str, Any]:
+def _page(operation_id: str, summary: str, media: str, **responses: Any) -> dict[str, Any]:
+    ok = {"description": "the file", "content": {media: {"schema": {"type": "string"}}}}
     return {
+        "operationId": operation_id,
         "summary": summary,
         "security": [],
-        "responses": {"200": {"description": "the file", "content": {media: {"schema": {"type": "string"}}}}},
-        **extra,
+        "responses": {"200": ok, **responses},
     }
 
 
 PATHS: dict[str, dict[str, Any]] = {
     PREFIX: {
         "get": {
+            "operationId": "consoleRedirect",
             "summary": "Redirect to the console (no token)",
             "security": [],
             "responses": {"308": {"description": "to /console/"}},
         }
     },
-    f"{PREFIX}/": {"get": _page("The support console's page (no token; it asks for one)", "text/html")},
+    f"{PREFIX}/": {
+        "get": _page("consolePage", "The support console's page (no token; it asks for one)", "text/html")
+    },
     PREFIX + "/{name}": {
         "get": {
-            **_page("One of the console's files (no token)", "*/*"),
-            "responses": {
-                **_page("", "*/*")["responses"],
-                "404": {"$ref": "#/components/responses/Error"},
-            },
+            **_page("consoleFile", "One of the console's files (no token)", "*/*", **{"404": _ERR}),
             "parameters": [
                 {
                     "name": "name",
