@@ -3,7 +3,7 @@ Playwright with ``executable_path``; no browser is downloaded) against the runni
 
 An operator signs in with the token, finds the workspace a signed ``invoice.payment_failed``
 blocked and sees the block, reconciles it (Stripe is not configured: the error in words), retries
-a dead letter and sees it processed; wrong input is shown as words with its code. ``./scripts/test``
+a dead letter and sees it processed, follows a backfill run; wrong input is shown as words with its code. ``./scripts/test``
 installs ``chromium`` on a fresh machine; a missing browser fails this test, it never skips.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from playwright.async_api import Browser, Page, Request, async_playwright, expect
@@ -20,6 +21,7 @@ from tests.support import stripe_factory as sf
 from tests.support.helpers import TOKEN, RunningService, history_ids, running_service, wait_for
 from tests.support.scenarios import orphan_invoice
 from worker.config import Settings
+from worker.ops import backfill
 
 SLOW = 30_000  # ms: what the worker needs to process a retried event, at most
 
@@ -82,6 +84,9 @@ async def _sign_in(page: Page, token: str) -> None:
 async def test_support_desk_works_the_console_in_a_real_browser(service: RunningService, browser: Browser):
     blocked = await _blocked_workspace(service)
     dead_id, dead_workspace = await _dead_letter(service)
+    now, pool = service.services.clock(), service.services.pool
+    run_id = await backfill.start_run(pool, now - timedelta(days=1), now)
+    await pool.execute("UPDATE backfill_runs SET seen = 7, inserted = 3 WHERE run_id = $1", run_id)
 
     page = await browser.new_page()
     page.set_default_timeout(15_000)
@@ -163,8 +168,12 @@ async def test_support_desk_works_the_console_in_a_real_browser(service: Running
     assert await service.event_status(dead_id) == "processed"
     assert (await service.workspace(dead_workspace))["blocked"] is True  # the failed payment applied
 
-    # A backfill run that does not exist.
+    # Backfill runs: listed newest first; one run's progress; a run that does not exist.
     await page.click("#nav-backfill")
+    run_row = page.locator("#bf-table tbody tr", has_text=str(run_id))
+    await expect(run_row).to_contain_text("running")
+    await run_row.locator("button").click()
+    await expect(page.locator("#bf-fields")).to_contain_text("7 events, 3 new to the inbox")
     await page.fill("#bf-run-id", "987654321")
     await page.click("#bf-open")
     await expect(notice).to_contain_text("no backfill run 987654321 (404 backfill_not_found)")
