@@ -280,11 +280,12 @@
     $("tl-more").hidden = true;
     let page;
     try {
-      page = await api("GET", "/v1/workspaces/" + enc(workspaceId) + "/timeline" + query({ limit: PAGE, cursor: timelineCursor }));
+      page = await api("GET", "/v1/workspaces/" + enc(workspaceId) + "/timeline" + query({ limit: $("tl-limit").value.trim() || PAGE, cursor: timelineCursor }));
     } catch (e) {
       $("tl-message").textContent = routeMissing(e)
         ? "The timeline is not available: this server has no GET /v1/workspaces/{id}/timeline yet."
         : "The timeline could not be read: " + inWords(e);
+      if (!routeMissing(e)) fail("Reading the timeline", e);
       return;
     }
     rows($("tl-table"), page.items, (item) => [
@@ -586,6 +587,10 @@
       return searchEvents(true);
     });
     on("tl-more", "click", () => loadTimeline(false));
+    on("tl-form", "submit", (e) => {
+      e.preventDefault();
+      return loadTimeline(true);
+    });
     on("events-form", "submit", (e) => {
       e.preventDefault();
       return searchEvents(true);
