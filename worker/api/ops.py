@@ -97,6 +97,11 @@ async def start_backfill(request: web.Request) -> web.Response:
     return web.json_response(await backfill.get_run(services.pool, run_id), status=202)
 
 
+async def list_backfills(request: web.Request) -> web.Response:
+    runs = await backfill.list_runs(request.app[SERVICES].pool, _limit(request, default=20, maximum=100))
+    return web.json_response({"runs": runs, "count": len(runs)})
+
+
 async def get_backfill(request: web.Request) -> web.Response:
     raw = request.match_info["run_id"]
     if not raw.isdigit() or len(raw) > 18:
@@ -115,6 +120,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/dead-letters/retry", retry_dead_letters)
     app.router.add_post("/v1/workspaces/{workspace_id}/reconcile", reconcile)
     app.router.add_post("/v1/backfill", start_backfill)
+    app.router.add_get("/v1/backfill", list_backfills)
     app.router.add_get("/v1/backfill/{run_id}", get_backfill)
 
 
@@ -193,6 +199,16 @@ PATHS: dict[str, dict[str, Any]] = {
         )
     },
     "/v1/backfill": {
+        "get": _op(
+            "The latest backfill runs, newest first, with their progress",
+            params=[
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                }
+            ],
+        ),
         "post": _op(
             "Start (since, within 30 days) or resume (run_id) a backfill from Stripe's events API",
             "202",
@@ -204,7 +220,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
             },
             **{"404": _ERR, "503": _ERR},
-        )
+        ),
     },
     "/v1/backfill/{run_id}": {
         "get": _op(

@@ -13,11 +13,24 @@ from worker.services import SERVICES
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Probes and scrapers reach these without the token: they reveal counts, never billing data.
 UNAUTHENTICATED = frozenset({"/readyz", "/metrics"})
+# The support console's static files (worker/api/console.py) hold no data: the page asks for the
+# token. Decided by the route the request matched, never by the raw path (no "/console/../v1/…").
+CONSOLE_ROUTE = "/console"
+
+
+def _public(request: web.Request) -> bool:
+    if request.method != "GET":
+        return False
+    if request.path in UNAUTHENTICATED:
+        return True
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else ""
+    return route == CONSOLE_ROUTE or route.startswith(CONSOLE_ROUTE + "/")
 
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in UNAUTHENTICATED and request.method == "GET":
+    if _public(request):
         return await handler(request)
     expected = request.app[SERVICES].settings.internal_token or ""
     header = request.headers.get("Authorization", "")

@@ -45,6 +45,12 @@ async def get_run(pool: asyncpg.Pool, run_id: int) -> dict[str, Any] | None:
     return None if row is None else to_jsonable(dict(row))
 
 
+async def list_runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
+    """The latest ``limit`` runs, newest first (by the primary key)."""
+    rows = await pool.fetch("SELECT * FROM backfill_runs ORDER BY run_id DESC LIMIT $1", limit)
+    return [to_jsonable(dict(r)) for r in rows]
+
+
 class BackfillBusy(Conflict):
     """Another process is reading this run right now."""
 
