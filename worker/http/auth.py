@@ -12,7 +12,7 @@ from worker.services import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Probes and scrapers reach these without the token: they reveal counts, never billing data.
-UNAUTHENTICATED = frozenset({"/readyz", "/metrics"})
+UNAUTHENTICATED = frozenset({"/livez", "/readyz", "/metrics"})
 
 
 @web.middleware
