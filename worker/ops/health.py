@@ -63,6 +63,8 @@ class Health:
         self.services = services
         self.roles = tuple(sorted(roles))
         self._flights: dict[str, _Flight] = {}
+        for gauge in GAUGE_GROUPS:  # exposed at 0 from the start, so increase() sees the first one
+            metrics.GAUGE_REFRESH_FAILURES.labels(gauge=gauge)
 
     def _flight(self, name: str, start: Callable[[], Awaitable[Any]]) -> _Flight:
         flight = self._flights.get(name)
