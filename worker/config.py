@@ -62,7 +62,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("BW_SWEEP_BATCH_SIZE", "1000", "Most inbox events one sweep run re-enqueues."),
     EnvVar("BW_REQUEST_TIMEOUT_SECONDS", "30", "Time limit of one HTTP request on either port (408 above)."),
     EnvVar("BW_MAX_HEADER_BYTES", "8190", "Longest request line / header field accepted (431 / 400 above)."),
-    EnvVar("BW_WORKER_METRICS_PORT", "9102", "Port of a worker process's own /metrics (0: none)."),
+    EnvVar(
+        "BW_WORKER_METRICS_PORT",
+        "9102",
+        "Port of /metrics, /livez and /readyz in a process without the internal API (a worker, a receiver alone); 0: none.",
+    ),
     EnvVar("BW_DB_POOL_SIZE", "20", "PostgreSQL connections per process."),
     EnvVar("BW_LOG_LEVEL", "info", "debug, info, warning or error."),
     EnvVar(

@@ -17,11 +17,11 @@ from worker.api.app import create_internal_app
 from worker.clock import Clock, utcnow
 from worker.config import Settings
 from worker.http.hardening import harden
-from worker.http.probes import start_worker_metrics
+from worker.http.probes import start_metrics_port
 from worker.infra import tracing
 from worker.infra.logging import get_logger, install_exit_flush, set_batch_delay
 from worker.jobs.worker import build_worker
-from worker.ops.health import warn_unless_noeviction
+from worker.ops.health import Health, dependencies, warn_unless_noeviction
 from worker.receiver.app import create_receiver_app
 from worker.services import SERVICES, Services
 from worker.storage.migrate import migrate
@@ -60,12 +60,14 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     assert settings.database_url is not None
+    dependencies(roles)  # unknown roles fail here, before anything starts
     set_batch_delay(settings.log_batch_ms / 1000)
     if settings.tracing:  # before the apps and the Stripe client are built: they look once
         tracing.configure(service_name=settings.service_name)
     if run_migrations:
         await migrate(settings.database_url)
     services = await Services.start(settings, clock=clock)
+    health = Health(services, roles)  # one verdict per process: the union of its roles' needs
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -76,22 +78,23 @@ async def serve(
         if "receiver" in roles:
             runners.append(
                 await start_site(
-                    create_receiver_app(services), settings.receiver_host, settings.receiver_port
+                    create_receiver_app(services, health), settings.receiver_host, settings.receiver_port
                 )
             )
             log.info("receiver_listening", host=settings.receiver_host, port=settings.receiver_port)
         if "api" in roles:
             runners.append(
                 await start_site(
-                    create_internal_app(services), settings.internal_host, settings.internal_port
+                    create_internal_app(services, health), settings.internal_host, settings.internal_port
                 )
             )
             log.info("internal_api_listening", host=settings.internal_host, port=settings.internal_port)
-        if "worker" in roles:
-            await warn_unless_noeviction(services)
-            metrics_runner = await start_worker_metrics(services)
+        if set(roles) - {"api"}:  # a worker's job counters, or a receiver's without the API's port
+            metrics_runner = await start_metrics_port(services, health)
             if metrics_runner is not None:
                 runners.append(metrics_runner)
+        if "worker" in roles:
+            await warn_unless_noeviction(services)
             worker_task = asyncio.create_task(supervise_worker(services, stop))
         await stop.wait()
     finally:
@@ -101,9 +104,12 @@ async def serve(
             await runner.cleanup()
         if worker_task is not None:
             await asyncio.gather(worker_task, return_exceptions=True)
+        await health.close()
         await services.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        install_exit_flush()  # removing ours restored SIGTERM's default action
+        tracing.shutdown()  # the spans that wait for their batch are exported
         install_exit_flush()  # removing ours restored SIGTERM's default action
         tracing.shutdown()  # the spans that wait for their batch are exported
 

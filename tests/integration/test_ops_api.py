@@ -60,13 +60,23 @@ def _app_routes(app: Any) -> set[tuple[str, str]]:
     return {(m.upper(), p) for p, methods in registered(app).items() for m in methods}
 
 
-async def test_public_port_has_only_the_webhook_and_healthz(settings: Settings):
+async def test_public_port_has_only_the_webhook_and_the_probes(settings: Settings):
     services = Services(settings, None, None, None)  # type: ignore[arg-type]  # routes only
-    assert _app_routes(create_receiver_app(services)) == {("POST", "/webhooks/stripe"), ("GET", "/healthz")}
+    assert _app_routes(create_receiver_app(services)) == {
+        ("POST", "/webhooks/stripe"),
+        ("GET", "/livez"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    }
     async with running_service(settings, worker=False) as svc:
-        for path in ("/metrics", "/readyz", "/openapi.json", "/v1/workspaces/ws_1", "/v1/dead-letters"):
+        for path in ("/metrics", "/openapi.json", "/v1/workspaces/ws_1", "/v1/dead-letters"):
             async with svc.http.get(f"{svc.receiver_url}{path}") as resp:
                 assert (resp.status, (await resp.json())["error"]["code"]) == (404, "not_found"), path
+        for path in ("/livez", "/healthz"):
+            async with svc.http.get(f"{svc.receiver_url}{path}") as resp:
+                assert (resp.status, await resp.json()) == (200, {"status": "ok"}), path
+        async with svc.http.get(f"{svc.receiver_url}/readyz") as resp:  # the verdict, no details
+            assert (resp.status, await resp.json()) == (200, {"ready": True})
 
 
 async def test_every_internal_route_is_documented_in_openapi(settings: Settings):
@@ -119,8 +129,10 @@ async def test_metrics_are_scraped_without_a_token_and_reflect_the_database(sett
 async def test_readyz_reports_postgres_redis_and_migrations(settings: Settings):
     async with running_service(settings, worker=False) as svc:
         status, body = await svc.api("GET", "/readyz", token=None)
-        assert (status, body["ready"]) == (200, True)
+        assert (status, body["ready"], body["roles"]) == (200, True, ["api", "receiver"])
         assert body["checks"] == {"postgres": {"ok": True}, "redis": {"ok": True}, "migrations": {"ok": True}}
+        status, body = await svc.api("GET", "/livez", token=None)
+        assert (status, body) == (200, {"status": "ok"})
         row = await svc.services.pool.fetchrow("DELETE FROM schema_migrations WHERE version = 5 RETURNING *")
         try:
             status, body = await svc.api("GET", "/readyz", token=None)
@@ -354,7 +366,7 @@ async def test_plan_change_gauges_read_the_table_once_it_exists(settings: Settin
 
     import asyncpg
 
-    from worker.ops.health import _plan_changes
+    from worker.ops.gauges import _plan_changes
 
     now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
     conn = await asyncpg.connect(settings.database_url)

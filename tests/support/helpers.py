@@ -24,6 +24,7 @@ from tests.support.services import free_port
 from worker.api.app import create_internal_app
 from worker.clock import Clock, utcnow
 from worker.config import Settings
+from worker.ops.health import Health
 from worker.receiver.app import create_receiver_app
 from worker.runner import start_site, supervise_worker
 from worker.services import Services
@@ -220,10 +221,15 @@ async def running_service(
         internal_port=free_port(),
     )
     services = await Services.start(settings, clock=clock, catalog=catalog)
+    health = Health(services, ("receiver", "api", "worker") if worker else ("receiver", "api"))
     stop = asyncio.Event()
     runners = [
-        await start_site(create_receiver_app(services), settings.receiver_host, settings.receiver_port),
-        await start_site(create_internal_app(services), settings.internal_host, settings.internal_port),
+        await start_site(
+            create_receiver_app(services, health), settings.receiver_host, settings.receiver_port
+        ),
+        await start_site(
+            create_internal_app(services, health), settings.internal_host, settings.internal_port
+        ),
     ]
     worker_task = asyncio.create_task(supervise_worker(services, stop)) if worker else None
     http = aiohttp.ClientSession()
@@ -241,6 +247,7 @@ async def running_service(
             await runner.cleanup()
         if worker_task is not None:
             await asyncio.gather(worker_task, return_exceptions=True)
+        await health.close()
         await services.close()
 
 

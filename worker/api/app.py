@@ -12,12 +12,16 @@ from worker.api import console, ops, plan_changes, usage_credits, workspaces
 from worker.api.openapi import DOCUMENTED_PATHS, openapi_json
 from worker.http.auth import bearer_auth
 from worker.http.hardening import guarded
+from worker.http.probes import attach_health
+from worker.ops.health import Health
 from worker.services import SERVICES, Services
 
 
-def create_internal_app(services: Services) -> web.Application:
+def create_internal_app(services: Services, health: Health | None = None) -> web.Application:
+    """``health``: the process's (its roles decide /readyz); the API's own when None."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[guarded, bearer_auth])
     app[SERVICES] = services
+    attach_health(app, services, health, "api")
     modules = (workspaces, usage_credits, plan_changes, ops, console)
     app[DOCUMENTED_PATHS] = tuple(getattr(m, "PATHS", {}) for m in modules)
     app.router.add_get("/openapi.json", openapi_json)

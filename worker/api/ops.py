@@ -15,7 +15,7 @@ from aiohttp import web
 from worker.errors import InvalidInput, NotFound, UpstreamFailed
 from worker.http.errors import read_json_object
 from worker.http.params import event_id_of, workspace_id_of
-from worker.http.probes import metrics_handler, readyz_handler
+from worker.http.probes import livez_handler, metrics_handler, readyz_handler
 from worker.infra import metrics
 from worker.infra.stripe_gateway import is_transient
 from worker.ops import backfill, recovery
@@ -113,6 +113,7 @@ async def get_backfill(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/livez", livez_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/readyz", readyz_handler)
     app.router.add_post("/v1/events/{event_id}/retry", retry_event)
@@ -152,9 +153,17 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": {"description": "text exposition format"}},
         }
     },
+    "/livez": {
+        "get": {
+            "summary": "The process answers; no I/O (liveness, no token)",
+            "security": [],
+            "responses": {"200": {"description": "alive", **_OBJ}},
+        }
+    },
     "/readyz": {
         "get": {
-            "summary": "Postgres, Redis and migrations ready (no token)",
+            "summary": "What the process's roles need answers within 1 s: PostgreSQL and its migrations "
+            "(every role), Redis (receiver, worker) (readiness, no token)",
             "security": [],
             "responses": {
                 "200": {"description": "ready", **_OBJ},

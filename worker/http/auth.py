@@ -12,7 +12,7 @@ from worker.services import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Probes and scrapers reach these without the token: they reveal counts, never billing data.
-UNAUTHENTICATED = frozenset({"/readyz", "/metrics"})
+UNAUTHENTICATED = frozenset({"/livez", "/readyz", "/metrics"})
 # The support console's static files (worker/api/console.py) hold no data: the page asks for the
 # token. Decided by the route the request matched, never by the raw path (no "/console/../v1/…").
 CONSOLE_ROUTE = "/console"

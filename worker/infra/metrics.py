@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_start_time_seconds …
+ProcessCollector(registry=REGISTRY)
+
+
+def _version() -> str:
+    try:
+        return version("billing-worker")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+BUILD = Info(
+    "billing_build", "The running build (always 1): billing_build_info{version, python}.", registry=REGISTRY
+)
+BUILD.info({"version": _version(), "python": platform.python_version()})
 
 WEBHOOKS = Counter(
     "billing_webhooks_total",
@@ -37,7 +55,20 @@ EVENT_BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200),
     registry=REGISTRY,
 )
-QUEUE_DEPTH = Gauge("billing_queue_depth", "Jobs waiting in the arq queue.", registry=REGISTRY)
+QUEUE_DEPTH = Gauge(
+    "billing_queue_depth", "Jobs in the arq queue, deferred ones included.", registry=REGISTRY
+)
+QUEUE_DUE = Gauge(
+    "billing_queue_due_jobs",
+    "Jobs in the arq queue whose time has come (deferred retries and plan changes excluded).",
+    registry=REGISTRY,
+)
+GAUGE_REFRESH_FAILURES = Counter(
+    "billing_gauge_refresh_failures_total",
+    "Scrape-time gauge refreshes that failed or outlived the scrape budget (the last values were served).",
+    ["gauge"],
+    registry=REGISTRY,
+)
 OLDEST_UNPROCESSED = Gauge(
     "billing_oldest_unprocessed_event_age_seconds",
     "Age of the oldest inbox event still received, failed or unmatched.",

@@ -1,102 +1,160 @@
-"""Scrape-time gauges, readiness checks and the Redis eviction check (served by ``worker.http.probes``).
+"""Readiness per role and bounded scrape-time gauges (served by ``worker.http.probes``).
 
-Gauges that describe shared state (queue depth, inbox backlog, dead letters, blocks, pending plan
-changes) are computed from Postgres/Redis when scraped, with queries served by partial indexes,
-so every process that is scraped reports the same numbers (alerts use ``max``). Counters and
-histograms are per process: the receiver+API process counts webhooks, workers count jobs.
+Kubernetes reads a probe that does not answer within its timeout as a failure, so nothing here
+waits on a dependency for longer than a fixed budget: each check and each gauge refresh runs as
+its own background task, at most one at a time per name (a frozen PostgreSQL gets one stuck
+query, not one per probe), and a caller that runs out of budget answers with what it has while
+the task goes on. /livez does no I/O at all and lives in ``worker.http.probes``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from worker.infra import metrics
 from worker.infra.logging import get_logger
+from worker.ops.gauges import GAUGE_GROUPS
 from worker.services import Services
 from worker.storage.migrate import pending
 
 log = get_logger("observability")
 
-_INBOX_STATUSES = ("received", "unmatched", "failed", "dead")
-CHECK_TIMEOUT = 2.0
+# What each role cannot work without: the internal API's reads need only PostgreSQL; the
+# receiver stores in PostgreSQL and queues in Redis; a worker reads its jobs from Redis.
+ROLE_NEEDS: dict[str, frozenset[str]] = {
+    "api": frozenset({"postgres"}),
+    "receiver": frozenset({"postgres", "redis"}),
+    "worker": frozenset({"postgres", "redis"}),
+}
+READY_BUDGET = 0.8  # /readyz answers within this (Kubernetes' default probe timeout is 1 s)
+GAUGE_BUDGET = 0.5  # /metrics waits this long for fresh gauges, then serves the last values
+CHECK_TIMEOUT = 5.0  # a pool checkout or query of one check; the task itself is never awaited longer
+ABANDON_AFTER = 30.0  # a task still running after this is cancelled and a new one started
 
 
-async def refresh_gauges(services: Services) -> None:
-    now = services.clock()
-    async with services.pool.acquire() as conn:
-        counts = {
-            r["status"]: r["n"]
-            for r in await conn.fetch(
-                "SELECT status, count(*) AS n FROM webhook_events "
-                "WHERE status IN ('received', 'unmatched', 'failed') GROUP BY status"
-            )
+def dependencies(roles: Iterable[str]) -> tuple[str, ...]:
+    """The union of what the process's roles need, in a stable order."""
+    roles = tuple(roles)
+    unknown = sorted(set(roles) - set(ROLE_NEEDS))
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; the roles are {', '.join(sorted(ROLE_NEEDS))}")
+    needed: set[str] = set()
+    for role in roles:
+        needed |= ROLE_NEEDS[role]
+    return tuple(sorted(needed))
+
+
+@dataclass
+class _Flight:
+    task: asyncio.Task[Any]
+    started: float
+    counted: bool = False  # a failure of this run was already counted
+
+
+class Health:
+    """One per process: the roles it serves and the running checks and refreshes."""
+
+    def __init__(self, services: Services, roles: Collection[str]) -> None:
+        self.needs = dependencies(roles)
+        self.services = services
+        self.roles = tuple(sorted(roles))
+        self._flights: dict[str, _Flight] = {}
+        for gauge in GAUGE_GROUPS:  # exposed at 0 from the start, so increase() sees the first one
+            metrics.GAUGE_REFRESH_FAILURES.labels(gauge=gauge)
+
+    def _flight(self, name: str, start: Callable[[], Awaitable[Any]]) -> _Flight:
+        flight = self._flights.get(name)
+        now = time.monotonic()
+        if flight is not None and not flight.task.done() and now - flight.started > ABANDON_AFTER:
+            flight.task.cancel()  # a dead TCP peer must not make the check time out forever
+            log.warning("health_check_abandoned", check=name, running_s=round(now - flight.started, 1))
+            flight = None
+        if flight is None or flight.task.done():
+            flight = _Flight(asyncio.ensure_future(start()), now)
+            flight.task.add_done_callback(_retrieve)
+            self._flights[name] = flight
+        return flight
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Each dependency of the roles answers, and (PostgreSQL) every shipped migration is applied."""
+        probes = {"postgres": self._postgres, "redis": self._redis}
+        flights = {name: self._flight(f"ready:{name}", probes[name]) for name in self.needs}
+        await asyncio.wait([f.task for f in flights.values()], timeout=READY_BUDGET)
+        checks: dict[str, Any] = {}
+        for name, flight in flights.items():
+            checks.update(_verdict(name, flight.task))
+        if "postgres" in checks and "migrations" not in checks:
+            checks["migrations"] = {"ok": False, "error": "postgres unavailable"}
+        return all(c["ok"] for c in checks.values()), checks
+
+    async def _postgres(self) -> dict[str, Any]:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            async with self.services.pool.acquire() as conn:
+                todo = await pending(conn)
+        if todo:
+            return {"ok": False, "pending": [f"{m.version:04d}_{m.name}" for m in todo]}
+        return {"ok": True}
+
+    async def _redis(self) -> None:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await self.services.redis.ping()
+
+    async def refresh_gauges(self) -> None:
+        """Start (or join) one refresh per gauge group and wait at most GAUGE_BUDGET for them;
+        a refresh that fails or outlives the budget is counted once in
+        billing_gauge_refresh_failures_total{gauge} and its gauges keep their last values."""
+        flights = {
+            name: self._flight(f"gauge:{name}", lambda refresh=refresh: refresh(self.services))
+            for name, refresh in GAUGE_GROUPS.items()
         }
-        counts["dead"] = await conn.fetchval("SELECT count(*) FROM webhook_events WHERE status = 'dead'")
-        oldest = await conn.fetchval(
-            "SELECT min(received_at) FROM webhook_events WHERE status IN ('received', 'unmatched', 'failed')"
-        )
-        blocked = await conn.fetch(
-            "SELECT coalesce(dunning_level, 'unknown') AS level, count(*) AS n FROM workspaces "
-            "WHERE blocked GROUP BY 1"
-        )
-        plan_changes = await _plan_changes(conn, now)
-    for status in _INBOX_STATUSES:
-        metrics.INBOX_EVENTS.labels(status=status).set(counts.get(status, 0))
-    metrics.DEAD_LETTERS.set(counts["dead"])
-    metrics.OLDEST_UNPROCESSED.set(0 if oldest is None else max((now - oldest).total_seconds(), 0))
-    metrics.BLOCKED_WORKSPACES.clear()
-    for row in blocked:
-        metrics.BLOCKED_WORKSPACES.labels(level=row["level"]).set(row["n"])
-    for status in PLAN_CHANGE_STATUSES:
-        metrics.PENDING_PLAN_CHANGES.labels(status=status).set(plan_changes.get(status, 0))
-    metrics.QUEUE_DEPTH.set(await services.queue.depth())
+        await asyncio.wait([f.task for f in flights.values()], timeout=GAUGE_BUDGET)
+        for name, flight in flights.items():
+            if flight.counted:
+                continue
+            if not flight.task.done():
+                error = "timeout"
+            elif flight.task.cancelled():
+                error = "cancelled"
+            elif flight.task.exception() is not None:
+                error = type(flight.task.exception()).__name__
+            else:
+                continue
+            flight.counted = True
+            metrics.GAUGE_REFRESH_FAILURES.labels(gauge=name).inc()
+            log.warning("gauge_refresh_failed", gauge=name, error=error)
+
+    async def close(self) -> None:
+        """Cancel what still runs (a frozen dependency's checks) and give it a moment to unwind."""
+        tasks = [f.task for f in self._flights.values() if not f.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
 
 
-# Active plan changes by status, plus `overdue`: active and due (fire_at) more than an hour ago.
-PLAN_CHANGE_STATUSES = ("pending", "waiting_payment", "firing", "overdue")
-OVERDUE_AFTER = timedelta(hours=1)
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """A run nobody waits for any more may still fail: its verdict was already given or counted."""
+    if not task.cancelled():
+        task.exception()
 
 
-async def _plan_changes(conn: Any, now: datetime) -> dict[str, int]:
-    """Reads 0 until the plan-changes table exists (it comes with its own migration)."""
-    if not await conn.fetchval("SELECT to_regclass('plan_changes') IS NOT NULL"):
-        return {}
-    rows = await conn.fetch(
-        "SELECT status, count(*) AS n, count(*) FILTER (WHERE fire_at < $1) AS overdue FROM plan_changes "
-        "WHERE status IN ('pending', 'waiting_payment', 'firing') GROUP BY status",
-        now - OVERDUE_AFTER,
-    )
-    counts = {r["status"]: r["n"] for r in rows}
-    counts["overdue"] = sum(r["overdue"] for r in rows)
-    return counts
-
-
-async def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
-    """Postgres answers, Redis answers, and every migration shipped is applied."""
-    checks: dict[str, Any] = {}
-
-    async def postgres() -> None:
-        async with services.pool.acquire() as conn:
-            todo = await pending(conn)
-        checks["migrations"] = (
-            {"ok": True}
-            if not todo
-            else {"ok": False, "pending": [f"{m.version:04d}_{m.name}" for m in todo]}
-        )
-
-    async def redis() -> None:
-        await services.redis.ping()
-
-    for name, probe in (("postgres", postgres), ("redis", redis)):
-        try:
-            await asyncio.wait_for(probe(), CHECK_TIMEOUT)
-            checks[name] = {"ok": True}
-        except Exception as exc:
-            checks[name] = {"ok": False, "error": type(exc).__name__}
-    checks.setdefault("migrations", {"ok": False, "error": "postgres unavailable"})
-    return all(c["ok"] for c in checks.values()), checks
+def _verdict(name: str, task: asyncio.Task[Any]) -> dict[str, Any]:
+    """The checks a finished, failed or still running task gives."""
+    if not task.done():
+        verdict: dict[str, Any] = {"ok": False, "error": "timeout"}
+    elif task.cancelled():
+        verdict = {"ok": False, "error": "cancelled"}
+    elif task.exception() is not None:
+        verdict = {"ok": False, "error": type(task.exception()).__name__}
+    else:
+        if name == "postgres":
+            return {"postgres": {"ok": True}, "migrations": task.result()}
+        verdict = {"ok": True}
+    return {name: verdict}
 
 
 async def warn_unless_noeviction(services: Services) -> str | None:

@@ -154,3 +154,12 @@ class JobQueue:
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.queue_name))
+
+    async def depths(self) -> tuple[int, int]:
+        """(every queued job, the jobs due now): deferred jobs (retries, plan changes waiting for
+        their time) are queued but not due; arq scores jobs by when they may run, in ms."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.queue_name)
+            pipe.zcount(self.queue_name, "-inf", timestamp_ms())
+            depth, due = await pipe.execute()
+        return int(depth), int(due)

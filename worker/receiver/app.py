@@ -1,6 +1,7 @@
 """The public webhook receiver: verify, store in the inbox, enqueue, and only then answer 2xx.
 
-Only ``POST /webhooks/stripe`` and ``GET /healthz`` exist on this port. Answers:
+Only ``POST /webhooks/stripe`` and the probes exist on this port (``GET /livez``, its older name
+``/healthz``, and ``GET /readyz`` with the verdict alone). Answers:
 200 accepted/duplicate · 400 signature or payload errors (specific codes) · 413 too large ·
 503 when Postgres or Redis cannot take the event, so Stripe retries and nothing acked is lost.
 """
@@ -21,9 +22,11 @@ from aiohttp import web
 from handlers.normalize import PayloadError, validate_event_envelope
 from worker.http.errors import error
 from worker.http.hardening import guarded
+from worker.http.probes import attach_health, livez_handler, public_readyz_handler
 from worker.infra import json_codec, metrics, tracing
 from worker.infra.heap import settle_heap
 from worker.infra.logging import get_logger
+from worker.ops.health import Health
 from worker.receiver.inbox_batcher import InboxBatcher, InboxUnavailable
 from worker.services import SERVICES, Services
 from worker.storage import inbox
@@ -250,10 +253,6 @@ async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool
     )
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -276,14 +275,18 @@ async def _stop_batcher(app: web.Application) -> None:
     await app[BATCHER].stop()
 
 
-def create_receiver_app(services: Services) -> web.Application:
+def create_receiver_app(services: Services, health: Health | None = None) -> web.Application:
+    """``health``: the process's (its roles decide /readyz); the receiver's own when None."""
     # aiohttp's own cap sits just above ours so oversized bodies reach our 413 JSON answer.
     app = web.Application(client_max_size=services.settings.max_body_bytes + 1, middlewares=[guarded])
     app[SERVICES] = services
+    attach_health(app, services, health, "receiver")
     app.on_startup.append(_settle_heap)
     app.cleanup_ctx.append(_inbox_batcher)
     app.on_shutdown.append(_stop_batcher)
     # Tracing off, the route is the plain handler: no span, no check per request.
     app.router.add_post("/webhooks/stripe", traced_webhook if tracing.enabled() else stripe_webhook)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez_handler)
+    app.router.add_get("/healthz", livez_handler)  # the name before /livez; kept for old probes
+    app.router.add_get("/readyz", public_readyz_handler)
     return app
