@@ -279,6 +279,17 @@ def test_every_blocking_reason_that_applies_is_reported():
     )
     d = decide(view("business", block=_open_invoice_block()), everything, NOW, CATALOG)
     assert d.kind == BLOCKED
+    # A downgrade charges nothing: no payment method is needed for it (ALLO: "Upgrades … need a
+    # valid payment method").
+    assert d.reasons == ("not_admin", "open_invoice", "seats", "storage")
+    # An upgrade past the seat limit that also drops add-on storage below the files: all five.
+    with_addons = view(
+        "plus", block=_open_invoice_block(), storage_addon_units=10, storage_quota_bytes=1100 * GB
+    )
+    upgrade = replace(
+        everything, plan="business", seats=60, storage_used_bytes=1050 * GB, storage_addon_units=0
+    )
+    d = decide(with_addons, upgrade, NOW, CATALOG)
     assert d.reasons == ("not_admin", "open_invoice", "seats", "storage", "payment_method_required")
 
 
