@@ -50,7 +50,7 @@ async def test_plan_options_list_every_plan_and_interval_decided_by_the_policy(w
     assert body["current"] == {"plan": "business", "interval": "annual", "seats": 5, "storage_addon_units": 0}
     assert body["contact_sales"] is False
     got = {(o["plan"], o["interval"]): o["decision"]["kind"] for o in body["options"]}
-    assert len(body["options"]) == 9  # Free + Plus ×3 + Business ×3 + Enterprise ×2
+    assert len(body["options"]) == 9  # Free + Plus x3 + Business x3 + Enterprise x2
     assert got[("business", "annual")] == "no_change"
     assert got[("business", "monthly")] == "at_period_end" and got[("plus", "annual")] == "blocked"
     assert got[("free", None)] == "blocked"  # 8 members do not fit Free's 3 seats
