@@ -33,6 +33,7 @@ class Plan:
     ai_credits_per_cycle: int
     custom_contract: bool
     prices: Mapping[str, str]  # interval -> Stripe price id
+    amounts: Mapping[str, int] = field(default_factory=dict)  # interval -> unit amount, minor units
 
     @property
     def is_free(self) -> bool:
@@ -43,6 +44,7 @@ class Plan:
 class StorageAddon:
     price_id: str
     unit_bytes: int
+    amount: int | None = None  # unit amount per billing month, minor units (previews without Stripe)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Catalog:
     credit_packs: tuple[CreditPack, ...] = ()
     policy: Policy = field(default_factory=Policy)
     free_plan: str = "free"
+    currency: str = "usd"  # the currency of ``amounts`` (previews that need no Stripe call)
 
     def price(self, price_id: str | None) -> PriceRef | None:
         return None if price_id is None else self._prices.get(price_id)
@@ -166,7 +169,10 @@ class _Parser:
         return value
 
     def catalog(self, data: dict[str, Any]) -> Catalog:
-        self.known(data, "<root>", {"plans", "storage_addons", "credit_packs", "policy"})
+        self.known(data, "<root>", {"currency", "plans", "storage_addons", "credit_packs", "policy"})
+        currency = self.string(data, "currency", "<root>", default="usd")
+        if not currency.isascii() or not currency.isalpha() or len(currency) != 3:
+            raise self.fail("currency", f"must be a three-letter ISO currency code, got {currency!r}")
         plans_table = self.table(data.get("plans"), "plans") if "plans" in data else None
         if not plans_table:
             raise self.fail("plans", "at least one plan is required")
@@ -191,7 +197,12 @@ class _Parser:
         )
         policy = self.policy(self.table(data.get("policy", {}), "policy"))
         catalog = Catalog(
-            plans=plans, storage_addons=addons, credit_packs=packs, policy=policy, free_plan=free[0]
+            plans=plans,
+            storage_addons=addons,
+            credit_packs=packs,
+            policy=policy,
+            free_plan=free[0],
+            currency=currency.lower(),
         )
         seen: dict[str, str] = {}
         for where, price_id in self.price_ids(catalog):
@@ -211,12 +222,26 @@ class _Parser:
         self.known(
             t,
             where,
-            {"name", "tier", "seat_limit", "storage_gb", "ai_credits_per_cycle", "custom_contract", "prices"},
+            {
+                "name",
+                "tier",
+                "seat_limit",
+                "storage_gb",
+                "ai_credits_per_cycle",
+                "custom_contract",
+                "prices",
+                "amounts",
+            },
         )
         prices_table = self.table(t.get("prices", {}), f"{where}.prices")
         self.known(prices_table, f"{where}.prices", set(INTERVALS))
         prices = {
             interval: self.string(prices_table, interval, f"{where}.prices") for interval in prices_table
+        }
+        amounts_table = self.table(t.get("amounts", {}), f"{where}.amounts")
+        self.known(amounts_table, f"{where}.amounts", set(prices))
+        amounts = {
+            interval: self.integer(amounts_table, interval, f"{where}.amounts") for interval in amounts_table
         }
         seat_limit = t.get("seat_limit")
         if seat_limit is not None:
@@ -230,12 +255,16 @@ class _Parser:
             ai_credits_per_cycle=self.integer(t, "ai_credits_per_cycle", where, default=0),
             custom_contract=self.boolean(t, "custom_contract", where, default=False),
             prices=prices,
+            amounts=amounts,
         )
 
     def addon(self, i: int, t: dict[str, Any]) -> StorageAddon:
         where = f"storage_addons[{i}]"
-        self.known(t, where, {"price", "unit_gb"})
-        return StorageAddon(self.string(t, "price", where), self.integer(t, "unit_gb", where, minimum=1) * GB)
+        self.known(t, where, {"price", "unit_gb", "amount"})
+        amount = self.integer(t, "amount", where) if "amount" in t else None
+        return StorageAddon(
+            self.string(t, "price", where), self.integer(t, "unit_gb", where, minimum=1) * GB, amount
+        )
 
     def pack(self, i: int, t: dict[str, Any]) -> CreditPack:
         where = f"credit_packs[{i}]"

@@ -173,6 +173,7 @@ class RunningService:
         self, method: str, path: str, *, token: str | None = TOKEN, **kwargs: Any
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kwargs.pop("headers", None) or {})
         async with self.http.request(method, f"{self.api_url}{path}", headers=headers, **kwargs) as resp:
             text = await resp.text()
             try:

@@ -12,6 +12,14 @@ Failures can be injected with ``fail_next``. Only what the worker calls is imple
     GET    /v1/invoices?customer=&status=&subscription=
     GET    /v1/subscriptions?customer=&status=   (status=all: any status, as Stripe)
     GET    /v1/events?created[gte]=&starting_after=&limit=&types[]=
+    POST   /v1/invoices/create_preview (tests/support/stripe_billing.py: checked, priced from
+           stripe_factory.PRICES)
+    POST   /v1/checkout/sessions       (tests/support/stripe_billing.py: checked; kept in ``sessions``)
+
+Updates are checked too (``proration_date``, ``billing_cycle_anchor``, ``payment_behavior``):
+with ``payments_fail = True`` an update sent with ``payment_behavior=pending_if_incomplete`` is
+not applied but kept in the subscription's ``pending_update``, as Stripe does when the invoice
+of the update is not paid.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from tests.support.services import free_port
+from tests.support.stripe_billing import StripeRefusal, check_update, checkout_session, preview_invoice
 
 
 @dataclass
@@ -84,6 +93,8 @@ class StripeServer:
         self._failures: list[_Failure] = []
         self._runner: web.AppRunner | None = None
         self.delay_seconds = 0.0  # hold every answer this much longer (a slow network)
+        self.payments_fail = False  # the invoice of an update is not paid (pending_if_incomplete waits)
+        self.sessions: dict[str, dict[str, Any]] = {}  # Checkout Sessions created
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -189,14 +200,28 @@ class StripeServer:
                 )
             record.replayed = True
             return web.json_response(answer, status=status, headers={"Idempotent-Replayed": "true"})
-        status, answer = self._handle(request.method, request.path, record.params)
+        try:
+            status, answer = self._handle(request.method, request.path, record.params, record.idempotency_key)
+        except StripeRefusal as refusal:
+            status = refusal.status
+            answer = self._error_body("invalid_request_error", refusal.message)
+            if refusal.param:
+                answer["error"]["param"] = refusal.param
         record.applied = status < 300
         if key is not None and status < 500:
             self._idempotent[key] = (record.flat, status, answer)
         return web.json_response(answer, status=status)
 
-    def _handle(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _handle(
+        self, method: str, path: str, params: dict[str, Any], key: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         parts = path.strip("/").split("/")[1:]  # drop "v1"
+        if method == "POST" and parts == ["invoices", "create_preview"]:
+            return 200, preview_invoice(self.objects, params)
+        if method == "POST" and parts == ["checkout", "sessions"]:
+            session = checkout_session(params, key)
+            self.sessions[session["id"]] = session
+            return 200, copy.deepcopy(session)
         if method == "GET" and len(parts) == 1:
             return self._list(parts[0], params)
         if len(parts) == 2:
@@ -214,6 +239,18 @@ class StripeServer:
         return 404, self._error_body("invalid_request_error", f"Unrecognized request URL ({method}: {path})")
 
     def _update_subscription(self, sub: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        behavior = check_update(params, sub)
+        if behavior == "pending_if_incomplete" and self.payments_fail:
+            invoice_id = f"in_pending_{len(self.requests)}"
+            sub["pending_update"] = {
+                "billing_cycle_anchor": None,
+                "expires_at": int(time.time()) + 23 * 3600,
+                "subscription_items": copy.deepcopy(params.get("items", [])),
+                "trial_end": None,
+                "trial_from_plan": None,
+            }
+            sub["latest_invoice"] = invoice_id
+            return copy.deepcopy(sub)
         for item in params.get("items", []):
             existing = next((i for i in sub["items"]["data"] if i["id"] == item.get("id")), None)
             if item.get("deleted") == "true" and existing is not None:

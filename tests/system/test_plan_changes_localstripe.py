@@ -8,21 +8,16 @@ of the contract (``cancel_at_period_end``).
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from subprocess import DEVNULL
 
-import aiohttp
 import pytest
 
 from tests.support import stripe_factory as sf
 from tests.support.clock import MovableClock
 from tests.support.helpers import make_settings, running_service, wait_for
-from tests.support.services import free_port
+from tests.support.localstripe import running_localstripe
 from worker.config import Settings
 from worker.infra.stripe_gateway import StripeGateway, to_dict
 from worker.jobs.plan_changes import sweep_plan_changes
@@ -34,33 +29,8 @@ API_KEY = "sk_test_localstripe_plan_changes"
 @pytest.fixture
 async def localstripe() -> AsyncIterator[str]:
     """A localstripe process on a free loopback port, always terminated (then killed) at the end."""
-    port = free_port()
-    exe = Path(sys.executable).with_name("localstripe")
-    proc = await asyncio.create_subprocess_exec(
-        str(exe), "--port", str(port), "--from-scratch", stdout=DEVNULL, stderr=DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        async def answers() -> bool:
-            try:
-                async with (
-                    aiohttp.ClientSession() as s,
-                    s.get(f"{url}/v1/customers", headers={"Authorization": f"Bearer {API_KEY}"}) as r,
-                ):
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_for(answers, timeout=20, what="localstripe listening")
+    async with running_localstripe(API_KEY) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_plan_change_calls_against_localstripe(settings: Settings, localstripe: str):

@@ -7,14 +7,12 @@ Each case cites the row of the article it encodes: the Yoom "Plan Change Timing 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from importlib import resources
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.catalog import GB, INTERVAL_MONTHS, parse_catalog
+from handlers.catalog import GB, INTERVAL_MONTHS
 from handlers.plan_policy import (
     AT_PERIOD_END,
     BLOCKED,
@@ -25,40 +23,16 @@ from handlers.plan_policy import (
     decide,
     stripe_update_params,
 )
-from handlers.state import Block, WorkspaceView
-
-CATALOG = parse_catalog(
-    resources.files("worker").joinpath("catalog.example.toml").read_text(encoding="utf-8"), "example"
+from tests.support.policy_views import (
+    CATALOG,
+    INTERVALS,
+    NAMES,
+    NOW,
+    PERIOD_END,
+    open_invoice_block,
+    req,
+    view,
 )
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-PERIOD_END = NOW + timedelta(days=40)
-NAMES = {"Plus": "plus", "Business": "business", "Enterprise": "enterprise"}
-INTERVALS = {"Monthly": "monthly", "Yearly": "annual"}
-
-
-def view(plan: str = "plus", interval: str | None = "monthly", seats: int = 5, **kw) -> WorkspaceView:
-    paid = plan != "free"
-    base = WorkspaceView(
-        plan=plan,
-        interval=interval if paid else None,
-        seats=seats,
-        status="active" if paid else "free",
-        subscription_id="sub_1" if paid else None,
-        trial_end=None,
-        period_start=NOW - timedelta(days=10) if paid else None,
-        period_end=PERIOD_END if paid else None,
-        cancel_at_period_end=False,
-        custom_contract=False,
-        storage_addon_units=0,
-        storage_quota_bytes=CATALOG.plans[plan].storage_bytes,
-        block=None,
-    )
-    return replace(base, **kw)
-
-
-def req(plan: str, interval: str | None, seats: int = 5, **kw) -> ChangeRequest:
-    base = ChangeRequest(plan, interval, seats, "workspace_admin", member_count=3, storage_used_bytes=GB)
-    return replace(base, **kw)
 
 
 def parse(cell: str) -> tuple[str, str]:
@@ -177,12 +151,6 @@ ALLO_FAILS = [
 ]
 
 
-def _open_invoice_block() -> Block:
-    return Block(
-        "payment_issue", frozenset({"plan_changes", "seat_changes"}), ("open_invoice",), ("in_1",), NOW
-    )
-
-
 @pytest.mark.parametrize("row", ALLO_FAILS, ids=[f"allo-fails-{i}" for i in range(1, 7)])
 def test_allo_if_a_plan_change_fails(row: str):
     symptom = row.split(" | ")[0]
@@ -207,7 +175,7 @@ def test_allo_if_a_plan_change_fails(row: str):
         d = decide(view("business", "monthly"), req("business", "monthly"), NOW, CATALOG)
         assert d.kind == NO_CHANGE
     else:
-        d = decide(view("plus", block=_open_invoice_block()), req("business", "monthly"), NOW, CATALOG)
+        d = decide(view("plus", block=open_invoice_block()), req("business", "monthly"), NOW, CATALOG)
         assert (d.kind, d.reasons) == (BLOCKED, ("open_invoice",))
 
 
@@ -277,8 +245,19 @@ def test_every_blocking_reason_that_applies_is_reported():
         requested_by_role="guest",
         has_payment_method=False,
     )
-    d = decide(view("business", block=_open_invoice_block()), everything, NOW, CATALOG)
+    d = decide(view("business", block=open_invoice_block()), everything, NOW, CATALOG)
     assert d.kind == BLOCKED
+    # A downgrade charges nothing: no payment method is needed for it (ALLO: "Upgrades … need a
+    # valid payment method").
+    assert d.reasons == ("not_admin", "open_invoice", "seats", "storage")
+    # An upgrade past the seat limit that also drops add-on storage below the files: all five.
+    with_addons = view(
+        "plus", block=open_invoice_block(), storage_addon_units=10, storage_quota_bytes=1100 * GB
+    )
+    upgrade = replace(
+        everything, plan="business", seats=60, storage_used_bytes=1050 * GB, storage_addon_units=0
+    )
+    d = decide(with_addons, upgrade, NOW, CATALOG)
     assert d.reasons == ("not_admin", "open_invoice", "seats", "storage", "payment_method_required")
 
 
@@ -313,7 +292,7 @@ def test_no_decision_is_an_immediate_downgrade_or_shorter_interval(
 ):
     catalog = replace(CATALOG, policy=replace(CATALOG.policy, proration=proration))
     (p0, i0), (p1, i1) = current, target
-    v = view(p0, i0, seats, block=_open_invoice_block() if blocked else None)
+    v = view(p0, i0, seats, block=open_invoice_block() if blocked else None)
     if p0 != "free":
         v = replace(v, status=status, cancel_at_period_end=cancel)
     r = ChangeRequest(p1, i1, new_seats, role, members, storage_gb * GB)

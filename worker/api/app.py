@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from worker.api import console, ops, plan_changes, usage_credits, workspaces
+from worker.api import checkout, console, ops, plan_changes, plan_options, usage_credits, workspaces
 from worker.api.openapi import DOCUMENTED_PATHS, openapi_json
 from worker.http.auth import bearer_auth
 from worker.http.hardening import guarded
@@ -22,7 +22,7 @@ def create_internal_app(services: Services, health: Health | None = None) -> web
     app = web.Application(client_max_size=64 * 1024, middlewares=[guarded, bearer_auth])
     app[SERVICES] = services
     attach_health(app, services, health, "api")
-    modules = (workspaces, usage_credits, plan_changes, ops, console)
+    modules = (workspaces, usage_credits, plan_changes, plan_options, checkout, ops, console)
     app[DOCUMENTED_PATHS] = tuple(getattr(m, "PATHS", {}) for m in modules)
     app.router.add_get("/openapi.json", openapi_json)
     for module in modules:

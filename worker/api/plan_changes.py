@@ -7,114 +7,21 @@ changes) calls Stripe with the change's idempotency key, or (period-end changes)
 
 from __future__ import annotations
 
-import re
-import secrets
 from typing import Any
 
 from aiohttp import web
 
-from handlers.catalog import INTERVALS, Catalog
-from handlers.plan_policy import ROLES, ChangeRequest
-from worker.errors import InvalidInput, NotFound, UpstreamFailed
+from worker.api import schemas as sc
+from worker.api.change_params import parse_change_request, request_id_of
+from worker.errors import NotFound, UpstreamFailed
 from worker.http.errors import read_json_object
 from worker.http.params import workspace_id_of
 from worker.plan_changes import requests as plan_changes
 from worker.plan_changes.firing import send
+from worker.plan_changes.previews import preview_change
 from worker.plan_changes.store import active_change, change_json, decision_json, get_change
 from worker.processing.after_commit import after_commit, after_plan_change, enqueue_fire
 from worker.services import SERVICES
-
-FIELDS = {
-    "plan",
-    "interval",
-    "seats",
-    "requested_by_role",
-    "member_count",
-    "storage_used_bytes",
-    "has_payment_method",
-    "dry_run",
-}
-# Bounds that keep values inside their Postgres columns (seats: integer; bytes: bigint).
-MAX_SEATS = 1_000_000
-MAX_MEMBERS = 10**7
-MAX_BYTES = 2**62
-REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-
-
-def request_id_of(request: web.Request) -> str:
-    """The caller's ``X-Request-Id`` (kept in the audit log), or a fresh one."""
-    given = request.headers.get("X-Request-Id")
-    if given is None:
-        return "req_" + secrets.token_hex(12)
-    if not REQUEST_ID.fullmatch(given):
-        raise InvalidInput("invalid_request_id", "X-Request-Id is 1-128 of A-Z a-z 0-9 _ . : -")
-    return given
-
-
-def _int(body: dict[str, Any], name: str, minimum: int, maximum: int) -> int:
-    value = body.get(name)
-    if value is None:
-        raise InvalidInput(f"missing_{name}", f"{name} is required")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput(f"invalid_{name}", f"{name} must be an integer, got {type(value).__name__}")
-    if not minimum <= value <= maximum:
-        raise InvalidInput(f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {value}")
-    return value
-
-
-def _bool(body: dict[str, Any], name: str) -> bool | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise InvalidInput(f"invalid_{name}", f"{name} must be true or false")
-    return value
-
-
-def parse_change_request(body: Any, catalog: Catalog) -> tuple[ChangeRequest, bool]:
-    """Validate the JSON body; returns the request and ``dry_run``."""
-    if not isinstance(body, dict):
-        raise InvalidInput("invalid_body", "the body must be a JSON object")
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise InvalidInput("unknown_field", f"unknown field(s): {', '.join(unknown)}")
-    plan = body.get("plan")
-    if plan is None:
-        raise InvalidInput("missing_plan", "plan is required")
-    if not isinstance(plan, str):
-        raise InvalidInput("invalid_plan", "plan must be a string")
-    if plan not in catalog.plans:
-        raise InvalidInput(
-            "unknown_plan", f"unknown plan {plan!r}; known: {', '.join(sorted(catalog.plans))}"
-        )
-    target = catalog.plans[plan]
-    interval = body.get("interval")
-    if interval is not None and not isinstance(interval, str):
-        raise InvalidInput("invalid_interval", "interval must be a string or null")
-    if target.is_free:
-        if interval is not None:
-            raise InvalidInput("interval_not_applicable", f"plan {plan!r} has no billing interval")
-    else:
-        if interval is None:
-            raise InvalidInput("missing_interval", f"plan {plan!r} needs an interval")
-        if interval not in INTERVALS:
-            raise InvalidInput("unknown_interval", f"interval must be one of {', '.join(INTERVALS)}")
-        if interval not in target.prices:
-            raise InvalidInput(
-                "interval_not_offered",
-                f"plan {plan!r} is offered {', '.join(sorted(target.prices))}, not {interval}",
-            )
-    seats = _int(body, "seats", 1, MAX_SEATS)
-    role = body.get("requested_by_role")
-    if role is None:
-        raise InvalidInput("missing_requested_by_role", "requested_by_role is required")
-    if not isinstance(role, str) or role not in ROLES:
-        raise InvalidInput(
-            "invalid_requested_by_role", f"requested_by_role must be one of {', '.join(sorted(ROLES))}"
-        )
-    member_count = _int(body, "member_count", 0, MAX_MEMBERS)
-    storage = _int(body, "storage_used_bytes", 0, MAX_BYTES)
-    has_pm = _bool(body, "has_payment_method")
-    dry_run = bool(_bool(body, "dry_run"))
-    return ChangeRequest(plan, interval, seats, role, member_count, storage, has_pm), dry_run
 
 
 async def post_plan_change(request: web.Request) -> web.Response:
@@ -122,7 +29,11 @@ async def post_plan_change(request: web.Request) -> web.Response:
     workspace_id = workspace_id_of(request)
     request_id = request_id_of(request)
     body = await read_json_object(request)
-    change_request, dry_run = parse_change_request(body, services.catalog)
+    change_request, dry_run, preview = parse_change_request(body, services.catalog)
+    if preview:
+        decision, invoice = await preview_change(services, workspace_id, change_request)
+        answer = {"dry_run": True, "decision": decision_json(decision), "plan_change": None}
+        return web.json_response({**answer, "invoice_preview": invoice})
     if dry_run:
         decision, _view = await plan_changes.evaluate(services, workspace_id, change_request)
         return web.json_response({"dry_run": True, "decision": decision_json(decision), "plan_change": None})
@@ -142,13 +53,13 @@ async def post_plan_change(request: web.Request) -> web.Response:
         # A transient Stripe error: the change stays claimed-free and the sweep retries it with
         # the same idempotency key; 202 tells the caller it is not applied yet.
         status = 200 if result.outcome == "applied" else 202
+        answer = {"dry_run": False, "decision": decision_json(outcome.decision), "plan_change": change}
+        return web.json_response({**answer, "payment_pending": result.payment_pending}, status=status)
     else:
         assert change is not None
         await enqueue_fire(services, change["change_id"], defer_until=outcome.defer_until, tag="due")
-    return web.json_response(
-        {"dry_run": False, "decision": decision_json(outcome.decision), "plan_change": change},
-        status=status,
-    )
+    answer = {"dry_run": False, "decision": decision_json(outcome.decision), "plan_change": change}
+    return web.json_response({**answer, "payment_pending": None}, status=status)
 
 
 async def get_plan_change(request: web.Request) -> web.Response:
@@ -174,3 +85,96 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(path, post_plan_change)
     app.router.add_get(path, get_plan_change)
     app.router.add_delete(path, delete_plan_change)
+
+
+_CHANGE_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["plan", "seats", "requested_by_role", "member_count", "storage_used_bytes"],
+    "properties": {
+        "plan": sc.PLAN,
+        "interval": sc.INTERVAL,
+        "seats": sc.SEATS,
+        "requested_by_role": sc.ROLE,
+        "member_count": sc.MEMBERS,
+        "storage_used_bytes": sc.BYTES,
+        "has_payment_method": {"type": ["boolean", "null"]},
+        "storage_addon_units": {
+            **sc.ADDON_UNITS,
+            "description": "the add-on units wanted in total; 0 removes",
+        },
+        "proration_date": {**sc.TIMESTAMP, "description": "a preview's proration_date, sent with the update"},
+        "dry_run": {"type": ["boolean", "null"]},
+        "preview": {"type": ["boolean", "null"], "description": "with dry_run: add invoice_preview"},
+    },
+}
+_PAYMENT_PENDING = {
+    "type": ["object", "null"],
+    "description": "set when Stripe holds the change in pending_update until its invoice is paid",
+    "properties": {
+        "waiting_for": {"type": "string", "enum": ["payment", "customer_action"]},
+        "expires_at": sc.TIME_OR_NULL,
+        "latest_invoice": sc.STR_OR_NULL,
+        "invoice_status": sc.STR_OR_NULL,
+    },
+}
+_ANSWER = {
+    "type": "object",
+    "required": ["dry_run", "decision", "plan_change"],
+    "properties": {
+        "dry_run": {"type": "boolean"},
+        "decision": sc.DECISION,
+        "plan_change": sc.PLAN_CHANGE,
+        "invoice_preview": sc.INVOICE_PREVIEW,
+        "payment_pending": _PAYMENT_PENDING,
+    },
+}
+_ONE = {"type": "object", "required": ["plan_change"], "properties": {"plan_change": sc.PLAN_CHANGE}}
+PATHS: dict[str, dict[str, Any]] = {
+    "/v1/workspaces/{workspace_id}/plan-changes": {
+        "post": {
+            "operationId": "requestPlanChange",
+            "summary": "Decide (dry_run), preview (dry_run + preview) or request a plan, seat, interval or add-on change",
+            "parameters": [sc.WORKSPACE_PARAM, sc.REQUEST_ID_HEADER],
+            "requestBody": {"required": True, "content": {sc.JSON: {"schema": _CHANGE_BODY}}},
+            "responses": {
+                "200": sc.ok("dry run or preview; or an immediate change applied", _ANSWER),
+                "201": sc.ok("a period-end change stored pending", _ANSWER),
+                "202": sc.ok(
+                    "an immediate change not applied yet (Stripe was unavailable; retried)", _ANSWER
+                ),
+                "400": sc.error("a field is invalid (code names it)"),
+                "401": sc.error("missing or wrong bearer token"),
+                "404": sc.error("workspace_not_found"),
+                "409": sc.error(
+                    "plan_change_blocked, contact_sales_required, no_change, checkout_required, change_in_progress"
+                ),
+                "502": sc.error("stripe_rejected"),
+                "503": sc.error("stripe_not_configured, stripe_unavailable"),
+            },
+        },
+        "get": {
+            "operationId": "getPlanChange",
+            "summary": "The workspace's active plan change",
+            "parameters": [sc.WORKSPACE_PARAM],
+            "responses": {
+                "200": sc.ok("the active change", _ONE),
+                "400": sc.error("invalid_workspace_id"),
+                "401": sc.error("missing or wrong bearer token"),
+                "404": sc.error("no_pending_plan_change"),
+            },
+        },
+        "delete": {
+            "operationId": "cancelPlanChange",
+            "summary": "Cancel the active plan change",
+            "parameters": [sc.WORKSPACE_PARAM, sc.REQUEST_ID_HEADER],
+            "responses": {
+                "200": sc.ok("canceled", _ONE),
+                "400": sc.error("invalid_workspace_id, invalid_request_id"),
+                "401": sc.error("missing or wrong bearer token"),
+                "404": sc.error("workspace_not_found, no_pending_plan_change"),
+                "409": sc.error("change_in_progress"),
+            },
+        },
+    }
+}

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import stripe
 
+from worker.errors import BillingError, Unavailable, UpstreamFailed
 from worker.infra import tracing
 
 # The API version every outgoing call pins: the one stripe-python 16.1 is generated for.
@@ -52,6 +53,27 @@ class StripeGateway:
             subscription_id, params, {"idempotency_key": idempotency_key}
         )
         return to_dict(sub)
+
+    async def create_checkout_session(self, params: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """``POST /v1/checkout/sessions``; the key comes from the caller's ``Idempotency-Key``."""
+        try:
+            session = await self.client.v1.checkout.sessions.create_async(
+                params, {"idempotency_key": idempotency_key}
+            )
+        except (stripe.StripeError, OSError, TimeoutError) as exc:
+            raise domain_error(exc) from exc
+        return to_dict(session)
+
+    # ------------------------------------------------------------------ reads
+
+    async def preview_invoice(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/invoices/create_preview``: the invoice an update would produce; nothing is
+        changed at Stripe (the SDK still sends a random idempotency key, as for every POST)."""
+        try:
+            invoice = await self.client.v1.invoices.create_preview_async(params)
+        except (stripe.StripeError, OSError, TimeoutError) as exc:
+            raise domain_error(exc) from exc
+        return to_dict(invoice)
 
     # ------------------------------------------------------------------ reads (reconcile, backfill)
 
@@ -121,6 +143,15 @@ def is_transient(exc: BaseException) -> bool:
         status = exc.http_status or 0
         return status >= 500 or status == 409
     return isinstance(exc, TimeoutError | OSError)
+
+
+def domain_error(exc: BaseException) -> BillingError:
+    """A failed Stripe call as the API's error: 503 ``stripe_unavailable`` when worth retrying,
+    else 502 ``stripe_rejected``, both with Stripe's own message."""
+    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    if is_transient(exc):
+        return Unavailable("stripe_unavailable", f"Stripe is unavailable: {message}")
+    return UpstreamFailed("stripe_rejected", f"Stripe refused the call: {message}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -19,11 +19,13 @@ from typing import Any
 
 import asyncpg
 
+from handlers.catalog import Catalog
 from handlers.codec import load
 from handlers.plan_policy import (
     AT_PERIOD_END,
     BLOCKED,
     IMMEDIATE,
+    LIVE_STATUSES,
     OPEN_INVOICE,
     ChangeRequest,
     Decision,
@@ -32,13 +34,13 @@ from handlers.plan_policy import (
     stripe_update_params,
 )
 from handlers.state import WorkspaceState, WorkspaceView
+from handlers.update_outcome import payment_wait
 from handlers.view import current_subscription, derive_view, plan_item
 from worker.infra.logging import get_logger
 from worker.infra.stripe_gateway import is_transient
 from worker.plan_changes.store import (
     ACTIVE,
     COLUMNS,
-    LIVE_STATUSES,
     Cause,
     Committed,
     claim_timeout,
@@ -56,12 +58,22 @@ def stripe_params_for(
     view: WorkspaceView,
     decision: Decision,
     request: ChangeRequest,
-    catalog: Any,
+    catalog: Catalog,
     change_id: str,
 ) -> dict[str, Any]:
+    plan_item_id, addon_item_id = item_ids(state, catalog)
+    return stripe_update_params(decision, view, request, catalog, plan_item_id, change_id, addon_item_id)
+
+
+def item_ids(state: WorkspaceState, catalog: Catalog) -> tuple[str | None, str | None]:
+    """The current subscription's plan item and storage add-on item (the catalog's first add-on)."""
     record = current_subscription(state)
-    item = plan_item(record, catalog) if record is not None else None
-    return stripe_update_params(decision, view, request, catalog, item.item_id if item else None, change_id)
+    if record is None:
+        return None, None
+    item = plan_item(record, catalog)
+    addon_price = catalog.storage_addons[0].price_id if catalog.storage_addons else None
+    addon = next((i for i in record.snapshot.items if i.price_id == addon_price), None)
+    return (item.item_id if item else None), (addon.item_id if addon else None)
 
 
 # ---------------------------------------------------------------- firing
@@ -73,6 +85,7 @@ class FireResult:
     outcome: str  # applied | failed | waiting_payment | not_due | not_active | claimed | retry | missing
     committed: list[Committed] = field(default_factory=list)
     error: str | None = None
+    payment_pending: dict[str, Any] | None = None  # Stripe holds the update until its invoice is paid
 
 
 async def fire(services: Services, change_id: str, *, cause: Cause) -> FireResult:
@@ -218,8 +231,16 @@ async def send(services: Services, change_id: str, *, cause: Cause) -> FireResul
         result = await _finish(services, change_id, "failed", cause, error=error)
         log.warning("plan_change_failed", change_id=change_id, error=error)
         return result
-    log.info("plan_change_sent", change_id=change_id, subscription_id=answer.get("id"))
-    return await _finish(services, change_id, "applied", cause)
+    pending = payment_wait(answer)
+    log.info(
+        "plan_change_sent",
+        change_id=change_id,
+        subscription_id=answer.get("id"),
+        waiting_for=pending["waiting_for"] if pending else None,
+    )
+    result = await _finish(services, change_id, "applied", cause)
+    result.payment_pending = pending
+    return result
 
 
 async def _finish(

@@ -10,14 +10,13 @@ from typing import Any
 import asyncpg
 
 from handlers.codec import to_jsonable
-from handlers.plan_policy import AT_PERIOD_END, IMMEDIATE, ChangeRequest, Decision, decide
+from handlers.plan_policy import AT_PERIOD_END, IMMEDIATE, LIVE_STATUSES, ChangeRequest, Decision, decide
 from handlers.state import WorkspaceState, WorkspaceView
 from handlers.view import derive_view
 from worker.errors import Conflict, NotFound, Unavailable
 from worker.plan_changes.firing import stripe_params_for
 from worker.plan_changes.store import (
     COLUMNS,
-    LIVE_STATUSES,
     Committed,
     active_change,
     audit_change,
@@ -77,7 +76,7 @@ async def request_change(
         state, stored_view = await _lock_workspace(services, conn, workspace_id)
         view = derive_view(state, catalog, now)
         decision = decide(view, request, now, catalog)
-        _refuse_unless_actionable(services, view, decision)
+        _refuse_unless_actionable(services, workspace_id, view, decision)
         previous = await active_change(conn, workspace_id)
         if previous is not None and previous["status"] == "firing":
             raise Conflict(
@@ -113,7 +112,9 @@ async def request_change(
     )
 
 
-def _refuse_unless_actionable(services: Services, view: WorkspaceView, decision: Decision) -> None:
+def _refuse_unless_actionable(
+    services: Services, workspace_id: str, view: WorkspaceView, decision: Decision
+) -> None:
     """Refuse before anything is written: a decision that changes nothing, no subscription, no Stripe."""
     if decision.kind not in (IMMEDIATE, AT_PERIOD_END):
         code = {"blocked": "plan_change_blocked", "contact_sales": "contact_sales_required"}.get(
@@ -127,8 +128,10 @@ def _refuse_unless_actionable(services: Services, view: WorkspaceView, decision:
     if decision.kind == IMMEDIATE and (view.subscription_id is None or view.status not in LIVE_STATUSES):
         raise Conflict(
             "checkout_required",
-            "the workspace has no subscription to update: start a paid plan through Stripe Checkout",
+            "the workspace has no subscription to update: start a paid plan through Stripe Checkout "
+            f"with POST /v1/workspaces/{workspace_id}/checkout-sessions",
             decision=decision_json(decision),
+            checkout_path=f"/v1/workspaces/{workspace_id}/checkout-sessions",
         )
     if services.stripe is None:
         raise Unavailable(

@@ -19,7 +19,6 @@ from worker.storage import workspaces, writer
 
 ACTIVE = ("pending", "waiting_payment", "firing")
 KEY_PREFIX = "plan-change:"
-LIVE_STATUSES = frozenset({"trialing", "active", "past_due", "unpaid", "paused", "incomplete"})
 Cause = tuple[str, str]  # the audit log's (cause_kind, cause_id)
 
 COLUMNS = (
