@@ -82,17 +82,16 @@ async def start_backfill(request: web.Request) -> web.Response:
     """Start a run (``{"since": …}``) or resume one (``{"run_id": …}``); a job does the reading."""
     services = request.app[SERVICES]
     body = await read_json_object(request)
-    services.require_stripe()
+    # The body is checked in full first: 400 for a bad one whether or not Stripe is configured.
     if "run_id" in body:
-        run_id = body["run_id"]
-        if isinstance(run_id, bool) or not isinstance(run_id, int) or run_id < 1:
-            raise InvalidInput("invalid_run_id", "`run_id` must be a positive integer")
+        run_id = backfill.check_run_id(body["run_id"])
+        services.require_stripe()
         if await backfill.get_run(services.pool, run_id) is None:
             raise NotFound("backfill_not_found", f"no backfill run {run_id}")
     else:
-        run_id = await backfill.start_run(
-            services.pool, backfill.parse_since(body.get("since")), services.clock()
-        )
+        since = backfill.check_since(backfill.parse_since(body.get("since")), services.clock())
+        services.require_stripe()
+        run_id = await backfill.start_run(services.pool, since, services.clock())
     await services.queue.enqueue_backfill(run_id, f"request:{uuid.uuid4().hex}")
     return web.json_response(await backfill.get_run(services.pool, run_id), status=202)
 

@@ -31,12 +31,28 @@ HORIZON = timedelta(days=30)  # Stripe's events API retention
 BACKFILL_LOCK = 0x6266  # "bf": first key of the per-run advisory lock (the run id is the second)
 
 
-async def start_run(pool: asyncpg.Pool, since: datetime, now: datetime) -> int:
-    """Record a new run; ``since`` must lie within Stripe's 30-day horizon and not in the future."""
+MAX_RUN_ID = 2**63 - 1  # backfill_runs.run_id is a bigint
+
+
+def check_since(since: datetime, now: datetime) -> datetime:
+    """``since`` must lie within Stripe's 30-day horizon and not in the future."""
     if since < now - HORIZON:
         raise InvalidInput("since_out_of_range", "Stripe keeps events for 30 days: `since` is older")
     if since > now:
         raise InvalidInput("since_out_of_range", "`since` is in the future")
+    return since
+
+
+def check_run_id(value: Any) -> int:
+    """A run id as a caller gives it: a positive integer that fits the bigint column."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RUN_ID:
+        raise InvalidInput("invalid_run_id", f"`run_id` must be an integer from 1 to {MAX_RUN_ID}")
+    return value
+
+
+async def start_run(pool: asyncpg.Pool, since: datetime, now: datetime) -> int:
+    """Record a new run; ``since`` must lie within Stripe's 30-day horizon and not in the future."""
+    check_since(since, now)
     return await pool.fetchval("INSERT INTO backfill_runs (since) VALUES ($1) RETURNING run_id", since)
 
 
