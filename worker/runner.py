@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -57,7 +57,9 @@ async def serve(
     clock: Clock = utcnow,
     run_migrations: bool = False,
     stop: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
+    """Serve ``roles`` until SIGTERM/SIGINT or ``stop``; ``on_ready`` runs once all of them serve."""
     assert settings.database_url is not None
     if run_migrations:
         await migrate(settings.database_url)
@@ -89,6 +91,8 @@ async def serve(
             if metrics_runner is not None:
                 runners.append(metrics_runner)
             worker_task = asyncio.create_task(supervise_worker(services, stop))
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
     finally:
         log.info("stopping", roles=list(roles))

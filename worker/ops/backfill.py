@@ -11,6 +11,8 @@ down it stays ``received`` and the inbox sweep enqueues it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,6 +63,23 @@ async def get_run(pool: asyncpg.Pool, run_id: int) -> dict[str, Any] | None:
     return None if row is None else to_jsonable(dict(row))
 
 
+@dataclass(frozen=True)
+class PageRead:
+    """Progress after one page: ``pages`` read by this call, the run's totals so far (``skipped``:
+    events the inbox already had, or malformed ones) and the cursor a resume starts after."""
+
+    run_id: int
+    pages: int
+    fetched: int
+    inserted: int
+    skipped: int
+    cursor: str | None
+    done: bool
+
+
+OnPage = Callable[[PageRead], None]
+
+
 class BackfillBusy(Conflict):
     """Another process is reading this run right now."""
 
@@ -69,7 +88,12 @@ class BackfillBusy(Conflict):
 
 
 async def run_pages(
-    services: Services, gateway: StripeGateway, run_id: int, *, max_pages: int | None = None
+    services: Services,
+    gateway: StripeGateway,
+    run_id: int,
+    *,
+    max_pages: int | None = None,
+    on_page: OnPage | None = None,
 ) -> dict[str, Any]:
     """Read pages from the stored cursor on; stops when done or after ``max_pages`` (then the
     run stays ``running`` and the caller continues it). Stripe errors mark the run ``failed``.
@@ -80,13 +104,13 @@ async def run_pages(
     try:
         if not await lock.fetchval("SELECT pg_try_advisory_lock($1, $2)", BACKFILL_LOCK, run_id):
             raise BackfillBusy(run_id)
-        return await _read(services, gateway, run_id, max_pages)
+        return await _read(services, gateway, run_id, max_pages, on_page)
     finally:
         await lock.close()
 
 
 async def _read(
-    services: Services, gateway: StripeGateway, run_id: int, max_pages: int | None
+    services: Services, gateway: StripeGateway, run_id: int, max_pages: int | None, on_page: OnPage | None
 ) -> dict[str, Any]:
     pool = services.pool
     run = await pool.fetchrow(
@@ -118,16 +142,19 @@ async def _read(
         cursor = events[-1]["id"] if events else cursor
         pages += 1
         done = not has_more or not events
-        await pool.execute(
+        totals = await pool.fetchrow(
             "UPDATE backfill_runs SET cursor = $2, seen = seen + $3, inserted = inserted + $4, "
             "status = $5, updated_at = now(), finished_at = CASE WHEN $5 = 'done' THEN now() END "
-            "WHERE run_id = $1",
+            "WHERE run_id = $1 RETURNING seen, inserted",
             run_id,
             cursor,
             len(events),
             inserted,
             "done" if done else "running",
         )
+        if on_page is not None:
+            seen, stored = totals["seen"], totals["inserted"]
+            on_page(PageRead(run_id, pages, seen, stored, seen - stored, cursor, done))
         if done:
             break
     result = await get_run(pool, run_id)
