@@ -159,7 +159,7 @@ def _locate(settings: Settings, *, redis: bool) -> Settings:
         return settings
     instance = running_instance(settings.data_dir)
     prefix = settings.redis_prefix if os.environ.get("BW_REDIS_PREFIX", "").strip() else instance.redis_prefix
-    log.info("cli_uses_running_instance", pid=instance.pid, data_dir=instance.data_dir)
+    log.debug("cli_uses_running_instance", pid=instance.pid, data_dir=instance.data_dir)
     return dataclasses.replace(
         settings,
         database_url=settings.database_url or instance.database_url,

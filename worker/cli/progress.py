@@ -46,7 +46,7 @@ class BackfillProgress:
         if page.done or now - self._logged_at >= LOG_EVERY_SECONDS:
             self._logged_at = now
             log.info(
-                "backfill_progress",
+                "backfill_pages_read",
                 run_id=page.run_id,
                 pages=page.pages,
                 fetched=page.fetched,
