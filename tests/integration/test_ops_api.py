@@ -249,6 +249,10 @@ HOSTILE: list[tuple[str, str, str, dict[str, str] | None, str | bytes | None, in
     ),
     ("internal", "GET", "/v1/dead-letters?limit=-1", {}, None, 400, "invalid_limit"),
     ("internal", "GET", "/v1/dead-letters?limit=99999999999999999999", {}, None, 400, "invalid_limit"),
+    # Digits of other scripts pass str.isdigit() but not int(): each was a 500.
+    ("internal", "GET", "/v1/dead-letters?limit=%C2%B2", {}, None, 400, "invalid_limit"),
+    ("internal", "GET", "/v1/workspaces/ws_1/ai-credits/ledger?limit=%D9%A3", {}, None, 400, "invalid_query"),
+    ("internal", "GET", "/v1/backfill/%C2%B2", {}, None, 400, "invalid_run_id"),
     ("internal", "POST", "/v1/backfill", {}, '{"since": true}', 400, "invalid_since"),
     ("internal", "POST", "/v1/backfill", {}, '{"since": "2026-11-01T00:00:00"}', 400, "invalid_since"),
     (

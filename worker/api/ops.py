@@ -14,7 +14,7 @@ from aiohttp import web
 
 from worker.errors import InvalidInput, NotFound, UpstreamFailed
 from worker.http.errors import read_json_object
-from worker.http.params import event_id_of, workspace_id_of
+from worker.http.params import event_id_of, whole_number, workspace_id_of
 from worker.http.probes import metrics_handler, readyz_handler
 from worker.infra import metrics
 from worker.infra.stripe_gateway import is_transient
@@ -32,10 +32,10 @@ def _event_type(value: Any) -> str:
 
 
 def _limit(request: web.Request, default: int = 100, maximum: int = 1000) -> int:
-    raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    limit = whole_number(request.query.get("limit", str(default)))
+    if limit is None or not 1 <= limit <= maximum:
         raise InvalidInput("invalid_limit", f"`limit` must be an integer from 1 to {maximum}")
-    return int(raw)
+    return limit
 
 
 def _stripe_failure(operation: str, exc: stripe.StripeError) -> NotFound | UpstreamFailed:
@@ -97,12 +97,12 @@ async def start_backfill(request: web.Request) -> web.Response:
 
 
 async def get_backfill(request: web.Request) -> web.Response:
-    raw = request.match_info["run_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    run_id = whole_number(request.match_info["run_id"])
+    if run_id is None or not 1 <= run_id <= backfill.MAX_RUN_ID:
         raise InvalidInput("invalid_run_id", "run ids are positive integers")
-    run = await backfill.get_run(request.app[SERVICES].pool, int(raw))
+    run = await backfill.get_run(request.app[SERVICES].pool, run_id)
     if run is None:
-        raise NotFound("backfill_not_found", f"no backfill run {raw}")
+        raise NotFound("backfill_not_found", f"no backfill run {run_id}")
     return web.json_response(run)
 
 

@@ -87,7 +87,9 @@ async def _backfill(services: Services, args: argparse.Namespace) -> Any:
             raise NotFound("backfill_not_found", f"no backfill run {run_id}")
         print(f"backfill run {run_id}: resuming", file=sys.stderr, flush=True)
     else:
-        since = backfill.parse_since(int(args.since) if args.since.isdigit() else args.since)
+        since = backfill.parse_since(
+            int(args.since) if args.since.isascii() and args.since.isdigit() else args.since
+        )
         run_id = await backfill.start_run(services.pool, since, services.clock())
         print(
             f"backfill run {run_id} started (since {since.isoformat()}); if it stops, continue it "
