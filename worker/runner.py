@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -58,7 +58,9 @@ async def serve(
     clock: Clock = utcnow,
     run_migrations: bool = False,
     stop: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
+    """Serve ``roles`` until SIGTERM/SIGINT or ``stop``; ``on_ready`` runs once all of them serve."""
     assert settings.database_url is not None
     dependencies(roles)  # unknown roles fail here, before anything starts
     set_batch_delay(settings.log_batch_ms / 1000)
@@ -96,6 +98,8 @@ async def serve(
         if "worker" in roles:
             await warn_unless_noeviction(services)
             worker_task = asyncio.create_task(supervise_worker(services, stop))
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
     finally:
         log.info("stopping", roles=list(roles))

@@ -261,6 +261,10 @@ HOSTILE: list[tuple[str, str, str, dict[str, str] | None, str | bytes | None, in
     ),
     ("internal", "GET", "/v1/dead-letters?limit=-1", {}, None, 400, "invalid_limit"),
     ("internal", "GET", "/v1/dead-letters?limit=99999999999999999999", {}, None, 400, "invalid_limit"),
+    # Digits of other scripts pass str.isdigit() but not int(): each was a 500.
+    ("internal", "GET", "/v1/dead-letters?limit=%C2%B2", {}, None, 400, "invalid_limit"),
+    ("internal", "GET", "/v1/workspaces/ws_1/ai-credits/ledger?limit=%D9%A3", {}, None, 400, "invalid_query"),
+    ("internal", "GET", "/v1/backfill/%C2%B2", {}, None, 400, "invalid_run_id"),
     ("internal", "POST", "/v1/backfill", {}, '{"since": true}', 400, "invalid_since"),
     ("internal", "POST", "/v1/backfill", {}, '{"since": "2026-11-01T00:00:00"}', 400, "invalid_since"),
     (
@@ -273,6 +277,8 @@ HOSTILE: list[tuple[str, str, str, dict[str, str] | None, str | bytes | None, in
         "invalid_run_id",
     ),
     ("internal", "GET", "/v1/backfill/1%20OR%201=1", {}, None, 400, "invalid_run_id"),
+    ("internal", "POST", "/v1/backfill", {}, '{"run_id": 9223372036854775808}', 400, "invalid_run_id"),
+    ("internal", "POST", "/v1/backfill", {}, '{"run_id": 1e400}', 400, "invalid_run_id"),
     ("internal", "POST", "/v1/dead-letters/retry", {}, "x" * 70_000, 413, "body_too_large"),
     ("internal", "DELETE", "/v1/dead-letters", {}, None, 405, "method_not_allowed"),
 ]
@@ -293,6 +299,19 @@ RAW: list[tuple[str, bytes, int, str]] = [
     ("internal", b"GET /v1/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 401, "unauthorized"),
     ("public", b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
     ("public", b"NOT-HTTP\r\n\r\n", 400, "bad_request"),
+    # Non-ASCII bytes in the token: not UTF-8, and UTF-8 but not ASCII; refused, never a crash.
+    (
+        "internal",
+        b"GET /v1/workspaces/ws_1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n",
+        401,
+        "unauthorized",
+    ),
+    (
+        "internal",
+        b"GET /v1/workspaces/ws_1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\xc3\xa9\r\n\r\n",
+        401,
+        "unauthorized",
+    ),
 ]
 
 

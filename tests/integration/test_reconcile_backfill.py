@@ -87,6 +87,25 @@ async def test_reconcile_errors_are_specific(
         assert (status, body["error"]["code"]) == (503, "stripe_not_configured")
 
 
+async def test_backfill_without_stripe_checks_the_body_before_answering_503(settings: Settings):
+    """Without STRIPE_API_KEY a bad body is still the caller's 400; only a valid one gets 503."""
+    now = int(time.time())
+    async with running_service(settings, worker=False) as svc:
+        runs = await svc.services.pool.fetchval("SELECT count(*) FROM backfill_runs")
+        for body, code in [
+            ({"since": True}, "invalid_since"),
+            ({"since": now - 40 * DAY}, "since_out_of_range"),
+            ({"run_id": 2**63}, "invalid_run_id"),
+            ({"run_id": "1"}, "invalid_run_id"),
+        ]:
+            status, answer = await svc.api("POST", "/v1/backfill", json=body)
+            assert (status, answer["error"]["code"]) == (400, code), body
+        for body in ({"since": now - DAY}, {"run_id": 2**63 - 1}):
+            status, answer = await svc.api("POST", "/v1/backfill", json=body)
+            assert (status, answer["error"]["code"]) == (503, "stripe_not_configured"), body
+        assert await svc.services.pool.fetchval("SELECT count(*) FROM backfill_runs") == runs
+
+
 async def test_backfill_imports_only_missing_events_and_resumes_after_a_failure(
     stripe_settings: Settings, stripe_server: StripeServer
 ):

@@ -42,9 +42,10 @@ async def test_cli_migrate_show_and_event(pg_server):
     try:
         first = await asyncio.to_thread(_cli, "migrate", env=env)
         assert first.returncode == 0, first.stderr
-        assert "applied" in first.stdout and "0001_init" in first.stdout
+        assert "0001_init" in json.loads(first.stdout)["applied"]
+        assert "applying migration 0001_init" in first.stderr  # what it applies, as it goes
         again = await asyncio.to_thread(_cli, "migrate", env=env)
-        assert again.stdout.startswith("applied 0 migration(s)")
+        assert json.loads(again.stdout) == {"applied": []}
 
         missing = await asyncio.to_thread(_cli, "show", "ws_nobody", env=env)
         assert missing.returncode == 1 and "no billing state" in missing.stderr
@@ -65,10 +66,13 @@ async def test_cli_migrate_show_and_event(pg_server):
         await drop_database(pg_server.url, name)
 
 
-async def test_cli_configuration_errors_are_explicit():
-    result = await asyncio.to_thread(_cli, "migrate", env={"DATABASE_URL": ""})
-    assert result.returncode == 2
-    assert "DATABASE_URL must be set" in result.stderr
+async def test_cli_configuration_errors_are_explicit(tmp_path):
+    result = await asyncio.to_thread(_cli, "migrate", env={"DATABASE_URL": "", "BW_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"billing-worker: no billing-worker is running on data folder {tmp_path} and DATABASE_URL / "
+        "REDIS_URL are unset: start one with ./scripts/run (or: billing-worker run), or set the URLs"
+    ]
     bad = await asyncio.to_thread(_cli, "migrate", env={"DATABASE_URL": "x", "BW_MAX_JOBS": "many"})
     assert bad.returncode == 2 and "BW_MAX_JOBS must be an integer" in bad.stderr
 

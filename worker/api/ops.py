@@ -14,7 +14,7 @@ from aiohttp import web
 
 from worker.errors import InvalidInput, NotFound, UpstreamFailed
 from worker.http.errors import read_json_object
-from worker.http.params import event_id_of, workspace_id_of
+from worker.http.params import event_id_of, whole_number, workspace_id_of
 from worker.http.probes import livez_handler, metrics_handler, readyz_handler
 from worker.infra import metrics
 from worker.infra.stripe_gateway import is_transient
@@ -32,10 +32,10 @@ def _event_type(value: Any) -> str:
 
 
 def _limit(request: web.Request, default: int = 100, maximum: int = 1000) -> int:
-    raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    limit = whole_number(request.query.get("limit", str(default)))
+    if limit is None or not 1 <= limit <= maximum:
         raise InvalidInput("invalid_limit", f"`limit` must be an integer from 1 to {maximum}")
-    return int(raw)
+    return limit
 
 
 def _stripe_failure(operation: str, exc: stripe.StripeError) -> NotFound | UpstreamFailed:
@@ -82,17 +82,16 @@ async def start_backfill(request: web.Request) -> web.Response:
     """Start a run (``{"since": …}``) or resume one (``{"run_id": …}``); a job does the reading."""
     services = request.app[SERVICES]
     body = await read_json_object(request)
-    services.require_stripe()
+    # The body is checked in full first: 400 for a bad one whether or not Stripe is configured.
     if "run_id" in body:
-        run_id = body["run_id"]
-        if isinstance(run_id, bool) or not isinstance(run_id, int) or run_id < 1:
-            raise InvalidInput("invalid_run_id", "`run_id` must be a positive integer")
+        run_id = backfill.check_run_id(body["run_id"])
+        services.require_stripe()
         if await backfill.get_run(services.pool, run_id) is None:
             raise NotFound("backfill_not_found", f"no backfill run {run_id}")
     else:
-        run_id = await backfill.start_run(
-            services.pool, backfill.parse_since(body.get("since")), services.clock()
-        )
+        since = backfill.check_since(backfill.parse_since(body.get("since")), services.clock())
+        services.require_stripe()
+        run_id = await backfill.start_run(services.pool, since, services.clock())
     await services.queue.enqueue_backfill(run_id, f"request:{uuid.uuid4().hex}")
     return web.json_response(await backfill.get_run(services.pool, run_id), status=202)
 
@@ -103,12 +102,12 @@ async def list_backfills(request: web.Request) -> web.Response:
 
 
 async def get_backfill(request: web.Request) -> web.Response:
-    raw = request.match_info["run_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    run_id = whole_number(request.match_info["run_id"])
+    if run_id is None or not 1 <= run_id <= backfill.MAX_RUN_ID:
         raise InvalidInput("invalid_run_id", "run ids are positive integers")
-    run = await backfill.get_run(request.app[SERVICES].pool, int(raw))
+    run = await backfill.get_run(request.app[SERVICES].pool, run_id)
     if run is None:
-        raise NotFound("backfill_not_found", f"no backfill run {raw}")
+        raise NotFound("backfill_not_found", f"no backfill run {run_id}")
     return web.json_response(run)
 
 

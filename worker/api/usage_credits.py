@@ -21,7 +21,7 @@ from handlers.reducer import APPLIED
 from handlers.state import Usage, WorkspaceState
 from worker.errors import Conflict, InvalidInput, NotFound
 from worker.http.errors import read_json_object
-from worker.http.params import workspace_id_of
+from worker.http.params import whole_number, workspace_id_of
 from worker.processing.after_commit import after_commit
 from worker.processing.reevaluation import save_reevaluated
 from worker.services import SERVICES
@@ -214,9 +214,10 @@ def _query_int(request: web.Request, name: str, *, default: int | None, minimum:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+    number = whole_number(raw)
+    if number is None or not minimum <= number <= maximum:
         raise InvalidInput("invalid_query", f"`{name}` must be a whole number from {minimum} to {maximum}")
-    return int(raw)
+    return number
 
 
 def add_routes(app: web.Application) -> None:

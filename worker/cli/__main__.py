@@ -1,5 +1,7 @@
 """``python -m worker.cli``: the same command line as ``billing-worker``."""
 
+import sys
+
 from worker.cli.main import main
 
-main()
+sys.exit(main())

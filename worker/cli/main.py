@@ -4,9 +4,14 @@ billing-worker run [--roles receiver,api,worker]   everything; embedded Postgres
                                                    DATABASE_URL / REDIS_URL are unset
 billing-worker receiver | api | worker             one role, against configured services
 billing-worker migrate                             apply pending SQL migrations
-billing-worker show WORKSPACE_ID                   a workspace's billing state (JSON)
-billing-worker event EVENT_ID                      an inbox row (JSON)
-billing-worker retry | dead-letters | reconcile | backfill   operations (see worker/cli_ops.py)
+billing-worker show WORKSPACE_ID                   a workspace's billing state
+billing-worker event EVENT_ID                      an inbox row
+billing-worker retry | dead-letters | reconcile | backfill   operations (worker/cli/ops.py)
+
+Results go to stdout (JSON, or ``--format table``), logs and progress to stderr. With the URLs
+unset, the commands use the servers of the ``billing-worker run`` serving ``BW_DATA_DIR``
+(worker/dev/owner.py). A known failure is one line on stderr and a non-zero exit; ``--debug``
+shows its traceback.
 """
 
 from __future__ import annotations
@@ -15,49 +20,83 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
+import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 import asyncpg
+import stripe
+from redis.exceptions import RedisError
 
 from handlers.catalog import CatalogError
 from handlers.codec import to_jsonable
 from worker.api.workspaces import workspace_json
 from worker.cli import ops as cli_ops
+from worker.cli.help import add_command
+from worker.cli.output import emit
 from worker.config import ConfigError, Settings
+from worker.dev.owner import hold_data_dir, published, running_instance
+from worker.dev.server import EmbeddedServiceError
 from worker.dev.services import embedded_services
+from worker.errors import BillingError, NotFound
 from worker.infra.logging import configure, get_logger
-from worker.runner import serve
+from worker.runner import ROLES, serve
 from worker.storage import inbox, workspaces
 from worker.storage.db import init_connection
-from worker.storage.migrate import migrate
+from worker.storage.migrate import Migration, migrate
 
 log = get_logger("cli")
+SERVICE_COMMANDS = ("run", *ROLES)
 
 
 def _parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure"
+    )
+    table = argparse.ArgumentParser(add_help=False)
+    table.add_argument(
+        "--format", choices=("json", "table"), default="json", help="json (default) or a table for people"
+    )
     parser = argparse.ArgumentParser(
-        prog="billing-worker", description="Stripe webhooks → workspace billing state."
+        prog="billing-worker",
+        description="Stripe webhooks → workspace billing state. `billing-worker COMMAND --help` for more.",
+        epilog="With DATABASE_URL / REDIS_URL unset, every command uses the servers of the running\n"
+        "`billing-worker run` (./scripts/run) of BW_DATA_DIR (default .billing-worker).\n\n"
+        "example:\n  ./scripts/run  # then, in another terminal:\n"
+        "  billing-worker dead-letters --format table",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser(
-        "run", help="receiver + internal API + worker (embedded services when URLs are unset)"
-    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = add_command(sub, "run", [debug])
     run.add_argument(
-        "--roles", default="receiver,api,worker", help="comma-separated subset of receiver,api,worker"
+        "--roles",
+        default=",".join(ROLES),
+        help=f"comma-separated subset of {','.join(ROLES)} (default: all)",
     )
-    for role in ("receiver", "api", "worker"):
-        sub.add_parser(role, help=f"run only the {role}")
-    sub.add_parser("migrate", help="apply pending SQL migrations")
-    show = sub.add_parser("show", help="print a workspace's billing state")
-    show.add_argument("workspace_id")
-    event = sub.add_parser("event", help="print an inbox event's status")
-    event.add_argument("event_id")
-    cli_ops.add_parsers(sub)
+    for role in ROLES:
+        add_command(sub, role, [debug])
+    add_command(sub, "migrate", [debug])
+    show = add_command(sub, "show", [debug, table])
+    show.add_argument("workspace_id", help="the product's workspace id (metadata.workspace_id)")
+    event = add_command(sub, "event", [debug, table])
+    event.add_argument("event_id", help="a Stripe event id (evt_…)")
+    cli_ops.add_parsers(sub, [debug], table)
     return parser
+
+
+def _roles(text: str) -> list[str]:
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        what = f"unknown role(s) {', '.join(map(repr, unknown))}" if unknown else "no role given"
+        raise ConfigError(f"--roles: {what}; valid roles: {', '.join(ROLES)}")
+    return roles
 
 
 def _dev_defaults(settings: Settings, data_dir: Path) -> Settings:
@@ -79,18 +118,29 @@ def _dev_defaults(settings: Settings, data_dir: Path) -> Settings:
 
 
 def _run(settings: Settings, roles: Sequence[str]) -> int:
+    """Serve; in embedded mode own the data folder first, and publish the servers once serving."""
     with ExitStack() as stack:
+        on_ready: Callable[[], None] | None = None
         if not settings.database_url or not settings.redis_url:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            urls = stack.enter_context(embedded_services(settings.data_dir))
+            data_dir = settings.data_dir
+            stack.enter_context(hold_data_dir(data_dir))  # before any server is touched
+            urls = stack.enter_context(embedded_services(data_dir))
             settings = dataclasses.replace(
                 settings,
                 database_url=settings.database_url or urls.database_url,
                 redis_url=settings.redis_url or urls.redis_url,
             )
-            settings = _dev_defaults(settings, settings.data_dir)
+            settings = _dev_defaults(settings, data_dir)
+            served = settings
+
+            def on_ready() -> None:
+                assert served.database_url and served.redis_url
+                stack.enter_context(
+                    published(data_dir, served.database_url, served.redis_url, served.redis_prefix)
+                )
+
         _require(settings, roles)
-        asyncio.run(serve(settings, roles, run_migrations=True))
+        asyncio.run(serve(settings, roles, run_migrations=True, on_ready=on_ready))
     return 0
 
 
@@ -103,7 +153,22 @@ def _require(settings: Settings, roles: Sequence[str]) -> None:
         raise ConfigError("DATABASE_URL and REDIS_URL must be set for this command")
 
 
-async def _query(settings: Settings, what: str, ident: str) -> int:
+def _locate(settings: Settings, *, redis: bool) -> Settings:
+    """Unset URLs → those of the ``billing-worker run`` serving ``BW_DATA_DIR`` (one-line error if none)."""
+    if settings.database_url and (settings.redis_url or not redis):
+        return settings
+    instance = running_instance(settings.data_dir)
+    prefix = settings.redis_prefix if os.environ.get("BW_REDIS_PREFIX", "").strip() else instance.redis_prefix
+    log.debug("cli_uses_running_instance", pid=instance.pid, data_dir=instance.data_dir)
+    return dataclasses.replace(
+        settings,
+        database_url=settings.database_url or instance.database_url,
+        redis_url=settings.redis_url or instance.redis_url,
+        redis_prefix=prefix,
+    )
+
+
+async def _query(settings: Settings, what: str, ident: str, fmt: str) -> int:
     assert settings.database_url
     conn = await asyncpg.connect(settings.database_url)
     try:
@@ -111,54 +176,83 @@ async def _query(settings: Settings, what: str, ident: str) -> int:
         if what == "show":
             row = await workspaces.get_workspace(conn, ident)
             if row is None:
-                print(f"no billing state for workspace {ident!r}", file=sys.stderr)
-                return 1
+                raise NotFound("workspace_not_found", f"no billing state for workspace {ident!r}")
             doc = workspace_json(row, list(await workspaces.open_invoices(conn, ident)))
         else:
             row = await inbox.get_event(conn, ident)
             if row is None:
-                print(f"no inbox event {ident!r}", file=sys.stderr)
-                return 1
+                raise NotFound("event_not_found", f"no inbox event {ident!r}")
             doc = to_jsonable(dict(row))
-        print(json.dumps(doc, indent=2, default=str))
+        emit(doc, fmt)
         return 0
     finally:
         await conn.close()
+
+
+def _applying(migration: Migration) -> None:
+    print(f"applying migration {migration.version:04d}_{migration.name}", file=sys.stderr, flush=True)
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "run":
+        return _run(settings, _roles(args.roles))
+    if args.command in ROLES:
+        _require(settings, [args.command])
+        asyncio.run(serve(settings, [args.command]))
+        return 0
+    if args.command in cli_ops.COMMANDS:
+        return asyncio.run(cli_ops.run(_locate(settings, redis=True), args))
+    settings = _locate(settings, redis=False)
+    assert settings.database_url
+    if args.command == "migrate":
+        applied = asyncio.run(migrate(settings.database_url, on_apply=_applying))
+        emit({"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+        return 0
+    ident = args.workspace_id if args.command == "show" else args.event_id
+    return asyncio.run(_query(settings, args.command, ident, args.format))
+
+
+def failure_line(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, one line) for a failure an operator can act on; None for a bug (traceback)."""
+    if isinstance(exc, ConfigError | CatalogError):
+        return 2, f"configuration error: {exc}"
+    if isinstance(exc, EmbeddedServiceError):
+        return 1, str(exc).splitlines()[0]
+    if isinstance(exc, BillingError):
+        return 1, f"{exc.code}: {exc.message}"
+    if isinstance(exc, stripe.StripeError):
+        return 1, f"Stripe error {type(exc).__name__}: {exc.user_message or exc}"
+    if isinstance(exc, RedisError):
+        return 1, f"Redis: {exc}"
+    if isinstance(exc, asyncpg.PostgresError):
+        return 1, f"PostgreSQL: {exc}"
+    if isinstance(exc, asyncpg.InterfaceError | ValueError):
+        return 2, f"invalid setting: {exc}"
+    if isinstance(exc, OSError | TimeoutError):
+        return 1, f"cannot reach a server: {exc or type(exc).__name__}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        configure(settings.log_level)
-        if args.command == "run":
-            roles = [r.strip() for r in args.roles.split(",") if r.strip()]
-            return _run(settings, roles)
-        if args.command in ("receiver", "api", "worker"):
-            _require(settings, [args.command])
-
-            asyncio.run(serve(settings, [args.command]))
-            return 0
-        if not settings.database_url:
-            raise ConfigError("DATABASE_URL must be set for this command")
-        if args.command in cli_ops.COMMANDS:
-            _require(settings, [])
-            return asyncio.run(cli_ops.run(settings, args))
-        if args.command == "migrate":
-            applied = asyncio.run(migrate(settings.database_url))
-            print(
-                f"applied {len(applied)} migration(s)"
-                + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied)
-            )
-            return 0
-        return asyncio.run(
-            _query(settings, args.command, args.workspace_id if args.command == "show" else args.event_id)
-        )
-    except (ConfigError, CatalogError) as exc:
-        print(f"billing-worker: configuration error: {exc}", file=sys.stderr)
-        return 2
+        # A service logs on stdout (its only output); a command keeps stdout for its result.
+        if args.command in SERVICE_COMMANDS:
+            configure(settings.log_level)
+        else:
+            configure(settings.log_level, sys.stderr)
+            # arq's "redis connection error, N retries remaining" would precede our one line.
+            logging.getLogger("arq").setLevel(logging.ERROR)
+        return _dispatch(args, settings)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        failure = failure_line(exc)
+        if failure is None or args.debug:
+            raise
+        print(f"billing-worker: {failure[1]}", file=sys.stderr)
+        return failure[0]
 
 
 if __name__ == "__main__":

@@ -4,19 +4,22 @@ billing-worker retry EVENT_ID | --type TYPE    re-run one event / every dead let
 billing-worker dead-letters [--type TYPE]      list dead letters with their reasons
 billing-worker reconcile WORKSPACE_ID          re-fetch from Stripe and apply
 billing-worker backfill --since TIME | --resume RUN_ID   import missed events (30-day horizon)
+
+Failures are raised (``worker.errors``, ``stripe.StripeError``, connection errors); worker/cli/main.py
+turns each into one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-import stripe
-
+from worker.cli.help import add_command
+from worker.cli.output import emit
+from worker.cli.progress import BackfillProgress
 from worker.config import Settings
-from worker.errors import BillingError
+from worker.errors import InvalidInput, NotFound
 from worker.ops import backfill, recovery
 from worker.ops.reconcile import reconcile_workspace
 from worker.services import Services
@@ -24,20 +27,33 @@ from worker.services import Services
 COMMANDS = ("retry", "dead-letters", "reconcile", "backfill")
 
 
-def add_parsers(sub: Any) -> None:
-    retry = sub.add_parser("retry", help="retry one inbox event, or every dead letter of a type")
+def _run_id(text: str) -> int:
+    try:
+        return backfill.check_run_id(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a run id: {text!r}") from None
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def add_parsers(sub: Any, common: list[argparse.ArgumentParser], table: argparse.ArgumentParser) -> None:
+    retry = add_command(sub, "retry", common)
     target = retry.add_mutually_exclusive_group(required=True)
-    target.add_argument("event_id", nargs="?")
-    target.add_argument("--type", dest="event_type", help="retry every dead letter of this event type")
-    dead = sub.add_parser("dead-letters", help="list dead letters and why they were parked")
-    dead.add_argument("--type", dest="event_type")
-    dead.add_argument("--limit", type=int, default=100)
-    reconcile = sub.add_parser("reconcile", help="re-fetch a workspace's objects from Stripe and apply them")
-    reconcile.add_argument("workspace_id")
-    backfill = sub.add_parser("backfill", help="import events Stripe has and the inbox lacks")
-    which = backfill.add_mutually_exclusive_group(required=True)
-    which.add_argument("--since", help="ISO-8601 time with zone, or unix seconds (within 30 days)")
-    which.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stopped run")
+    target.add_argument("event_id", nargs="?", help="the inbox event to re-run (evt_…)")
+    target.add_argument(
+        "--type", dest="event_type", metavar="TYPE", help="re-run every dead letter of this event type"
+    )
+    dead = add_command(sub, "dead-letters", [*common, table])
+    dead.add_argument("--type", dest="event_type", metavar="TYPE", help="only this event type")
+    dead.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    reconcile = add_command(sub, "reconcile", common)
+    reconcile.add_argument("workspace_id", help="the workspace to re-fetch (its Stripe customer)")
+    run = add_command(sub, "backfill", common)
+    which = run.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--since", metavar="TIME", help="ISO-8601 time with a zone, or unix seconds (within 30 days)"
+    )
+    which.add_argument("--resume", type=_run_id, metavar="RUN_ID", help="continue a stopped run")
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -49,31 +65,40 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 result = await recovery.retry_event(services, args.event_id)
                 if result is None:
-                    return _fail(f"no inbox event {args.event_id!r}")
+                    raise NotFound("event_not_found", f"no inbox event {args.event_id!r}")
                 out = result.as_json()
         elif args.command == "dead-letters":
             out = await recovery.list_dead_letters(services, args.event_type, args.limit)
+        elif args.command == "reconcile":
+            out = await reconcile_workspace(services, services.require_stripe(), args.workspace_id)
         else:
-            gateway = services.require_stripe()
-            if args.command == "reconcile":
-                out = await reconcile_workspace(services, gateway, args.workspace_id)
-            else:
-                if args.resume:
-                    run_id = args.resume
-                else:
-                    since = backfill.parse_since(int(args.since) if args.since.isdigit() else args.since)
-                    run_id = await backfill.start_run(services.pool, since, services.clock())
-                out = await backfill.run_pages(services, gateway, run_id)
-        print(json.dumps(out, indent=2, default=str))
+            out = await _backfill(services, args)
+        emit(out, getattr(args, "format", "json"))
         return 0
-    except BillingError as exc:
-        return _fail(f"{exc.code}: {exc.message}")
-    except stripe.StripeError as exc:
-        return _fail(f"Stripe error {type(exc).__name__}: {exc.user_message or exc}")
     finally:
         await services.close()
 
 
-def _fail(message: str) -> int:
-    print(f"billing-worker: {message}", file=sys.stderr)
-    return 1
+async def _backfill(services: Services, args: argparse.Namespace) -> Any:
+    gateway = services.require_stripe()
+    if args.resume:
+        run_id = args.resume
+        if await backfill.get_run(services.pool, run_id) is None:
+            raise NotFound("backfill_not_found", f"no backfill run {run_id}")
+        print(f"backfill run {run_id}: resuming", file=sys.stderr, flush=True)
+    else:
+        since = backfill.parse_since(
+            int(args.since) if args.since.isascii() and args.since.isdigit() else args.since
+        )
+        run_id = await backfill.start_run(services.pool, since, services.clock())
+        print(
+            f"backfill run {run_id} started (since {since.isoformat()}); if it stops, continue it "
+            f"with: billing-worker backfill --resume {run_id}",
+            file=sys.stderr,
+            flush=True,
+        )
+    progress = BackfillProgress(run_id)
+    try:
+        return await backfill.run_pages(services, gateway, run_id, on_page=progress)
+    finally:
+        progress.close()

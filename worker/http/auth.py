@@ -35,10 +35,12 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     expected = request.app[SERVICES].settings.internal_token or ""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
+    # aiohttp decodes header bytes that are not UTF-8 as lone surrogates: "surrogatepass" encodes
+    # any str, so whatever bytes a caller sends are compared (and refused) instead of raising.
     ok = (
         bool(expected)
         and scheme.lower() == "bearer"
-        and hmac.compare_digest(token.encode(), expected.encode())
+        and hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected.encode())
     )
     if not ok:
         return error(401, "unauthorized", "a valid bearer token is required")

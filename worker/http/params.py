@@ -10,6 +10,12 @@ from worker.errors import InvalidInput
 
 WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
+DIGITS = re.compile(r"[0-9]{1,30}")  # ASCII only: str.isdigit() accepts "²", which int() refuses
+
+
+def whole_number(raw: str | None) -> int | None:
+    """``raw`` as a non-negative integer if it is 1-30 ASCII digits, else None."""
+    return int(raw) if raw is not None and DIGITS.fullmatch(raw) else None
 
 
 def workspace_id_of(request: web.Request) -> str:

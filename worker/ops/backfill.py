@@ -11,6 +11,8 @@ down it stays ``received`` and the inbox sweep enqueues it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,12 +33,28 @@ HORIZON = timedelta(days=30)  # Stripe's events API retention
 BACKFILL_LOCK = 0x6266  # "bf": first key of the per-run advisory lock (the run id is the second)
 
 
-async def start_run(pool: asyncpg.Pool, since: datetime, now: datetime) -> int:
-    """Record a new run; ``since`` must lie within Stripe's 30-day horizon and not in the future."""
+MAX_RUN_ID = 2**63 - 1  # backfill_runs.run_id is a bigint
+
+
+def check_since(since: datetime, now: datetime) -> datetime:
+    """``since`` must lie within Stripe's 30-day horizon and not in the future."""
     if since < now - HORIZON:
         raise InvalidInput("since_out_of_range", "Stripe keeps events for 30 days: `since` is older")
     if since > now:
         raise InvalidInput("since_out_of_range", "`since` is in the future")
+    return since
+
+
+def check_run_id(value: Any) -> int:
+    """A run id as a caller gives it: a positive integer that fits the bigint column."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RUN_ID:
+        raise InvalidInput("invalid_run_id", f"`run_id` must be an integer from 1 to {MAX_RUN_ID}")
+    return value
+
+
+async def start_run(pool: asyncpg.Pool, since: datetime, now: datetime) -> int:
+    """Record a new run; ``since`` must lie within Stripe's 30-day horizon and not in the future."""
+    check_since(since, now)
     return await pool.fetchval("INSERT INTO backfill_runs (since) VALUES ($1) RETURNING run_id", since)
 
 
@@ -51,6 +69,23 @@ async def list_runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
     return [to_jsonable(dict(r)) for r in rows]
 
 
+@dataclass(frozen=True)
+class PageRead:
+    """Progress after one page: ``pages`` read by this call, the run's totals so far (``skipped``:
+    events the inbox already had, or malformed ones) and the cursor a resume starts after."""
+
+    run_id: int
+    pages: int
+    fetched: int
+    inserted: int
+    skipped: int
+    cursor: str | None
+    done: bool
+
+
+OnPage = Callable[[PageRead], None]
+
+
 class BackfillBusy(Conflict):
     """Another process is reading this run right now."""
 
@@ -59,7 +94,12 @@ class BackfillBusy(Conflict):
 
 
 async def run_pages(
-    services: Services, gateway: StripeGateway, run_id: int, *, max_pages: int | None = None
+    services: Services,
+    gateway: StripeGateway,
+    run_id: int,
+    *,
+    max_pages: int | None = None,
+    on_page: OnPage | None = None,
 ) -> dict[str, Any]:
     """Read pages from the stored cursor on; stops when done or after ``max_pages`` (then the
     run stays ``running`` and the caller continues it). Stripe errors mark the run ``failed``.
@@ -70,13 +110,13 @@ async def run_pages(
     try:
         if not await lock.fetchval("SELECT pg_try_advisory_lock($1, $2)", BACKFILL_LOCK, run_id):
             raise BackfillBusy(run_id)
-        return await _read(services, gateway, run_id, max_pages)
+        return await _read(services, gateway, run_id, max_pages, on_page)
     finally:
         await lock.close()
 
 
 async def _read(
-    services: Services, gateway: StripeGateway, run_id: int, max_pages: int | None
+    services: Services, gateway: StripeGateway, run_id: int, max_pages: int | None, on_page: OnPage | None
 ) -> dict[str, Any]:
     pool = services.pool
     run = await pool.fetchrow(
@@ -108,16 +148,19 @@ async def _read(
         cursor = events[-1]["id"] if events else cursor
         pages += 1
         done = not has_more or not events
-        await pool.execute(
+        totals = await pool.fetchrow(
             "UPDATE backfill_runs SET cursor = $2, seen = seen + $3, inserted = inserted + $4, "
             "status = $5, updated_at = now(), finished_at = CASE WHEN $5 = 'done' THEN now() END "
-            "WHERE run_id = $1",
+            "WHERE run_id = $1 RETURNING seen, inserted",
             run_id,
             cursor,
             len(events),
             inserted,
             "done" if done else "running",
         )
+        if on_page is not None:
+            seen, stored = totals["seen"], totals["inserted"]
+            on_page(PageRead(run_id, pages, seen, stored, seen - stored, cursor, done))
         if done:
             break
     result = await get_run(pool, run_id)

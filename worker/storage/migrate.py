@@ -7,6 +7,7 @@ Files are ``migrations/NNNN_name.sql``; each runs in its own transaction and is 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -52,8 +53,11 @@ async def pending(conn: asyncpg.Connection) -> list[Migration]:
     return [m for m in available() if m.version not in done]
 
 
-async def migrate(url_or_conn: str | asyncpg.Connection) -> list[Migration]:
-    """Apply every pending migration; returns what was applied (empty when up to date)."""
+async def migrate(
+    url_or_conn: str | asyncpg.Connection, on_apply: Callable[[Migration], None] | None = None
+) -> list[Migration]:
+    """Apply every pending migration; returns what was applied (empty when up to date).
+    ``on_apply`` hears of each one just before it runs (the CLI says what it applies)."""
     conn = await asyncpg.connect(url_or_conn) if isinstance(url_or_conn, str) else url_or_conn
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
@@ -66,6 +70,8 @@ async def migrate(url_or_conn: str | asyncpg.Connection) -> list[Migration]:
             )
             todo = await pending(conn)
             for migration in todo:
+                if on_apply is not None:
+                    on_apply(migration)
                 async with conn.transaction():
                     await conn.execute(migration.sql)
                     await conn.execute(
