@@ -1,6 +1,9 @@
 """The public webhook receiver: verify, store in the inbox, enqueue, and only then answer 2xx.
 
-Only ``POST /webhooks/stripe`` and ``GET /healthz`` exist on this port. Answers:
+Only ``POST /webhooks/stripe`` (also at ``/webhooks/stripe/thin``: the payload's ``object`` tells
+a thin notification from a snapshot event, whatever the URL) and ``GET /healthz`` exist on this
+port. A thin notification is verified and stored exactly like an event; its related object is
+fetched later by the worker, never here. Answers:
 200 accepted/duplicate · 400 signature or payload errors (specific codes) · 413 too large ·
 503 when Postgres or Redis cannot take the event, so Stripe retries and nothing acked is lost.
 """
@@ -19,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from handlers.normalize import PayloadError, validate_event_envelope
+from handlers.thin import THIN_NEEDS_KEY, THIN_OBJECT, ThinNotification, needs_fetch, parse_thin
 from worker.http.errors import error
 from worker.http.hardening import guarded
 from worker.infra import json_codec, metrics
@@ -140,14 +144,20 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     except json_codec.JSONDecodeError:
         return reject(400, "invalid_json", "the body is not valid JSON")
     try:
-        validate_event_envelope(raw)
+        if type(raw) is dict and raw.get("object") == THIN_OBJECT:  # a thin notification
+            notification = parse_thin(raw)
+            row = thin_inbox_row(notification, text)
+            request.app[THIN_WARNING].check(services, notification)
+        else:
+            validate_event_envelope(raw)
+            row = inbox_row(raw, text)
     except PayloadError as exc:
         return reject(400, exc.code, str(exc))
-    event_id, event_type = raw["id"], raw["type"]
+    event_id, event_type = row.event_id, row.event_type
     fields.update(event_id=event_id, event_type=event_type)
 
     try:
-        stored = await request.app[BATCHER].submit(inbox_row(raw, text))
+        stored = await request.app[BATCHER].submit(row)
     except InboxUnavailable as exc:
         return _unavailable(exc, event_type, fields, started)
     is_new, status = stored.is_new, stored.status
@@ -222,6 +232,41 @@ def inbox_row(raw: dict, text: str) -> inbox.InboxRow:
     )
 
 
+def thin_inbox_row(notification: ThinNotification, text: str) -> inbox.InboxRow:
+    """The inbox row of a verified thin notification: its own type (``v1.invoice.paid``), no API
+    version (thin payloads are unversioned), the bytes Stripe signed. Nothing is fetched here."""
+    return inbox.InboxRow(
+        event_id=notification.event_id,
+        event_type=notification.event_type,
+        api_version=None,
+        created=notification.created,
+        livemode=notification.livemode,
+        payload=text,
+    )
+
+
+class ThinWarning:
+    """Logs ``thin_event_without_api_key`` once per receiver, at the first thin notification the
+    worker will act on while STRIPE_API_KEY is unset (it is stored, then dead-lettered)."""
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def check(self, services: Services, notification: ThinNotification) -> None:
+        if self.warned or services.settings.stripe_api_key or not needs_fetch(notification):
+            return
+        self.warned = True
+        log.warning(
+            "thin_event_without_api_key",
+            event_id=notification.event_id,
+            event_type=notification.event_type,
+            reason=THIN_NEEDS_KEY,
+        )
+
+
+THIN_WARNING = web.AppKey("thin_warning", ThinWarning)
+
+
 async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool, str]:
     """Insert one verified, envelope-checked event into the inbox (backfill; the receiver batches)."""
     row = inbox_row(raw, text)
@@ -266,9 +311,13 @@ def create_receiver_app(services: Services) -> web.Application:
     # aiohttp's own cap sits just above ours so oversized bodies reach our 413 JSON answer.
     app = web.Application(client_max_size=services.settings.max_body_bytes + 1, middlewares=[guarded])
     app[SERVICES] = services
+    app[THIN_WARNING] = ThinWarning()
     app.on_startup.append(_settle_heap)
     app.cleanup_ctx.append(_inbox_batcher)
     app.on_shutdown.append(_stop_batcher)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
+    # The same handler: the payload tells thin from snapshot; a second URL only reads better
+    # when Stripe's thin-event destination is set up apart (docs/thin-events.md).
+    app.router.add_post("/webhooks/stripe/thin", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     return app
