@@ -6,7 +6,11 @@ private PostgreSQL + Redis) and, in the same run and interleaved, to a bare aioh
 (``bench.bare_server``) that only answers 200. Then an open loop at half the receiver's maximum
 rate gives the latency a real (non-saturating) load sees.
 
-    python -m bench.ingest [--repeat 3] [--concurrency 64] [--requests 10000]
+    python -m bench.ingest [--repeat 3] [--concurrency 64] [--requests 10000] [--payload thin]
+
+``--payload thin`` posts thin notifications (``v2.core.event``, ``v1.customer.subscription.created``)
+instead of snapshot events: the receiver stores them without any Stripe call (it runs without
+STRIPE_API_KEY here, so it also logs its one ``thin_event_without_api_key`` warning).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--open-duration", type=float, default=20.0)
+    parser.add_argument("--payload", choices=("snapshot", "thin"), default="snapshot")
     args = parser.parse_args(argv)
     tag = f"{int(time.time())}"
     with private_servers(args.workdir) as servers:
@@ -73,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             wait_http(f"http://127.0.0.1:{bport}/healthz")
             rurl = f"http://127.0.0.1:{rport}/webhooks/stripe"
             burl = f"http://127.0.0.1:{bport}/webhooks/stripe"
-            closed = ["--concurrency", str(args.concurrency), "--requests", str(args.requests)]
+            closed = [
+                "--concurrency",
+                str(args.concurrency),
+                "--requests",
+                str(args.requests),
+                "--payload",
+                args.payload,
+            ]
             runs: dict[str, list[dict[str, Any]]] = {"receiver": [], "bare": []}
             steal = []
             with RssSampler({"receiver": receiver.pid, "bare": bare.pid}) as rss:
@@ -111,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                                 str(half),
                                 "--duration",
                                 str(args.open_duration),
+                                "--payload",
+                                args.payload,
                             )
                         )
                         print(side, "open", open_runs[side][-1], file=sys.stderr)
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = round(rec["rps_median"] / base["rps_median"], 3)
     figures = {
         "concurrency": args.concurrency,
+        "payload": args.payload,
         "requests_per_run": args.requests,
         "repeat": args.repeat,
         "receiver": rec,
