@@ -62,7 +62,11 @@ def _app_routes(app: Any) -> set[tuple[str, str]]:
 
 async def test_public_port_has_only_the_webhook_and_healthz(settings: Settings):
     services = Services(settings, None, None, None)  # type: ignore[arg-type]  # routes only
-    assert _app_routes(create_receiver_app(services)) == {("POST", "/webhooks/stripe"), ("GET", "/healthz")}
+    assert _app_routes(create_receiver_app(services)) == {
+        ("POST", "/webhooks/stripe"),
+        ("POST", "/webhooks/stripe/thin"),  # the same handler, for a thin-event destination
+        ("GET", "/healthz"),
+    }
     async with running_service(settings, worker=False) as svc:
         for path in ("/metrics", "/readyz", "/openapi.json", "/v1/workspaces/ws_1", "/v1/dead-letters"):
             async with svc.http.get(f"{svc.receiver_url}{path}") as resp:
