@@ -13,6 +13,7 @@ import time
 import stripe
 
 from tests.support import stripe_factory as sf
+from tests.support.thin_events import thin_of
 
 _WS, _CUS, _SUB, _EVT = "ws_BENCHWSXX", "cus_BENCHCUSXX", "sub_BENCHSUBXX", "evt_BENCHEVTXX"
 
@@ -37,6 +38,19 @@ def event_body(serial: int | str, *, kind: str = "created", workspace: str | Non
         .replace(_CUS, f"cus_{ws}")
         .replace(_SUB, f"sub_{ws}")
     )
+
+
+_THIN_TEMPLATE: list[str] = []
+
+
+def thin_body(serial: int | str) -> str:
+    """A thin notification (``v1.customer.subscription.created``, ~0.3 kB, checked against the
+    SDK's class by ``tests.support.thin_events``): the receiver stores it and calls nobody."""
+    if not _THIN_TEMPLATE:
+        created = json.loads(_template("created"))
+        _THIN_TEMPLATE.append(json.dumps(thin_of(created, context="acct_BENCH")))
+    ws = f"ws_b{serial}"
+    return _THIN_TEMPLATE[0].replace(f"{_EVT}_thin", f"evt_b{serial}_thin").replace(_SUB, f"sub_{ws}")
 
 
 def signature(body: str, secret: str, timestamp: int | None = None) -> str:

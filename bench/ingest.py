@@ -7,9 +7,13 @@ private PostgreSQL + Redis) and, in the same run and interleaved, to a bare aioh
 rate gives the latency a real (non-saturating) load sees.
 
     python -m bench.ingest [--repeat 3] [--concurrency 64] [--requests 10000] [--log-batch-ms 0]
+        [--payload thin]
 
 ``--log-batch-ms`` sets the receiver's ``BW_LOG_BATCH_MS`` (default: the service's, 20 ms; 0:
 every log line written at once), to measure what batching the log writes saves.
+``--payload thin`` posts thin notifications (``v2.core.event``, ``v1.customer.subscription.created``)
+instead of snapshot events: the receiver stores them without any Stripe call (it runs without
+STRIPE_API_KEY here, so it also logs its one ``thin_event_without_api_key`` warning).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-batch-ms", type=int, default=None, help="the receiver's BW_LOG_BATCH_MS (0: unbatched)"
     )
+    parser.add_argument("--payload", choices=("snapshot", "thin"), default="snapshot")
     args = parser.parse_args(argv)
     tag = f"{int(time.time())}"
     with private_servers(args.workdir) as servers:
@@ -81,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             wait_http(f"http://127.0.0.1:{bport}/healthz")
             rurl = f"http://127.0.0.1:{rport}/webhooks/stripe"
             burl = f"http://127.0.0.1:{bport}/webhooks/stripe"
-            closed = ["--concurrency", str(args.concurrency), "--requests", str(args.requests)]
+            closed = [
+                "--concurrency",
+                str(args.concurrency),
+                "--requests",
+                str(args.requests),
+                "--payload",
+                args.payload,
+            ]
             runs: dict[str, list[dict[str, Any]]] = {"receiver": [], "bare": []}
             steal = []
             with RssSampler({"receiver": receiver.pid, "bare": bare.pid}) as rss:
@@ -119,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                                 str(half),
                                 "--duration",
                                 str(args.open_duration),
+                                "--payload",
+                                args.payload,
                             )
                         )
                         print(side, "open", open_runs[side][-1], file=sys.stderr)
@@ -157,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = round(rec["rps_median"] / base["rps_median"], 3)
     figures = {
         "concurrency": args.concurrency,
+        "payload": args.payload,
         "requests_per_run": args.requests,
         "repeat": args.repeat,
         "log_batch_ms": 20 if args.log_batch_ms is None else args.log_batch_ms,

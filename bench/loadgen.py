@@ -20,14 +20,17 @@ from collections import Counter
 import aiohttp
 
 from bench.common import SECRET, percentiles
-from bench.events import event_body, signature
+from bench.events import event_body, signature, thin_body
 
 
-def _requests(prefix: str, count: int, secret: str) -> list[tuple[bytes, dict[str, str]]]:
+def _requests(
+    prefix: str, count: int, secret: str, payload: str = "snapshot"
+) -> list[tuple[bytes, dict[str, str]]]:
     now = int(time.time())
+    make = thin_body if payload == "thin" else event_body
     out = []
     for i in range(count):
-        body = event_body(f"{prefix}{i}")
+        body = make(f"{prefix}{i}")
         out.append(
             (
                 body.encode(),
@@ -151,13 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=None, help="open loop at this many req/s")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of the open loop")
+    parser.add_argument(
+        "--payload",
+        choices=("snapshot", "thin"),
+        default="snapshot",
+        help="snapshot events or thin notifications",
+    )
     args = parser.parse_args(argv)
     if args.rate:
-        reqs = _requests(args.prefix, int(args.rate * args.duration), args.secret)
+        reqs = _requests(args.prefix, int(args.rate * args.duration), args.secret, args.payload)
         _quiet_gc()
         result = asyncio.run(open_loop(args.url, reqs, args.rate))
     else:
-        reqs = _requests(args.prefix, args.requests + args.warmup, args.secret)
+        reqs = _requests(args.prefix, args.requests + args.warmup, args.secret, args.payload)
         _quiet_gc()
         result = asyncio.run(closed_loop(args.url, reqs, args.concurrency, args.warmup))
     json.dump(result, sys.stdout)

@@ -54,6 +54,9 @@ class EventMeta:
     api_version: str | None = None
     request_id: str | None = None
     idempotency_key: str | None = None
+    # When Stripe says the event happened, if that differs from ``created`` — an observation
+    # fetched later (a thin event) is dated at the fetch, its payment failure when it happened.
+    occurred_at: datetime | None = None
 
 
 @quick_init

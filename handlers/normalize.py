@@ -116,7 +116,7 @@ def validate_event_envelope(obj: object) -> None:
     kind = obj.get("object")
     if kind != "event":
         if kind == "v2.core.event":
-            raise fail("object", "is 'v2.core.event': thin events are not supported")
+            raise fail("object", "is 'v2.core.event': a thin notification, read by handlers.thin")
         raise fail("object", f"must be 'event', got {_short(kind)}")
     event_id = obj.get("id")
     if not isinstance(event_id, str) or not event_id.startswith("evt_"):

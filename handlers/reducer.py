@@ -142,7 +142,8 @@ def _invoice(
     state: WorkspaceState, before: WorkspaceView, event: InvoiceObserved, now: datetime, catalog: Catalog
 ) -> Outcome:
     snap = event.invoice
-    failed_at = event.meta.created if (event.payment_failed or event.action_required) else None
+    happened = event.meta.occurred_at or event.meta.created
+    failed_at = happened if (event.payment_failed or event.action_required) else None
     incoming = InvoiceRecord(snap, event.meta.created, event.meta.event_id, failed_at, failed_at)
     current = state.invoices.get(snap.invoice_id)
     merged = incoming if current is None else _merge_invoice(current, incoming)

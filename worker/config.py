@@ -35,7 +35,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
         None,
         "Comma-separated `whsec_…` endpoint secrets; every one is tried (secret rotation).",
     ),
-    EnvVar("STRIPE_API_KEY", None, "Stripe secret key for outgoing calls (plan changes, refetch)."),
+    EnvVar(
+        "STRIPE_API_KEY", None, "Stripe secret key for outgoing calls (plan changes, refetch, thin events)."
+    ),
     EnvVar("STRIPE_API_BASE", None, "Override of Stripe's API base URL (a local emulator)."),
     EnvVar("BW_CATALOG_PATH", None, "Plan catalog TOML. Unset: the example catalog shipped."),
     EnvVar("BW_DATA_DIR", ".billing-worker", "Folder of the embedded servers' data."),

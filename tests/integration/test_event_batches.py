@@ -213,10 +213,10 @@ class _Failing(EventProcessor):
 
     poison: str = ""
 
-    async def process_batch(self, event_ids: Any, read_ahead: Any = ()) -> Any:
+    async def process_batch(self, event_ids: Any, read_ahead: Any = (), fetched: Any = None) -> Any:
         if self.poison in event_ids or self.poison in read_ahead:
             raise RuntimeError("poisoned")
-        return await super().process_batch(event_ids, read_ahead)
+        return await super().process_batch(event_ids, read_ahead, fetched)
 
 
 async def test_a_failing_event_fails_only_its_own_job(pool: asyncpg.Pool):

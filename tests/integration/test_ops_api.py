@@ -64,6 +64,7 @@ async def test_public_port_has_only_the_webhook_and_the_probes(settings: Setting
     services = Services(settings, None, None, None)  # type: ignore[arg-type]  # routes only
     assert _app_routes(create_receiver_app(services)) == {
         ("POST", "/webhooks/stripe"),
+        ("POST", "/webhooks/stripe/thin"),  # the same handler, for a thin-event destination
         ("GET", "/livez"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

@@ -4,9 +4,10 @@ It speaks the wire format the official SDK uses (form-encoded bodies, bearer key
 Stripe error objects) and keeps Stripe's idempotency rule: the same ``Idempotency-Key`` with the
 same parameters replays the first answer; with other parameters it is a 400
 ``idempotency_error``. Objects live in ``server.objects`` (by id); tests seed and inspect them.
-Failures can be injected with ``fail_next``. Only what the worker calls is implemented:
+Failures can be injected with ``fail_next``, slow answers with ``hold_next``. Only what the worker
+calls is implemented:
 
-    GET    /v1/{customers|subscriptions|invoices}/{id}
+    GET    /v1/{customers|subscriptions|invoices}/{id}, /v1/checkout/sessions/{id}
     POST   /v1/subscriptions/{id}          (items, quantity, proration_behavior, cancel_at_period_end, …)
     DELETE /v1/subscriptions/{id}          (cancel now)
     GET    /v1/invoices?customer=&status=&subscription=
@@ -20,6 +21,13 @@ Updates are checked too (``proration_date``, ``billing_cycle_anchor``, ``payment
 with ``payments_fail = True`` an update sent with ``payment_behavior=pending_if_incomplete`` is
 not applied but kept in the subscription's ``pending_update``, as Stripe does when the invoice
 of the update is not paid.
+
+Thin events: a test registers each notification it posts (``expect_thin``). A fetch of its related
+object must carry what the SDK sends — ``Stripe-Request-Trigger: event=<id>`` of a registered
+notification, the path of its ``related_object.url`` and its ``context`` as ``Stripe-Context``
+(none when it has none) — else it is answered 400 and noted in ``trigger_errors``. A
+``Stripe-Context`` naming an account not in ``accounts`` is answered 403, as Stripe does for an
+account the key cannot reach.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ class Recorded:
     idempotency_key: str | None
     stripe_version: str | None
     authorization: str | None
+    stripe_context: str | None = None
+    request_trigger: str | None = None
     replayed: bool = False  # answered from the idempotency store, nothing applied
     applied: bool = False  # handled with a 2xx answer (not an injected failure or an error)
 
@@ -59,6 +69,12 @@ class _Failure:
     message: str
     path_pattern: str | None
     skip: int = 0  # matching requests to let through first
+
+
+@dataclass
+class _Hold:
+    seconds: float
+    path_pattern: str | None
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -91,6 +107,10 @@ class StripeServer:
         self.requests: list[Recorded] = []
         self._idempotent: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = {}
         self._failures: list[_Failure] = []
+        self._holds: list[_Hold] = []
+        self.thin_events: dict[str, dict[str, Any]] = {}  # registered thin notifications, by id
+        self.accounts: set[str] = set()  # connected accounts the key may act on (Stripe-Context)
+        self.trigger_errors: list[str] = []  # fetches that did not carry what the SDK sends
         self._runner: web.AppRunner | None = None
         self.delay_seconds = 0.0  # hold every answer this much longer (a slow network)
         self.payments_fail = False  # the invoice of an update is not paid (pending_if_incomplete waits)
@@ -142,6 +162,16 @@ class StripeServer:
         once ``after`` matching requests have succeeded."""
         self._failures.extend(_Failure(status, error_type, message, path, after) for _ in range(count))
 
+    def hold_next(self, count: int = 1, *, seconds: float, path: str | None = None) -> None:
+        """The next ``count`` requests (matching ``path`` regex) are answered ``seconds`` late."""
+        self._holds.extend(_Hold(seconds, path) for _ in range(count))
+
+    def expect_thin(self, notification: dict[str, Any]) -> None:
+        """Register a thin notification a test posts: its related-object fetch is then checked."""
+        self.thin_events[notification["id"]] = notification
+        if notification.get("context"):
+            self.accounts.add(notification["context"])
+
     def applied(self, method: str | None = None, path: str | None = None) -> list[Recorded]:
         """The calls that did something: not rejected, not replayed from the idempotency store."""
         return [r for r in self.calls(method, path) if not r.replayed and r.applied]
@@ -168,8 +198,17 @@ class StripeServer:
             idempotency_key=request.headers.get("Idempotency-Key"),
             stripe_version=request.headers.get("Stripe-Version"),
             authorization=request.headers.get("Authorization"),
+            stripe_context=request.headers.get("Stripe-Context"),
+            request_trigger=request.headers.get("Stripe-Request-Trigger"),
         )
         self.requests.append(record)
+        hold = next(
+            (h for h in self._holds if h.path_pattern is None or re.fullmatch(h.path_pattern, request.path)),
+            None,
+        )
+        if hold is not None:
+            self._holds.remove(hold)
+            await asyncio.sleep(hold.seconds)  # the client may give up first: nothing is answered
         response = await self._answer(request, record)
         if self.delay_seconds:
             # After the work is done: a client that dies meanwhile leaves the update applied, as
@@ -180,6 +219,15 @@ class StripeServer:
     async def _answer(self, request: web.Request, record: Recorded) -> web.Response:
         if record.authorization != f"Bearer {self.api_key}":
             return self._error(401, "invalid_request_error", "Invalid API Key provided")
+        if record.stripe_context is not None and record.stripe_context not in self.accounts:
+            return self._error(
+                403,
+                "invalid_request_error",
+                f"The provided key does not have access to {record.stripe_context}",
+            )
+        if (problem := self._trigger_problem(request.path, record)) is not None:
+            self.trigger_errors.append(problem)
+            return self._error(400, "invalid_request_error", problem)
         matching = [
             f for f in self._failures if f.path_pattern is None or re.fullmatch(f.path_pattern, request.path)
         ]
@@ -212,6 +260,20 @@ class StripeServer:
             self._idempotent[key] = (record.flat, status, answer)
         return web.json_response(answer, status=status)
 
+    def _trigger_problem(self, path: str, record: Recorded) -> str | None:
+        """Why a related-object fetch does not carry what the SDK sends for its notification."""
+        if record.request_trigger is None:
+            return None
+        event_id = record.request_trigger.removeprefix("event=")
+        notification = self.thin_events.get(event_id)
+        if not record.request_trigger.startswith("event=") or notification is None:
+            return f"Stripe-Request-Trigger {record.request_trigger!r} names no notification sent"
+        if path != notification["related_object"]["url"]:
+            return f"{path} is not the related object of {event_id}"
+        if record.stripe_context != (notification.get("context") or None):
+            return f"Stripe-Context {record.stripe_context!r} is not the context of {event_id}"
+        return None
+
     def _handle(
         self, method: str, path: str, params: dict[str, Any], key: str | None = None
     ) -> tuple[int, dict[str, Any]]:
@@ -222,6 +284,9 @@ class StripeServer:
             session = checkout_session(params, key)
             self.sessions[session["id"]] = session
             return 200, copy.deepcopy(session)
+        if parts[:2] == ["checkout", "sessions"] and len(parts) == 3 and method == "GET":
+            session = self.objects.get(parts[2]) or self.sessions.get(parts[2])
+            return (200, copy.deepcopy(session)) if session else self._missing("checkout_sessions", parts[2])
         if method == "GET" and len(parts) == 1:
             return self._list(parts[0], params)
         if len(parts) == 2:

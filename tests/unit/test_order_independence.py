@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -21,9 +21,11 @@ from handlers.events import BillingEvent
 from handlers.normalize import normalize
 from handlers.reducer import STALE, apply_event
 from handlers.state import WorkspaceState
+from handlers.thin import parse_thin, thin_observation
 from handlers.view import derive_view
 from tests.support import stripe_factory as sf
 from tests.support.paths import ROOT
+from tests.support.thin_events import thin_of
 
 CATALOG = parse_catalog((ROOT / "worker" / "catalog.example.toml").read_text(), "catalog.example.toml")
 WS, CUS = "ws_prop", "cus_prop"
@@ -88,7 +90,7 @@ def subscription_history(draw: st.DrawFn, index: int, ids: Callable[[], str]) ->
             ended_at=t if last else None,
         )
         event_id = ids()
-        out.append(Logical(event_id, t, _subscription_renderer(kind, event_id, fields)))
+        out.append(Logical(event_id, t, _subscription_renderer(kind, event_id, fields), sub_id, status))
     return out
 
 
@@ -176,20 +178,27 @@ Delivery = tuple[Logical, str]  # (event, API version it is rendered in)
 
 
 def fold(deliveries: Sequence[Delivery], now: datetime) -> WorkspaceState:
-    state = WorkspaceState.new(WS)
     cache: dict[tuple[str, str], BillingEvent] = {}
-    applied: set[str] = set()
+    events = []
     for logical, version in deliveries:
         key = (logical.event_id, version)
         if key not in cache:
             raw = logical.render(version)
             cache[key] = normalize(raw)
-        event = cache[key]
+        events.append((logical.event_id, cache[key]))
+    return fold_events(events, now)
+
+
+def fold_events(events: Sequence[tuple[str, BillingEvent]], now: datetime) -> WorkspaceState:
+    """Apply typed events in order; a re-delivery of an event id must change nothing."""
+    state = WorkspaceState.new(WS)
+    applied: set[str] = set()
+    for event_id, event in events:
         outcome = apply_event(state, event, now, CATALOG)
-        if logical.event_id in applied:  # a re-delivery: nothing may change
-            assert outcome.result == STALE, f"duplicate {logical.event_id} was {outcome.result}"
+        if event_id in applied:  # a re-delivery: nothing may change
+            assert outcome.result == STALE, f"duplicate {event_id} was {outcome.result}"
             assert outcome.state.version == state.version
-        applied.add(logical.event_id)
+        applied.add(event_id)
         assert outcome.view == derive_view(outcome.state, CATALOG, now)
         state = outcome.state
     return state
@@ -233,7 +242,11 @@ def test_any_order_and_duplication_gives_the_in_order_state(data: st.DataObject)
 
     # And the state is the right one: each invoice ends in the status of its last event (ties
     # in ``created`` included: status only moves forward), with its first failure remembered.
-    for invoice_id in {e.object_id for e in history if e.object_id}:
+    _assert_invoices_end_right(history, actual)
+
+
+def _assert_invoices_end_right(history: Sequence[Logical], actual: WorkspaceState) -> None:
+    for invoice_id in {e.object_id for e in history if e.object_id.startswith("in_")}:
         events = [e for e in history if e.object_id == invoice_id]
         record = actual.invoices[invoice_id]
         assert record.status == events[-1].status
@@ -253,3 +266,58 @@ def test_histories_from_the_factory_are_order_independent() -> None:
         now = sf.at(max(e.created for e in logical) + DAY)
         backwards = in_order[::-1] + in_order
         assert comparable(fold(backwards, now), now) == comparable(fold(in_order, now), now)
+
+
+# --- thin events mixed with snapshot events ----------------------------------------------------
+
+CHANNELS = st.sampled_from(("snapshot", "thin", "both"))
+# How long after an event its thin notification's related object is fetched (plus half a second).
+FETCH_DELAYS = st.sampled_from((0, 0, 1, 59, 3600, DAY))
+
+
+def _fetched_state(history: Sequence[Logical], logical: Logical, fetched_at: datetime) -> dict[str, Any]:
+    """What Stripe answers for ``logical``'s object at ``fetched_at``: its latest state by then
+    (the last event of that object, in true order, created before the fetch)."""
+    latest = [e for e in history if e.object_id == logical.object_id and sf.at(e.created) <= fetched_at]
+    return latest[-1].render(sf.ENDIVE)["data"]["object"]
+
+
+def _thin_delivery(history: Sequence[Logical], logical: Logical, delay: int) -> tuple[str, BillingEvent]:
+    snapshot = logical.render(sf.ENDIVE)
+    notification = parse_thin(thin_of(snapshot))
+    fetched_at = sf.at(logical.created + delay) + timedelta(milliseconds=500)
+    obj = _fetched_state(history, logical, fetched_at)
+    return notification.event_id, thin_observation(notification, obj, fetched_at, sf.ENDIVE)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+def test_any_mix_of_thin_and_snapshot_events_in_any_order_gives_the_same_state(data: st.DataObject) -> None:
+    """Each event reaches the worker as a snapshot, as a thin notification (its object fetched a
+    while later: the history's latest state at fetch time), or both (two destinations); the
+    deliveries in any order, with duplicates, give the state of the in-order delivery."""
+    history = data.draw(workspace_history(), label="history")
+    in_order: list[tuple[str, BillingEvent]] = []
+    for logical in history:
+        channel = data.draw(CHANNELS)
+        if channel in ("snapshot", "both"):
+            in_order.append(
+                (logical.event_id, normalize(logical.render(data.draw(st.sampled_from(sf.API_VERSIONS)))))
+            )
+        if channel in ("thin", "both"):
+            in_order.append(_thin_delivery(history, logical, data.draw(FETCH_DELAYS)))
+    delivered = list(data.draw(st.permutations(in_order), label="order"))
+    for duplicate in data.draw(
+        st.lists(st.sampled_from(in_order), max_size=len(in_order)), label="duplicates"
+    ):
+        delivered.insert(data.draw(st.integers(0, len(delivered))), duplicate)
+    now = sf.at(max(e.created for e in history) + 2 * DAY)
+
+    expected = fold_events(in_order, now)
+    actual = fold_events(delivered, now)
+    assert comparable(actual, now) == comparable(expected, now)
+    _assert_invoices_end_right(history, actual)

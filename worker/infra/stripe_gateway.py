@@ -89,6 +89,18 @@ class StripeGateway:
         )
         return subs, invoices
 
+    async def fetch_related_object(self, notification: str) -> dict[str, Any]:
+        """A thin event's related object, fetched the SDK's way: the notification (its stored text)
+        parsed by ``parse_event_notification_without_verification`` (the receiver verified it),
+        then ``fetch_related_object_async``: GET ``related_object.url`` with the notification's
+        ``context`` as ``Stripe-Context`` and ``Stripe-Request-Trigger: event=<id>``. Returns the
+        object exactly as Stripe sent it; raises stripe errors (``fetch_refused`` tells the final ones)."""
+        parsed = self.client.parse_event_notification_without_verification(notification)
+        fetched = await parsed.fetch_related_object_async()
+        if fetched is None:  # an unknown type without a related object: never asked for
+            raise ValueError(f"thin event {parsed.id} has no related object")
+        return _raw_object(fetched)
+
     async def events_page(
         self, created_gte: int, starting_after: str | None, limit: int = 100
     ) -> tuple[list[dict[str, Any]], bool]:
@@ -133,6 +145,25 @@ def _raw_data(page: Any) -> list[dict[str, Any]]:
     """A list page's objects exactly as Stripe sent them (the SDK's objects turn decimals into
     Decimal, which is neither JSON nor what a webhook would have carried)."""
     return list(json.loads(page.last_response.body)["data"])
+
+
+def _raw_object(obj: Any) -> dict[str, Any]:
+    """One fetched object exactly as Stripe sent it (see ``_raw_data``)."""
+    response = getattr(obj, "last_response", None)
+    if response is None:
+        return to_dict(obj)
+    return dict(json.loads(response.body))
+
+
+def fetch_refused(exc: BaseException) -> str | None:
+    """The reason a fetch can never succeed as it stands — Stripe answered 404 (the object is gone)
+    or 401/403 (wrong key or context) — else None (worth retrying, or a bug)."""
+    if not isinstance(exc, stripe.StripeError) or exc.http_status not in (401, 403, 404):
+        return None
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None) or type(exc).__name__
+    message = (getattr(error, "message", None) or exc.user_message or "")[:300]
+    return f"Stripe answered {exc.http_status} ({code}) fetching the related object: {message}"
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -16,6 +16,8 @@ from prometheus_client import Histogram
 
 from worker.infra import metrics
 from worker.infra.logging import get_logger
+from worker.processing.thin_fetch import with_related_object
+from worker.processing.unit_of_work import NEEDS_FETCH
 from worker.queue.enqueue import PROCESS_EVENT
 from worker.queue.retry import RetryLater, backoff_seconds
 from worker.queue.worker import Job
@@ -44,8 +46,11 @@ async def process_event(job: Job, event_id: str) -> None:
     if job_try == 1 and job.enqueued_at is not None:
         lag = (services.clock() - job.enqueued_at).total_seconds()
         metrics.INBOX_TO_JOB_LATENCY.observe(max(lag, 0.0))
+    batcher = job.shared["batcher"]
     try:
-        result = await job.shared["batcher"].process(event_id, job.score)
+        result = await batcher.process(event_id, job.score)
+        if result.outcome == NEEDS_FETCH:  # a thin event: fetch its object, outside any transaction
+            result = await with_related_object(services, batcher, result)
     except Exception as exc:
         dead = job_try >= services.settings.max_tries
         kind = "transient" if is_transient(exc) else "error"

@@ -1,24 +1,22 @@
 """Reconcile one workspace from Stripe: re-fetch its subscriptions and open invoices and apply them
 as observations through the same pure reducer, in one transaction.
 
-Ordering: a fetched object is Stripe's truth as of the fetch, so it is dated just before the
-second the fetch started (``floor(fetch) - 1 µs``). Events created in earlier seconds are older
-than what we saw and lose to it; events of the fetch's own second or later win, because Stripe
-dates events in whole seconds and cannot tell us which side of our fetch they fell on — the
-event carries a real id and Stripe will (re)deliver it, a reconcile can be run again.
+Ordering: a fetched object is Stripe's truth as of the fetch (``handlers.observation``, the rule
+thin events share): dated just before the second the fetch started, so older events lose to it and
+events of the fetch's own second or later win — such an event carries a real id and Stripe will
+(re)deliver it, a reconcile can be run again.
 Objects identical to what is stored are skipped, so reconciling a healthy workspace is a no-op.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from handlers.events import InvoiceObserved, SubscriptionObserved
-from handlers.normalize import normalize
+from handlers.observation import as_observation, observation_time
 from handlers.reducer import APPLIED, apply_event, view_diff
 from worker.errors import Conflict, NotFound
 from worker.infra.logging import get_logger
@@ -28,23 +26,6 @@ from worker.services import Services
 from worker.storage import workspaces, writer
 
 log = get_logger("reconcile")
-
-
-def observation_time(fetched_at: datetime) -> datetime:
-    return fetched_at.replace(microsecond=0) - timedelta(microseconds=1)
-
-
-def as_observation(kind: str, obj: dict[str, Any], observed_at: datetime) -> Any:
-    """A fetched object as the typed event the reducer takes, dated ``observed_at``."""
-    raw = {
-        "object": "event",
-        "id": f"evt_reconcile_{int(observed_at.timestamp()) + 1}_{obj['id']}",
-        "type": f"{kind}.updated",
-        "created": int(observed_at.timestamp()),
-        "data": {"object": obj},
-    }
-    event = normalize(raw)
-    return dataclasses.replace(event, meta=dataclasses.replace(event.meta, created=observed_at))
 
 
 async def reconcile_workspace(

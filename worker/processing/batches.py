@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from handlers.evolve import evolve
+from handlers.thin import FetchedObject
 from worker.infra import metrics, tracing
 from worker.infra.logging import get_logger
 from worker.processing.unit_of_work import EventProcessor, ProcessResult
@@ -83,11 +84,22 @@ class EventBatcher:
         self._from_score: int | None = None
         # Events whose jobs just got their result: still in arq's queue until arq finishes them.
         self._answered: dict[str, None] = {}
+        # Thin events' related objects, fetched by their jobs, until their jobs are answered.
+        self._fetched: dict[str, FetchedObject] = {}
 
-    async def process(self, event_id: str, score: int | None = None) -> ProcessResult:
+    async def process(
+        self, event_id: str, score: int | None = None, fetched: FetchedObject | None = None
+    ) -> ProcessResult:
         """This event's result once the batch holding it committed (and was notified), or its
         error. ``score`` (the job's queue score) lets a job take the result of a read-ahead of
-        its event. Cancelling the caller does not undo a batch already being written."""
+        its event; ``fetched``, a thin event's related object its job fetched. Cancelling the
+        caller does not undo a batch already being written."""
+        if fetched is not None:
+            self._fetched[event_id] = fetched
+            try:
+                return await self._process_waiting(event_id)
+            finally:
+                self._fetched.pop(event_id, None)
         if score is not None:
             kept = self._kept.get(event_id)
             if kept is not None and kept[0] == score:
@@ -97,6 +109,9 @@ class EventBatcher:
             ahead = self._ahead.pop((event_id, score), None)
             if ahead is not None and (result := await ahead) is not None:
                 return result
+        return await self._process_waiting(event_id)
+
+    async def _process_waiting(self, event_id: str) -> ProcessResult:
         future: asyncio.Future[ProcessResult] = asyncio.get_running_loop().create_future()
         self._wait(event_id, future)
         return await future
@@ -143,7 +158,8 @@ class EventBatcher:
         started_ns = time.time_ns() if tracing.enabled() else 0
         try:
             metrics.EVENT_BATCH_SIZE.observe(len(busy))
-            outcomes, taken = await self._outcomes(ids, [event_id for event_id, _ in ahead])
+            fetched = {e: self._fetched[e] for e in ids if e in self._fetched}
+            outcomes, taken = await self._outcomes(ids, [event_id for event_id, _ in ahead], fetched)
         finally:
             self._busy.difference_update(busy)
         if not taken:
@@ -246,11 +262,11 @@ class EventBatcher:
         return len(self._kept) + len(self._ahead) < self._prefetch
 
     async def _outcomes(
-        self, ids: list[str], ahead: list[str]
+        self, ids: list[str], ahead: list[str], fetched: dict[str, FetchedObject]
     ) -> tuple[list[Outcome], dict[str, ProcessResult]]:
         """One outcome per waiting event, and the read-ahead events committed with them."""
         try:
-            results, taken = await self._processor.process_batch(ids, ahead)
+            results, taken = await self._processor.process_batch(ids, ahead, fetched)
             return list(results), taken
         except Exception as exc:
             if is_transient(exc):
@@ -258,15 +274,16 @@ class EventBatcher:
                 # of the batch gets the error and arq's backoff, rather than N slow retries now.
                 return [exc] * len(ids), {}
             if ahead:  # a read-ahead event may be the bad one: it is left to its own job
-                return await self._outcomes(ids, [])
+                return await self._outcomes(ids, [], fetched)
             if len(ids) == 1:
                 return [exc], {}
             log.info("batch_retried_singly", size=len(ids), error=f"{type(exc).__name__}: {exc}"[:300])
-            return [await self._single(event_id) for event_id in ids], {}
+            return [await self._single(event_id, fetched) for event_id in ids], {}
 
-    async def _single(self, event_id: str) -> Outcome:
+    async def _single(self, event_id: str, fetched: dict[str, FetchedObject]) -> Outcome:
         try:
-            return (await self._processor.process_batch([event_id]))[0][0]
+            one = {event_id: fetched[event_id]} if event_id in fetched else None
+            return (await self._processor.process_batch([event_id], (), one))[0][0]
         except Exception as exc:
             return exc
 

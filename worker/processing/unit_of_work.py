@@ -10,7 +10,7 @@ A retry after a crash finds the events processed and does nothing (Postgres is t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from handlers.evolve import evolve, quick_init
 from handlers.normalize import PayloadError
 from handlers.reducer import APPLIED, Effect, Outcome, apply_event, view_json_diff
 from handlers.state import UNPAID_INVOICE_STATUSES, InvoiceRecord, SubscriptionRecord, WorkspaceState
+from handlers.thin import FetchedObject, is_thin, parse_thin, thin_event
 from worker.infra import json_codec, tracing
 from worker.plan_changes.store import record_confirmations
 from worker.processing.reading import malformed_error, read_payload
@@ -35,6 +36,9 @@ from worker.storage.workspaces import LockedWorkspace
 
 # Inbox statuses after which an event is never applied again.
 FINAL_STATUSES = frozenset({"processed", "ignored", "dead"})
+# The outcome of a thin event that can be applied only once its related object is fetched: its
+# row is left ``received`` and the job fetches outside any transaction, then hands it back.
+NEEDS_FETCH = "needs_fetch"
 
 
 @quick_init
@@ -54,6 +58,8 @@ class ProcessResult:
     # Tracing on: the trace the event belongs to (the receiver's span, stored with the event; once
     # its batch is traced, the event's own span), which the jobs it causes continue.
     traceparent: str | None = None
+    # NEEDS_FETCH: the stored thin notification whose related object the job must fetch.
+    thin_payload: str | None = None
 
 
 @quick_init
@@ -98,12 +104,17 @@ class EventProcessor:
         return (await self.process_batch(event_ids))[0]
 
     async def process_batch(
-        self, event_ids: Sequence[str], read_ahead: Sequence[str] = ()
+        self,
+        event_ids: Sequence[str],
+        read_ahead: Sequence[str] = (),
+        fetched: Mapping[str, FetchedObject] | None = None,
     ) -> tuple[list[ProcessResult], dict[str, ProcessResult]]:
         """``process_many`` for ``event_ids``, plus the ``read_ahead`` events whose jobs are queued
         but not started yet: those are taken only when still ``received`` and not locked by another
         transaction (``SKIP LOCKED``: read-ahead never waits), and applied after ``event_ids``.
-        Returns the results in request order and the read-ahead events taken, by id."""
+        Returns the results in request order and the read-ahead events taken, by id.
+        ``fetched``: the related objects of thin events, by event id; a thin event the worker
+        acts on without one ends ``NEEDS_FETCH`` (its row untouched)."""
         now = self.clock()
         ids = list(dict.fromkeys(event_ids))
         writes = _Writes()
@@ -125,7 +136,7 @@ class EventProcessor:
                 elif row["status"] in FINAL_STATUSES:
                     results[event_id] = ProcessResult(event_id, row["status"], "duplicate", row["type"])
                 else:
-                    event = self._decode(row, writes, results)
+                    event = self._decode(row, writes, results, (fetched or {}).get(event_id))
                     if event is not None:
                         parsed.append((row, event))
             routed, new_mappings = await self._route(conn, parsed, writes, results, now)
@@ -149,12 +160,26 @@ class EventProcessor:
         return _in_request_order(event_ids, results), {e: results[e] for e in ahead_rows}
 
     def _decode(
-        self, row: asyncpg.Record, writes: _Writes, results: dict[str, ProcessResult]
+        self,
+        row: asyncpg.Record,
+        writes: _Writes,
+        results: dict[str, ProcessResult],
+        fetched: FetchedObject | None,
     ) -> BillingEvent | None:
-        """The normalised event, or None once a malformed or ignored event is finished."""
+        """The normalised event, or None once a malformed or ignored event is finished (or a thin
+        one is left for its job to fetch)."""
         event_id = row["event_id"]
         try:
-            event = read_payload(json_codec.loads(row["payload"]), event_id, row["type"])
+            raw = json_codec.loads(row["payload"])
+            if is_thin(raw):
+                event = thin_event(parse_thin(raw), fetched)
+                if event is None:
+                    results[event_id] = ProcessResult(
+                        event_id, "received", NEEDS_FETCH, row["type"], thin_payload=row["payload"]
+                    )
+                    return None
+            else:
+                event = read_payload(raw, event_id, row["type"])
         except (PayloadError, ValueError) as exc:
             # A payload without what the reducer needs will not get better with retries.
             writes.finishes.append(

@@ -1,7 +1,10 @@
 """The public webhook receiver: verify, store in the inbox, enqueue, and only then answer 2xx.
 
-Only ``POST /webhooks/stripe`` and the probes exist on this port (``GET /livez``, its older name
-``/healthz``, and ``GET /readyz`` with the verdict alone). Answers:
+Only ``POST /webhooks/stripe`` (also at ``/webhooks/stripe/thin``: the payload's ``object`` tells
+a thin notification from a snapshot event, whatever the URL) and the probes exist on this port
+(``GET /livez``, its older name ``/healthz``, and ``GET /readyz`` with the verdict alone). A thin
+notification is verified and stored exactly like an event; its related object is fetched later by
+the worker, never here. Answers:
 200 accepted/duplicate · 400 signature or payload errors (specific codes) · 413 too large ·
 503 when Postgres or Redis cannot take the event, so Stripe retries and nothing acked is lost.
 """
@@ -14,12 +17,14 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from handlers.normalize import PayloadError, validate_event_envelope
+from handlers.thin import THIN_NEEDS_KEY, THIN_OBJECT, ThinNotification, needs_fetch, parse_thin
 from worker.http.errors import error
 from worker.http.hardening import guarded
 from worker.http.probes import attach_health, livez_handler, public_readyz_handler
@@ -143,10 +148,16 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     except json_codec.JSONDecodeError:
         return reject(400, "invalid_json", "the body is not valid JSON")
     try:
-        validate_event_envelope(raw)
+        if type(raw) is dict and raw.get("object") == THIN_OBJECT:  # a thin notification
+            notification = parse_thin(raw)
+            row = thin_inbox_row(notification, text)
+            request.app[THIN_WARNING].check(services, notification)
+        else:
+            validate_event_envelope(raw)
+            row = inbox_row(raw, text)
     except PayloadError as exc:
         return reject(400, exc.code, str(exc))
-    event_id, event_type = raw["id"], raw["type"]
+    event_id, event_type = row.event_id, row.event_type
     fields.update(event_id=event_id, event_type=event_type)
     traceparent = None
     if tracing.enabled():  # the worker's span continues this request's: stored with the event
@@ -154,7 +165,9 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         traceparent = tracing.inject()
 
     try:
-        stored = await request.app[BATCHER].submit(inbox_row(raw, text, traceparent))
+        if traceparent is not None:
+            row = replace(row, traceparent=traceparent)
+        stored = await request.app[BATCHER].submit(row)
     except InboxUnavailable as exc:
         return _unavailable(exc, event_type, fields, started)
     is_new, status = stored.is_new, stored.status
@@ -239,6 +252,41 @@ def inbox_row(raw: dict, text: str, traceparent: str | None = None) -> inbox.Inb
     )
 
 
+def thin_inbox_row(notification: ThinNotification, text: str) -> inbox.InboxRow:
+    """The inbox row of a verified thin notification: its own type (``v1.invoice.paid``), no API
+    version (thin payloads are unversioned), the bytes Stripe signed. Nothing is fetched here."""
+    return inbox.InboxRow(
+        event_id=notification.event_id,
+        event_type=notification.event_type,
+        api_version=None,
+        created=notification.created,
+        livemode=notification.livemode,
+        payload=text,
+    )
+
+
+class ThinWarning:
+    """Logs ``thin_event_without_api_key`` once per receiver, at the first thin notification the
+    worker will act on while STRIPE_API_KEY is unset (it is stored, then dead-lettered)."""
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def check(self, services: Services, notification: ThinNotification) -> None:
+        if self.warned or services.settings.stripe_api_key or not needs_fetch(notification):
+            return
+        self.warned = True
+        log.warning(
+            "thin_event_without_api_key",
+            event_id=notification.event_id,
+            event_type=notification.event_type,
+            reason=THIN_NEEDS_KEY,
+        )
+
+
+THIN_WARNING = web.AppKey("thin_warning", ThinWarning)
+
+
 async def store_in_inbox(services: Services, raw: dict, text: str) -> tuple[bool, str]:
     """Insert one verified, envelope-checked event into the inbox (backfill; the receiver batches)."""
     row = inbox_row(raw, text)
@@ -281,11 +329,16 @@ def create_receiver_app(services: Services, health: Health | None = None) -> web
     app = web.Application(client_max_size=services.settings.max_body_bytes + 1, middlewares=[guarded])
     app[SERVICES] = services
     attach_health(app, services, health, "receiver")
+    app[THIN_WARNING] = ThinWarning()
     app.on_startup.append(_settle_heap)
     app.cleanup_ctx.append(_inbox_batcher)
     app.on_shutdown.append(_stop_batcher)
     # Tracing off, the route is the plain handler: no span, no check per request.
-    app.router.add_post("/webhooks/stripe", traced_webhook if tracing.enabled() else stripe_webhook)
+    webhook = traced_webhook if tracing.enabled() else stripe_webhook
+    app.router.add_post("/webhooks/stripe", webhook)
+    # The same handler: the payload tells thin from snapshot; a second URL only reads better
+    # when Stripe's thin-event destination is set up apart (docs/thin-events.md).
+    app.router.add_post("/webhooks/stripe/thin", webhook)
     app.router.add_get("/livez", livez_handler)
     app.router.add_get("/healthz", livez_handler)  # the name before /livez; kept for old probes
     app.router.add_get("/readyz", public_readyz_handler)

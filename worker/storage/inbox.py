@@ -180,3 +180,28 @@ async def due_for_sweep(
         limit,
     )
     return [r["event_id"] for r in rows]
+
+
+async def dead_letter(
+    conn: asyncpg.Connection | asyncpg.Pool, event_id: str, outcome: str, error: str
+) -> str | None:
+    """Park an event that cannot succeed as it stands (kept for an operator's retry) with why;
+    one already finished is left alone. Returns the event's status afterwards."""
+    return await conn.fetchval(
+        """
+        WITH parked AS (
+            UPDATE webhook_events
+               SET status = 'dead', outcome = $2, attempts = attempts + 1, last_error = $3,
+                   next_retry_at = NULL
+             WHERE event_id = $1 AND status NOT IN ('processed', 'ignored', 'dead')
+            RETURNING status
+        )
+        SELECT status FROM parked
+        UNION ALL
+        SELECT status FROM webhook_events WHERE event_id = $1
+        LIMIT 1
+        """,
+        event_id,
+        outcome,
+        error[:4000],
+    )
