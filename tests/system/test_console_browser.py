@@ -10,6 +10,7 @@ installs ``chromium`` on a fresh machine; a missing browser fails this test, it 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -170,7 +171,10 @@ async def test_support_desk_works_the_console_in_a_real_browser(service: Running
 
     # Backfill runs: listed newest first; one run's progress; a run that does not exist.
     await page.click("#nav-backfill")
-    run_row = page.locator("#bf-table tbody tr", has_text=str(run_id))
+    # The run's row by its id cell exactly (another test's run may be listed too).
+    run_row = page.locator("#bf-table tbody tr").filter(
+        has=page.locator("td:first-child", has_text=re.compile(rf"^{run_id}$"))
+    )
     await expect(run_row).to_contain_text("running")
     await run_row.locator("button").click()
     await expect(page.locator("#bf-fields")).to_contain_text("7 events, 3 new to the inbox")
