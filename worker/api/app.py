@@ -1,25 +1,27 @@
 """The internal API's application: its middleware and the routes of every resource module.
 
-Every route answers JSON; errors carry ``{"error": {"code", "message"}}``.
+Every route answers JSON; errors carry ``{"error": {"code", "message"}}``. Each module in
+``MODULES`` has ``add_routes(app)`` and ``PATHS`` (its OpenAPI path items, or a function of the
+services returning them), which ``openapi.py`` merges into ``/openapi.json``.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from worker.api import ops, plan_changes, usage_credits, workspaces
-from worker.api.openapi import DOCUMENTED_PATHS, openapi_json
+from worker.api import events, openapi, ops, plan_changes, timeline, usage_credits, workspaces
+from worker.api.openapi import DOCUMENTED_PATHS
 from worker.http.auth import bearer_auth
 from worker.http.hardening import guarded
 from worker.services import SERVICES, Services
+
+MODULES = (openapi, workspaces, timeline, events, usage_credits, plan_changes, ops)
 
 
 def create_internal_app(services: Services) -> web.Application:
     app = web.Application(client_max_size=64 * 1024, middlewares=[guarded, bearer_auth])
     app[SERVICES] = services
-    modules = (workspaces, usage_credits, plan_changes, ops)
-    app[DOCUMENTED_PATHS] = tuple(getattr(m, "PATHS", {}) for m in modules)
-    app.router.add_get("/openapi.json", openapi_json)
-    for module in modules:
+    app[DOCUMENTED_PATHS] = tuple(getattr(m, "PATHS", {}) for m in MODULES)
+    for module in MODULES:
         module.add_routes(app)
     return app

@@ -14,7 +14,19 @@ from typing import Any
 from aiohttp import web
 
 from handlers.catalog import INTERVALS, Catalog
+from handlers.codec import json_int
 from handlers.plan_policy import ROLES, ChangeRequest
+from worker.api.openapi import (
+    OBJ,
+    REQUEST_ID_PARAM,
+    TIME,
+    WORKSPACE_PARAM,
+    array,
+    json_response,
+    obj,
+    operation,
+    query_param,
+)
 from worker.errors import InvalidInput, NotFound, UpstreamFailed
 from worker.http.errors import read_json_object
 from worker.http.params import workspace_id_of
@@ -22,7 +34,8 @@ from worker.plan_changes import requests as plan_changes
 from worker.plan_changes.firing import send
 from worker.plan_changes.store import active_change, change_json, decision_json, get_change
 from worker.processing.after_commit import after_commit, after_plan_change, enqueue_fire
-from worker.services import SERVICES
+from worker.services import SERVICES, Services
+from worker.storage import timeline
 
 FIELDS = {
     "plan",
@@ -55,11 +68,12 @@ def _int(body: dict[str, Any], name: str, minimum: int, maximum: int) -> int:
     value = body.get(name)
     if value is None:
         raise InvalidInput(f"missing_{name}", f"{name} is required")
-    if not isinstance(value, int) or isinstance(value, bool):
+    number = json_int(value)
+    if number is None:
         raise InvalidInput(f"invalid_{name}", f"{name} must be an integer, got {type(value).__name__}")
-    if not minimum <= value <= maximum:
-        raise InvalidInput(f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {value}")
-    return value
+    if not minimum <= number <= maximum:
+        raise InvalidInput(f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {number}")
+    return number
 
 
 def _bool(body: dict[str, Any], name: str) -> bool | None:
@@ -152,8 +166,17 @@ async def post_plan_change(request: web.Request) -> web.Response:
 
 
 async def get_plan_change(request: web.Request) -> web.Response:
+    """The active change; with ``?status=all`` every change, newest first, each with its life."""
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
+    status = request.query.get("status")
+    if status is not None:
+        if status != "all":
+            raise InvalidInput("invalid_status", "`status` may only be `all` (every change, newest first)")
+        if not await timeline.workspace_exists(services.pool, workspace_id):
+            raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        rows = await timeline.plan_changes(services.pool, workspace_id)
+        return web.json_response({"plan_changes": [change_json(r) for r in rows]})
     row = await active_change(services.pool, workspace_id)
     if row is None:
         raise NotFound("no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change")
@@ -174,3 +197,87 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(path, post_plan_change)
     app.router.add_get(path, get_plan_change)
     app.router.add_delete(path, delete_plan_change)
+
+
+CHANGE = obj(
+    {
+        "change_id": {"type": "string"},
+        "workspace_id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["immediate", "at_period_end"]},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "waiting_payment", "firing", "applied", "failed", "superseded", "canceled"],
+        },
+        "idempotency_key": {"type": "string"},
+        "created_at": TIME,
+    },
+    {"history": array(obj({"status": {"type": "string"}, "at": TIME}))},
+)
+ANSWER = obj(
+    {"dry_run": {"type": "boolean"}, "decision": OBJ, "plan_change": {"oneOf": [{"type": "null"}, CHANGE]}}
+)
+
+
+def change_request_schema(catalog: Catalog | None) -> dict[str, Any]:
+    """The body ``parse_change_request`` accepts, the catalog's plans and intervals included (an
+    application built without a catalog, to list its routes, gets the plan as any string)."""
+    per_plan: list[dict[str, Any]] = []
+    plans = catalog.plans if catalog is not None else {}
+    for key, plan in sorted(plans.items()):
+        if plan.is_free:
+            per_plan.append({"properties": {"plan": {"const": key}, "interval": {"type": "null"}}})
+        else:
+            offered = [i for i in INTERVALS if i in plan.prices]
+            per_plan.append(
+                {
+                    "properties": {"plan": {"const": key}, "interval": {"enum": offered}},
+                    "required": ["interval"],
+                }
+            )
+    count = {"type": "integer", "minimum": 0}
+    schema = obj(
+        {
+            "plan": {"type": "string", "enum": sorted(plans)} if plans else {"type": "string"},
+            "seats": {"type": "integer", "minimum": 1, "maximum": MAX_SEATS},
+            "requested_by_role": {"type": "string", "enum": sorted(ROLES)},
+            "member_count": {**count, "maximum": MAX_MEMBERS},
+            "storage_used_bytes": {**count, "maximum": MAX_BYTES},
+        },
+        {
+            "interval": {"type": ["string", "null"], "enum": [*INTERVALS, None]},
+            "has_payment_method": {"type": ["boolean", "null"]},
+            "dry_run": {"type": ["boolean", "null"]},
+        },
+    )
+    schema["additionalProperties"] = False
+    return {**schema, "anyOf": per_plan} if per_plan else schema
+
+
+def PATHS(services: Services) -> dict[str, dict[str, Any]]:
+    """The path items; the body's plans and intervals are the running catalog's."""
+    return {
+        "/v1/workspaces/{workspace_id}/plan-changes": {
+            "post": operation(
+                "requestPlanChange",
+                "Evaluate (dry_run) or request a plan change; immediate ones are sent to Stripe now",
+                ANSWER,
+                params=[WORKSPACE_PARAM, REQUEST_ID_PARAM],
+                body=change_request_schema(services.catalog),
+                errors=(400, 404, 409, 502, 503),
+                **{"201": json_response(ANSWER, "pending"), "202": json_response(ANSWER, "not sent yet")},
+            ),
+            "get": operation(
+                "getPlanChanges",
+                "The workspace's pending plan change; with status=all every change, newest first",
+                {"oneOf": [obj({"plan_change": CHANGE}), obj({"plan_changes": array(CHANGE)})]},
+                params=[WORKSPACE_PARAM, query_param("status", {"type": "string", "enum": ["all"]})],
+            ),
+            "delete": operation(
+                "cancelPlanChange",
+                "Cancel the pending plan change",
+                obj({"plan_change": CHANGE}),
+                params=[WORKSPACE_PARAM, REQUEST_ID_PARAM],
+                errors=(400, 404, 409),
+            ),
+        }
+    }
