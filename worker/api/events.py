@@ -183,7 +183,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "An inbox event: status, attempts, last error, its workspace and the transitions it caused",
             obj(
                 {
-                    **EVENT_SCHEMA["properties"],
+                    **{k: v for k, v in EVENT_SCHEMA["properties"].items() if k != "inbox_status"},
                     "status": {"type": "string", "enum": [s for s in EVENT_STATUSES if s != "stale"]},
                     "desk_status": STATUS_SCHEMA,
                     "transitions": array(TRANSITION_SCHEMA),
