@@ -114,3 +114,15 @@ def _decoder(tp: Any) -> Callable[[Any], Any]:
 
 def load(cls: type[T], value: Mapping[str, Any]) -> T:
     return from_jsonable(cls, value)
+
+
+def json_int(value: Any) -> int | None:
+    """A JSON number that is a whole number, as JSON Schema's ``integer`` counts them (``3`` and
+    ``3.0`` alike; never a boolean), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None

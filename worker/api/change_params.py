@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from handlers.catalog import INTERVALS, Catalog
+from handlers.codec import json_int
 from handlers.plan_options import OptionsRequest
 from handlers.plan_policy import ROLES, ChangeRequest
 from worker.errors import InvalidInput
@@ -75,11 +76,12 @@ def integer(
         if required:
             raise InvalidInput(f"missing_{name}", f"{name} is required")
         return None
-    if not isinstance(value, int) or isinstance(value, bool):
+    number = json_int(value)  # 3.0 is an integer to JSON Schema (and to the OpenAPI clients)
+    if number is None:
         raise InvalidInput(f"invalid_{name}", f"{name} must be an integer, got {type(value).__name__}")
-    if not minimum <= value <= maximum:
-        raise InvalidInput(f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {value}")
-    return value
+    if not minimum <= number <= maximum:
+        raise InvalidInput(f"invalid_{name}", f"{name} must be from {minimum} to {maximum}, got {number}")
+    return number
 
 
 def boolean(body: Mapping[str, Any], name: str) -> bool | None:

@@ -29,7 +29,7 @@ from worker.checkout.sessions import create_session
 from worker.errors import InvalidInput
 from worker.http.errors import read_json_object
 from worker.http.params import workspace_id_of
-from worker.services import SERVICES
+from worker.services import SERVICES, Services
 
 COMMON = {"kind", "success_url", "cancel_url", "requested_by_role"}
 SUBSCRIPTION_FIELDS = frozenset(COMMON | {"plan", "interval", "seats", "member_count", "storage_used_bytes"})
@@ -124,15 +124,43 @@ _SESSION = {
     "required": ["id", "url", "expires_at"],
     "properties": {"id": {"type": "string"}, "url": sc.STR_OR_NULL, "expires_at": sc.TIME_OR_NULL},
 }
-PATHS: dict[str, dict[str, Any]] = {
-    "/v1/workspaces/{workspace_id}/checkout-sessions": {
+
+
+def PATHS(services: Services) -> dict[str, dict[str, Any]]:
+    """The path items; the plans, intervals and credit packs are the running catalog's."""
+    return {"/v1/workspaces/{workspace_id}/checkout-sessions": _checkout_item(services.catalog)}
+
+
+def _bodies(catalog: Catalog | None) -> list[dict[str, Any]]:
+    if catalog is None:  # an application built only to list its routes
+        return [_SUBSCRIPTION_BODY, _PACK_BODY]
+    subscription = {
+        **_SUBSCRIPTION_BODY,
+        "properties": {
+            **_SUBSCRIPTION_BODY["properties"],
+            "plan": {"type": "string", "enum": sorted(k for k, p in catalog.plans.items() if not p.is_free)},
+        },
+        "anyOf": sc.plan_branches(catalog, paid_only=True),
+    }
+    pack = {
+        **_PACK_BODY,
+        "properties": {
+            **_PACK_BODY["properties"],
+            "price": {"type": "string", "enum": [p.price_id for p in catalog.credit_packs]},
+        },
+    }
+    return [subscription, pack]
+
+
+def _checkout_item(catalog: Catalog | None) -> dict[str, Any]:
+    return {
         "post": {
             "operationId": "createCheckoutSession",
             "summary": "A Stripe Checkout Session: Free or ended → paid subscription, or an AI credit pack",
             "parameters": [sc.WORKSPACE_PARAM, sc.IDEMPOTENCY_HEADER],
             "requestBody": {
                 "required": True,
-                "content": {sc.JSON: {"schema": {"oneOf": [_SUBSCRIPTION_BODY, _PACK_BODY]}}},
+                "content": {sc.JSON: {"schema": {"oneOf": _bodies(catalog)}}},
             },
             "responses": {
                 "201": sc.ok("the session: redirect the customer to url", _SESSION),
@@ -145,4 +173,3 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     }
-}

@@ -1,77 +1,121 @@
-"""The internal API's OpenAPI 3.1 document, built from the path items each API module exports.
+"""The internal API's OpenAPI 3.1 document, built from the path items each API module exports, and
+the helpers those modules describe their routes with.
 
-A module that adds routes exports ``PATHS`` (OpenAPI path items keyed by the aiohttp route
-pattern); ``worker.api.app`` keeps them under ``DOCUMENTED_PATHS`` on the application, and the
-builder merges them and includes a path only when a route for it is registered, so the document
-never describes a route that does not exist.
-``tests/integration/test_ops_api.py`` checks the other direction: every registered route is documented.
+A module that adds routes exports ``PATHS``: OpenAPI path items keyed by the aiohttp route
+pattern, or a function of the ``Services`` returning them (for what depends on the catalog or the
+clock: the plans a change may name, the backfill's 30-day window). ``worker.api.app`` keeps them
+under ``DOCUMENTED_PATHS``; the builder merges them and includes a path only when a route for it
+is registered, so the document never describes a route that does not exist.
+
+Every operation has an ``operationId``, its parameters with their patterns and bounds, its body
+schema and its answers' schemas, so that a client generator or schemathesis can use it: a value
+the schema allows is never refused with a 400 (``tests/integration/test_openapi_schemathesis.py``).
+``tests/integration/test_ops_api.py`` checks that every registered route is documented.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from worker.http.params import EVENT_ID, WORKSPACE_ID
+from worker.services import SERVICES, Services
+
 PathItems = Mapping[str, Mapping[str, Any]]
-# The path items of the application's route modules.
+PathSource = PathItems | Callable[[Services], PathItems]
+# The path items (or their builders) of the application's route modules.
 DOCUMENTED_PATHS = web.AppKey("documented_paths", tuple)
 
-_ERR = {"$ref": "#/components/responses/Error"}
-_OBJ = {"content": {"application/json": {"schema": {"type": "object"}}}}
-
-
-def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-# Routes of worker/api/workspaces.py, and those other issues announced (used only when their module does not
-# export PATHS itself and the route is registered).
-CORE_PATHS: dict[str, dict[str, Any]] = {
-    "/v1/workspaces/{workspace_id}": {
-        "get": {
-            "summary": "A workspace's billing state",
-            "parameters": [_path_param("workspace_id")],
-            "responses": {"200": {"description": "state", **_OBJ}, "400": _ERR, "401": _ERR, "404": _ERR},
-        }
-    },
-    "/v1/events/{event_id}": {
-        "get": {
-            "summary": "An inbox event: status, attempts, last error",
-            "parameters": [_path_param("event_id")],
-            "responses": {"200": {"description": "event", **_OBJ}, "400": _ERR, "401": _ERR, "404": _ERR},
+Schema = dict[str, Any]
+ERROR = {"$ref": "#/components/responses/Error"}
+ERROR_SCHEMA: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
         }
     },
 }
-_STD = {"200": {"description": "OK", **_OBJ}, "400": _ERR, "401": _ERR, "404": _ERR, "409": _ERR}
-ANNOUNCED_PATHS: dict[str, dict[str, Any]] = {
-    "/v1/workspaces/{workspace_id}/plan-changes": {
-        method: {
-            "summary": f"{method.upper()} the workspace's plan change",
-            "parameters": [_path_param("workspace_id")],
-            "responses": _STD,
-        }
-        for method in ("get", "post", "delete")
-    },
-    "/v1/workspaces/{workspace_id}/usage": {
-        "put": {"summary": "Report usage", "parameters": [_path_param("workspace_id")], "responses": _STD}
-    },
-    "/v1/workspaces/{workspace_id}/ai-credits/consume": {
-        "post": {
-            "summary": "Consume AI credits",
-            "parameters": [_path_param("workspace_id")],
-            "responses": _STD,
-        }
-    },
-    "/v1/workspaces/{workspace_id}/ai-credits/ledger": {
-        "get": {
-            "summary": "The AI credit ledger",
-            "parameters": [_path_param("workspace_id")],
-            "responses": _STD,
-        }
-    },
+STRING_OR_NULL: Schema = {"type": ["string", "null"]}
+TIME: Schema = {"type": "string", "format": "date-time"}
+TIME_OR_NULL: Schema = {"type": ["string", "null"], "format": "date-time"}
+INT: Schema = {"type": "integer"}
+OBJ: Schema = {"type": "object"}
+WORKSPACE_ID_SCHEMA: Schema = {"type": "string", "pattern": WORKSPACE_ID.pattern, "maxLength": 128}
+EVENT_ID_SCHEMA: Schema = {"type": "string", "pattern": EVENT_ID.pattern, "maxLength": 254}
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
+def obj(required: Mapping[str, Schema] | None = None, optional: Mapping[str, Schema] | None = None) -> Schema:
+    """An object schema: these properties, the ``required`` ones always present."""
+    required = dict(required or {})
+    out: Schema = {"type": "object", "properties": {**required, **(optional or {})}}
+    if required:
+        out["required"] = sorted(required)
+    return out
+
+
+def array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+def path_param(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def query_param(name: str, schema: Schema, description: str = "") -> Schema:
+    out = {"name": name, "in": "query", "required": False, "schema": schema}
+    return {**out, "description": description} if description else out
+
+
+WORKSPACE_PARAM = path_param("workspace_id", WORKSPACE_ID_SCHEMA)
+EVENT_PARAM = path_param("event_id", EVENT_ID_SCHEMA)
+REQUEST_ID_PARAM = {
+    "name": "X-Request-Id",
+    "in": "header",
+    "required": False,
+    "description": "kept in the audit log as the change's cause; a fresh one when absent",
+    "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
 }
+
+
+def json_response(schema: Schema, description: str = "OK") -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def operation(
+    operation_id: str,
+    summary: str,
+    ok: Schema,
+    *,
+    status: str = "200",
+    params: Iterable[Schema] = (),
+    body: Schema | None = None,
+    errors: Iterable[int] = (400, 404),
+    **responses: Schema,
+) -> dict[str, Any]:
+    """One operation: its answer ``status`` with schema ``ok``, the error answers ``errors`` (401
+    always: every route but the probes needs the token), and any ``responses`` beside them."""
+    op: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "responses": {
+            status: json_response(ok),
+            "401": ERROR,
+            **{str(code): ERROR for code in errors},
+            **responses,
+        },
+    }
+    if params:
+        op["parameters"] = list(params)
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
 
 
 def registered(app: web.Application) -> dict[str, set[str]]:
@@ -85,10 +129,11 @@ def registered(app: web.Application) -> dict[str, set[str]]:
     return out
 
 
-def known_paths(sources: Iterable[PathItems] = ()) -> dict[str, dict[str, Any]]:
+def known_paths(sources: Iterable[PathSource], services: Services) -> dict[str, dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {}
-    for source in (ANNOUNCED_PATHS, CORE_PATHS, *sources):
-        for path, item in source.items():
+    for source in sources:
+        items = source(services) if callable(source) else source
+        for path, item in items.items():
             merged.setdefault(path, {}).update(item)
     return merged
 
@@ -97,7 +142,7 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
     routes = registered(app)
     paths = {
         path: {m: op for m, op in item.items() if m in routes.get(path, set())}
-        for path, item in known_paths(app.get(DOCUMENTED_PATHS, ())).items()
+        for path, item in known_paths(app.get(DOCUMENTED_PATHS, ()), app[SERVICES]).items()
         if routes.get(path, set()) & set(item)
     }
     return {
@@ -107,32 +152,26 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {
-                "Error": {
-                    "description": "An error with a stable code",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["error"],
-                                "properties": {
-                                    "error": {
-                                        "type": "object",
-                                        "required": ["code", "message"],
-                                        "properties": {
-                                            "code": {"type": "string"},
-                                            "message": {"type": "string"},
-                                        },
-                                    }
-                                },
-                            }
-                        }
-                    },
-                }
-            },
+            "responses": {"Error": json_response(ERROR_SCHEMA, "An error with a stable code")},
         },
     }
 
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(request.app))
+
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/openapi.json": {
+        "get": operation(
+            "getOpenApi",
+            "This document",
+            {"type": "object", "required": ["openapi", "paths"]},
+            errors=(),
+        )
+    }
+}
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/openapi.json", openapi_json)

@@ -7,22 +7,40 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import stripe
 from aiohttp import web
 
+from handlers.codec import json_int
+from worker.api.openapi import (
+    EVENT_ID_SCHEMA,
+    EVENT_PARAM,
+    INT,
+    OBJ,
+    STRING_OR_NULL,
+    TIME,
+    WORKSPACE_PARAM,
+    array,
+    json_response,
+    obj,
+    operation,
+    path_param,
+    query_param,
+)
 from worker.errors import InvalidInput, NotFound, UpstreamFailed
 from worker.http.errors import read_json_object
-from worker.http.params import event_id_of, whole_number, workspace_id_of
+from worker.http.params import DIGITS, event_id_of, query_int, workspace_id_of
 from worker.http.probes import livez_handler, metrics_handler, readyz_handler
 from worker.infra import metrics
 from worker.infra.stripe_gateway import is_transient
 from worker.ops import backfill, recovery
 from worker.ops.reconcile import reconcile_workspace
-from worker.services import SERVICES
+from worker.services import SERVICES, Services
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}$")
+MAX_RUN_PATH = 10**18 - 1  # 18 digits in a path
 
 
 def _event_type(value: Any) -> str:
@@ -32,10 +50,7 @@ def _event_type(value: Any) -> str:
 
 
 def _limit(request: web.Request, default: int = 100, maximum: int = 1000) -> int:
-    limit = whole_number(request.query.get("limit", str(default)))
-    if limit is None or not 1 <= limit <= maximum:
-        raise InvalidInput("invalid_limit", f"`limit` must be an integer from 1 to {maximum}")
-    return limit
+    return query_int(request, "limit", default=default, minimum=1, maximum=maximum, code="invalid_limit")
 
 
 def _stripe_failure(operation: str, exc: stripe.StripeError) -> NotFound | UpstreamFailed:
@@ -83,8 +98,10 @@ async def start_backfill(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body = await read_json_object(request)
     # The body is checked in full first: 400 for a bad one whether or not Stripe is configured.
+    if "run_id" in body and "since" in body:
+        raise InvalidInput("invalid_body", "give `since` (a new run) or `run_id` (a resume), not both")
     if "run_id" in body:
-        run_id = backfill.check_run_id(body["run_id"])
+        run_id = backfill.check_run_id(json_int(body["run_id"]))
         services.require_stripe()
         if await backfill.get_run(services.pool, run_id) is None:
             raise NotFound("backfill_not_found", f"no backfill run {run_id}")
@@ -102,9 +119,10 @@ async def list_backfills(request: web.Request) -> web.Response:
 
 
 async def get_backfill(request: web.Request) -> web.Response:
-    run_id = whole_number(request.match_info["run_id"])
-    if run_id is None or not 1 <= run_id <= backfill.MAX_RUN_ID:
+    raw = request.match_info["run_id"]
+    if not DIGITS.fullmatch(raw) or int(raw) > MAX_RUN_PATH:
         raise InvalidInput("invalid_run_id", "run ids are positive integers")
+    run_id = int(raw)
     run = await backfill.get_run(request.app[SERVICES].pool, run_id)
     if run is None:
         raise NotFound("backfill_not_found", f"no backfill run {run_id}")
@@ -124,117 +142,132 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/backfill/{run_id}", get_backfill)
 
 
-_ERR = {"$ref": "#/components/responses/Error"}
-_WS = {"name": "workspace_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_EVT = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_OBJ = {"content": {"application/json": {"schema": {"type": "object"}}}}
+DEAD_LETTER = obj(
+    {"event_id": EVENT_ID_SCHEMA, "type": {"type": "string"}, "attempts": INT},
+    {"last_error": STRING_OR_NULL, "received_at": TIME, "workspace_id": STRING_OR_NULL},
+)
+RUN = obj({"run_id": INT, "status": {"type": "string", "enum": ["running", "done", "failed"]}, "since": TIME})
+EVENT_TYPE_SCHEMA = {"type": "string", "pattern": EVENT_TYPE.pattern, "maxLength": 200}
+# A backfill's ``since`` the schema offers: inside Stripe's 30 days with an hour to spare either side
+# (the document is read once and used for a while).
+MARGIN = timedelta(hours=1)
 
 
-def _op(
-    summary: str, ok: str = "200", params: list | None = None, body: dict | None = None, **extra: Any
-) -> dict:
-    op: dict[str, Any] = {
-        "summary": summary,
-        "responses": {ok: {"description": "OK", **_OBJ}, "400": _ERR, "401": _ERR, **extra},
+def PATHS(services: Services) -> dict[str, dict[str, Any]]:
+    """The path items; the backfill's window is the service clock's."""
+    now = services.clock()
+    since = {
+        "type": "integer",
+        "minimum": int((now - backfill.HORIZON + MARGIN).timestamp()),
+        "maximum": int((now - MARGIN).timestamp()),
+        "description": "unix seconds (an ISO-8601 time with a zone is accepted too)",
     }
-    if params:
-        op["parameters"] = params
-    if body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return op
-
-
-PATHS: dict[str, dict[str, Any]] = {
-    "/metrics": {
-        "get": {
-            "summary": "Prometheus metrics (no token)",
-            "security": [],
-            "responses": {"200": {"description": "text exposition format"}},
-        }
-    },
-    "/livez": {
-        "get": {
-            "summary": "The process answers; no I/O (liveness, no token)",
-            "security": [],
-            "responses": {"200": {"description": "alive", **_OBJ}},
-        }
-    },
-    "/readyz": {
-        "get": {
-            "summary": "What the process's roles need answers within 1 s: PostgreSQL and its migrations "
-            "(every role), Redis (receiver, worker) (readiness, no token)",
-            "security": [],
-            "responses": {
-                "200": {"description": "ready", **_OBJ},
-                "503": {"description": "not ready", **_OBJ},
-            },
-        }
-    },
-    "/openapi.json": {"get": _op("This document")},
-    "/v1/events/{event_id}/retry": {
-        "post": _op(
-            "Reset an inbox event to received and enqueue it (any status; a no-op replay when state already reflects it)",
-            "202",
-            [_EVT],
-            **{"404": _ERR},
-        )
-    },
-    "/v1/dead-letters": {
-        "get": _op(
-            "Dead letters with the reason each was parked",
-            params=[
-                {"name": "type", "in": "query", "schema": {"type": "string"}},
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    return {
+        "/metrics": {
+            "get": {
+                "operationId": "getMetrics",
+                "summary": "Prometheus metrics (no token)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
                 },
-            ],
-        )
-    },
-    "/v1/dead-letters/retry": {
-        "post": _op(
-            "Retry every dead letter of one event type",
-            "202",
-            body={"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}},
-        )
-    },
-    "/v1/workspaces/{workspace_id}/reconcile": {
-        "post": _op(
-            "Re-fetch the customer's subscriptions and open invoices from Stripe and apply them",
-            params=[_WS],
-            **{"404": _ERR, "409": _ERR, "502": _ERR, "503": _ERR},
-        )
-    },
-    "/v1/backfill": {
-        "get": _op(
-            "The latest backfill runs, newest first, with their progress",
-            params=[
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                }
-            ],
-        ),
-        "post": _op(
-            "Start (since, within 30 days) or resume (run_id) a backfill from Stripe's events API",
-            "202",
-            body={
-                "type": "object",
-                "properties": {
-                    "since": {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]},
-                    "run_id": {"type": "integer"},
+            }
+        },
+        "/livez": {
+            "get": {
+                "operationId": "getLiveness",
+                "summary": "The process answers; no I/O (liveness, no token)",
+                "security": [],
+                "responses": {"200": json_response(OBJ, "alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "getReadiness",
+                "summary": "Postgres, Redis and migrations ready (no token)",
+                "security": [],
+                "responses": {
+                    "200": json_response(obj({"ready": {"type": "boolean"}, "checks": OBJ}), "ready"),
+                    "503": json_response(obj({"ready": {"type": "boolean"}, "checks": OBJ}), "not ready"),
                 },
-            },
-            **{"404": _ERR, "503": _ERR},
-        ),
-    },
-    "/v1/backfill/{run_id}": {
-        "get": _op(
-            "A backfill run's progress",
-            params=[{"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-            **{"404": _ERR},
-        )
-    },
-}
+            }
+        },
+        "/v1/events/{event_id}/retry": {
+            "post": operation(
+                "retryEvent",
+                "Reset an inbox event to received and enqueue it (any status; a no-op replay when state already reflects it)",
+                obj({"event_id": EVENT_ID_SCHEMA}),
+                status="202",
+                params=[EVENT_PARAM],
+            )
+        },
+        "/v1/dead-letters": {
+            "get": operation(
+                "listDeadLetters",
+                "Dead letters with the reason each was parked",
+                obj({"dead_letters": array(DEAD_LETTER), "count": INT}),
+                params=[
+                    query_param("type", EVENT_TYPE_SCHEMA),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+                errors=(400,),
+            )
+        },
+        "/v1/dead-letters/retry": {
+            "post": operation(
+                "retryDeadLetters",
+                "Retry every dead letter of one event type",
+                obj({"retried": INT, "event_ids": array({"type": "string"})}),
+                status="202",
+                body=obj({"type": EVENT_TYPE_SCHEMA}),
+                errors=(400,),
+            )
+        },
+        "/v1/workspaces/{workspace_id}/reconcile": {
+            "post": operation(
+                "reconcileWorkspace",
+                "Re-fetch the customer's subscriptions and open invoices from Stripe and apply them",
+                OBJ,
+                params=[WORKSPACE_PARAM],
+                errors=(400, 404, 409, 502, 503),
+            )
+        },
+        "/v1/backfill": {
+            "get": operation(
+                "listBackfillRuns",
+                "The latest backfill runs, newest first, with their progress",
+                obj({"runs": array(RUN), "count": INT}),
+                params=[
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20})
+                ],
+                errors=(400,),
+            ),
+            "post": operation(
+                "startBackfill",
+                "Start (since, within Stripe's 30 days) or resume (run_id) a backfill from Stripe's events API",
+                RUN,
+                status="202",
+                body={
+                    **obj(
+                        optional={
+                            "since": since,
+                            "run_id": {"type": "integer", "minimum": 1, "maximum": backfill.MAX_RUN_ID},
+                        }
+                    ),
+                    "oneOf": [{"required": ["since"]}, {"required": ["run_id"]}],
+                },
+                errors=(400, 404, 409, 503),
+            ),
+        },
+        "/v1/backfill/{run_id}": {
+            "get": operation(
+                "getBackfill",
+                "A backfill run's progress",
+                RUN,
+                params=[path_param("run_id", {"type": "integer", "minimum": 0, "maximum": MAX_RUN_PATH})],
+            )
+        },
+    }

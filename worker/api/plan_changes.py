@@ -11,9 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
+from handlers.catalog import Catalog
 from worker.api import schemas as sc
 from worker.api.change_params import parse_change_request, request_id_of
-from worker.errors import NotFound, UpstreamFailed
+from worker.errors import InvalidInput, NotFound, UpstreamFailed
 from worker.http.errors import read_json_object
 from worker.http.params import workspace_id_of
 from worker.plan_changes import requests as plan_changes
@@ -21,7 +22,8 @@ from worker.plan_changes.firing import send
 from worker.plan_changes.previews import preview_change
 from worker.plan_changes.store import active_change, change_json, decision_json, get_change
 from worker.processing.after_commit import after_commit, after_plan_change, enqueue_fire
-from worker.services import SERVICES
+from worker.services import SERVICES, Services
+from worker.storage import timeline
 
 
 async def post_plan_change(request: web.Request) -> web.Response:
@@ -63,8 +65,17 @@ async def post_plan_change(request: web.Request) -> web.Response:
 
 
 async def get_plan_change(request: web.Request) -> web.Response:
+    """The active change; with ``?status=all`` every change, newest first, each with its life."""
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
+    status = request.query.get("status")
+    if status is not None:
+        if status != "all":
+            raise InvalidInput("invalid_status", "`status` may only be `all` (every change, newest first)")
+        if not await timeline.workspace_exists(services.pool, workspace_id):
+            raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
+        rows = await timeline.plan_changes(services.pool, workspace_id)
+        return web.json_response({"plan_changes": [change_json(r) for r in rows]})
     row = await active_change(services.pool, workspace_id)
     if row is None:
         raise NotFound("no_pending_plan_change", f"workspace {workspace_id!r} has no pending plan change")
@@ -87,27 +98,43 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete(path, delete_plan_change)
 
 
-_CHANGE_BODY: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["plan", "seats", "requested_by_role", "member_count", "storage_used_bytes"],
-    "properties": {
-        "plan": sc.PLAN,
+def _change_body(catalog: Catalog | None) -> dict[str, Any]:
+    """The body ``parse_change_request`` accepts, with the running catalog's plans and intervals
+    (an application built without a catalog, only to list its routes, gets any plan name)."""
+    properties: dict[str, Any] = {
+        "plan": {"type": "string", "enum": sorted(catalog.plans)} if catalog else sc.PLAN,
         "interval": sc.INTERVAL,
         "seats": sc.SEATS,
         "requested_by_role": sc.ROLE,
         "member_count": sc.MEMBERS,
         "storage_used_bytes": sc.BYTES,
         "has_payment_method": {"type": ["boolean", "null"]},
-        "storage_addon_units": {
-            **sc.ADDON_UNITS,
-            "description": "the add-on units wanted in total; 0 removes",
+        "proration_date": {
+            **sc.TIMESTAMP,
+            "type": ["integer", "null"],
+            "description": "a preview's proration_date, sent with the update",
         },
-        "proration_date": {**sc.TIMESTAMP, "description": "a preview's proration_date, sent with the update"},
         "dry_run": {"type": ["boolean", "null"]},
         "preview": {"type": ["boolean", "null"], "description": "with dry_run: add invoice_preview"},
-    },
-}
+    }
+    if catalog is None or catalog.storage_addons:
+        properties["storage_addon_units"] = {
+            **sc.ADDON_UNITS,
+            "type": ["integer", "null"],
+            "description": "the add-on units wanted in total; 0 removes",
+        }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["plan", "seats", "requested_by_role", "member_count", "storage_used_bytes"],
+        "properties": properties,
+        **({"anyOf": sc.plan_branches(catalog)} if catalog else {}),
+        # preview only with dry_run (nothing is acted on)
+        "if": {"properties": {"preview": {"const": True}}, "required": ["preview"]},
+        "then": {"properties": {"dry_run": {"const": True}}, "required": ["dry_run"]},
+    }
+
+
 _PAYMENT_PENDING = {
     "type": ["object", "null"],
     "description": "set when Stripe holds the change in pending_update until its invoice is paid",
@@ -130,13 +157,25 @@ _ANSWER = {
     },
 }
 _ONE = {"type": "object", "required": ["plan_change"], "properties": {"plan_change": sc.PLAN_CHANGE}}
-PATHS: dict[str, dict[str, Any]] = {
-    "/v1/workspaces/{workspace_id}/plan-changes": {
+_ALL = {
+    "type": "object",
+    "required": ["plan_changes"],
+    "properties": {"plan_changes": {"type": "array", "items": sc.PLAN_CHANGE}},
+}
+
+
+def PATHS(services: Services) -> dict[str, dict[str, Any]]:
+    """The path items; the body's plans and intervals are the running catalog's."""
+    return {"/v1/workspaces/{workspace_id}/plan-changes": _plan_change_item(services.catalog)}
+
+
+def _plan_change_item(catalog: Catalog | None) -> dict[str, Any]:
+    return {
         "post": {
             "operationId": "requestPlanChange",
             "summary": "Decide (dry_run), preview (dry_run + preview) or request a plan, seat, interval or add-on change",
             "parameters": [sc.WORKSPACE_PARAM, sc.REQUEST_ID_HEADER],
-            "requestBody": {"required": True, "content": {sc.JSON: {"schema": _CHANGE_BODY}}},
+            "requestBody": {"required": True, "content": {sc.JSON: {"schema": _change_body(catalog)}}},
             "responses": {
                 "200": sc.ok("dry run or preview; or an immediate change applied", _ANSWER),
                 "201": sc.ok("a period-end change stored pending", _ANSWER),
@@ -154,14 +193,25 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         },
         "get": {
-            "operationId": "getPlanChange",
-            "summary": "The workspace's active plan change",
-            "parameters": [sc.WORKSPACE_PARAM],
+            "operationId": "getPlanChanges",
+            "summary": "The workspace's active plan change; with status=all every change, newest first",
+            "parameters": [
+                sc.WORKSPACE_PARAM,
+                {
+                    "name": "status",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["all"]},
+                },
+            ],
             "responses": {
-                "200": sc.ok("the active change", _ONE),
-                "400": sc.error("invalid_workspace_id"),
+                "200": sc.ok(
+                    "the active change, or (status=all) every change with its history",
+                    {"oneOf": [_ONE, _ALL]},
+                ),
+                "400": sc.error("invalid_workspace_id, invalid_status"),
                 "401": sc.error("missing or wrong bearer token"),
-                "404": sc.error("no_pending_plan_change"),
+                "404": sc.error("no_pending_plan_change, workspace_not_found"),
             },
         },
         "delete": {
@@ -177,4 +227,3 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         },
     }
-}

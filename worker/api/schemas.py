@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.catalog import INTERVALS
+from handlers.catalog import INTERVALS, Catalog
 from handlers.plan_policy import ROLES
 from worker.api.change_params import (
     IDEMPOTENCY_KEY,
@@ -74,7 +74,7 @@ MEMBERS = {"type": "integer", "minimum": 0, "maximum": MAX_MEMBERS}
 BYTES = {"type": "integer", "minimum": 0, "maximum": MAX_BYTES}
 ADDON_UNITS = {"type": "integer", "minimum": 0, "maximum": MAX_ADDON_UNITS}
 TIMESTAMP = {"type": "integer", "minimum": MIN_TIMESTAMP, "maximum": MAX_TIMESTAMP}
-URL = {"type": "string", "format": "uri", "maxLength": MAX_URL, "pattern": "^https?://"}
+URL = {"type": "string", "format": "uri", "maxLength": MAX_URL, "pattern": "^https?://[A-Za-z0-9][^\\s]*$"}
 
 DECISION: dict[str, Any] = {
     "type": "object",
@@ -128,3 +128,24 @@ INVOICE_PREVIEW: dict[str, Any] = {
     },
 }
 PLAN_CHANGE = {"type": ["object", "null"], "description": "the stored plan change (see docs/plan-changes.md)"}
+
+
+def plan_branches(catalog: Catalog, *, paid_only: bool = False) -> list[dict[str, Any]]:
+    """One ``anyOf`` branch per catalog plan: its name, the intervals it is offered in (Free: none,
+    and no storage add-on units), so that every body the schema allows names a real choice."""
+    branches: list[dict[str, Any]] = []
+    for key, plan in sorted(catalog.plans.items()):
+        if plan.is_free:
+            if not paid_only:
+                free = {
+                    "plan": {"const": key},
+                    "interval": {"type": "null"},
+                    "storage_addon_units": {"maximum": 0},
+                }
+                branches.append({"properties": free})
+            continue
+        offered = [i for i in INTERVALS if i in plan.prices]
+        branches.append(
+            {"properties": {"plan": {"const": key}, "interval": {"enum": offered}}, "required": ["interval"]}
+        )
+    return branches

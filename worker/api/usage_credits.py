@@ -15,13 +15,25 @@ from typing import Any
 
 from aiohttp import web
 
-from handlers.codec import to_jsonable
+from handlers.codec import json_int, to_jsonable
 from handlers.credits import CreditEntry, InsufficientCredits, consume, consume_key
 from handlers.reducer import APPLIED
 from handlers.state import Usage, WorkspaceState
+from worker.api.openapi import (
+    INT,
+    STRING_OR_NULL,
+    TIME,
+    WORKSPACE_ID_SCHEMA,
+    WORKSPACE_PARAM,
+    array,
+    json_response,
+    obj,
+    operation,
+    query_param,
+)
 from worker.errors import Conflict, InvalidInput, NotFound
 from worker.http.errors import read_json_object
-from worker.http.params import whole_number, workspace_id_of
+from worker.http.params import query_int, workspace_id_of
 from worker.processing.after_commit import after_commit
 from worker.processing.reevaluation import save_reevaluated
 from worker.services import SERVICES
@@ -33,17 +45,19 @@ MAX_AMOUNT = 10**12  # well above any pack; keeps amounts inside bigint with roo
 MAX_BYTES = 2**62
 MAX_MEMBERS = 10**7
 MAX_REASON = 500
+MAX_BEFORE = 2**62
 
 
 def _int(body: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int:
     value = body.get(name)
     if value is None:
         raise InvalidInput("missing_field", f"`{name}` is required", field=name)
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+    number = json_int(value)
+    if number is None or not minimum <= number <= maximum:
         raise InvalidInput(
             "invalid_field", f"`{name}` must be a whole number from {minimum} to {maximum}", field=name
         )
-    return value
+    return number
 
 
 def _cause_id(request: web.Request) -> str:
@@ -193,8 +207,10 @@ def _spend(
 async def get_ledger(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workspace_id = workspace_id_of(request)
-    limit = _query_int(request, "limit", default=50, minimum=1, maximum=200)
-    before = _query_int(request, "before", default=None, minimum=1, maximum=2**62)
+    limit = query_int(request, "limit", default=50, minimum=1, maximum=200, code="invalid_query")
+    before = (
+        query_int(request, "before", default=0, minimum=1, maximum=MAX_BEFORE, code="invalid_query") or None
+    )
     balance = await credits_store.balance(services.pool, workspace_id)
     if balance is None:
         raise NotFound("workspace_not_found", f"no billing state for workspace {workspace_id!r}")
@@ -210,17 +226,94 @@ async def get_ledger(request: web.Request) -> web.Response:
     )
 
 
-def _query_int(request: web.Request, name: str, *, default: int | None, minimum: int, maximum: int) -> Any:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    number = whole_number(raw)
-    if number is None or not minimum <= number <= maximum:
-        raise InvalidInput("invalid_query", f"`{name}` must be a whole number from {minimum} to {maximum}")
-    return number
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/workspaces/{workspace_id}/usage", put_usage)
     app.router.add_post("/v1/workspaces/{workspace_id}/ai-credits/consume", consume_credits)
     app.router.add_get("/v1/workspaces/{workspace_id}/ai-credits/ledger", get_ledger)
+
+
+ENTRY = obj(
+    {
+        "id": INT,
+        "source_key": {"type": "string"},
+        "kind": {"type": "string", "enum": ["pack", "cycle", "consume"]},
+        "amount": INT,
+        "balance_after": INT,
+        "recorded_at": TIME,
+    },
+    {"reason": STRING_OR_NULL, "reference": {"type": "string"}},
+)
+CONSUMED = obj({"replayed": {"type": "boolean"}, "entry": ENTRY, "balance": INT})
+COUNT = {"type": "integer", "minimum": 0}
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/v1/workspaces/{workspace_id}/usage": {
+        "put": operation(
+            "reportUsage",
+            "Report the members and storage a workspace uses now (the latest report wins)",
+            obj(
+                {
+                    "workspace_id": WORKSPACE_ID_SCHEMA,
+                    "version": INT,
+                    "changed": {"type": "boolean"},
+                    "members": INT,
+                    "seats": INT,
+                    "over_seat_limit": {"type": "boolean"},
+                    "storage_used_bytes": INT,
+                    "over_storage_quota": {"type": "boolean"},
+                }
+            ),
+            params=[WORKSPACE_PARAM],
+            body={
+                **obj(
+                    {
+                        "members": {**COUNT, "maximum": MAX_MEMBERS},
+                        "storage_used_bytes": {**COUNT, "maximum": MAX_BYTES},
+                    }
+                ),
+                "additionalProperties": False,
+            },
+            errors=(400,),
+        )
+    },
+    "/v1/workspaces/{workspace_id}/ai-credits/consume": {
+        "post": operation(
+            "consumeAiCredits",
+            "Spend AI credits once per idempotency key",
+            CONSUMED,
+            status="201",
+            params=[WORKSPACE_PARAM],
+            body={
+                **obj(
+                    {
+                        "amount": {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT},
+                        "idempotency_key": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+                    },
+                    {"reason": {"type": ["string", "null"], "maxLength": MAX_REASON}},
+                ),
+                "additionalProperties": False,
+            },
+            errors=(400, 404, 409),
+            **{"200": json_response(CONSUMED, "a replay of the first answer")},
+        )
+    },
+    "/v1/workspaces/{workspace_id}/ai-credits/ledger": {
+        "get": operation(
+            "getAiCreditLedger",
+            "The AI-credit ledger, newest first",
+            obj(
+                {
+                    "workspace_id": WORKSPACE_ID_SCHEMA,
+                    "balance": INT,
+                    "entries": array(ENTRY),
+                    "next_before": {"type": ["integer", "null"]},
+                }
+            ),
+            params=[
+                WORKSPACE_PARAM,
+                query_param("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+                query_param("before", {"type": "integer", "minimum": 1, "maximum": MAX_BEFORE}),
+            ],
+        )
+    },
+}

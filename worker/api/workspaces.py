@@ -1,4 +1,4 @@
-"""Internal API routes for reading state: a workspace's billing state and one inbox event."""
+"""Internal API route for reading a workspace's billing state now (its history: ``api/timeline.py``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,21 @@ from typing import Any
 from aiohttp import web
 
 from handlers.codec import to_jsonable
+from worker.api.openapi import (
+    INT,
+    OBJ,
+    STRING_OR_NULL,
+    TIME,
+    WORKSPACE_ID_SCHEMA,
+    WORKSPACE_PARAM,
+    array,
+    obj,
+    operation,
+)
 from worker.errors import NotFound
-from worker.http.params import event_id_of, workspace_id_of
+from worker.http.params import workspace_id_of
 from worker.plan_changes.store import change_json, workspace_status
 from worker.services import SERVICES
-from worker.storage import inbox
 
 
 def workspace_json(row: Any, invoices: list[Any]) -> dict[str, Any]:
@@ -41,15 +51,42 @@ async def get_workspace(request: web.Request) -> web.Response:
     return web.json_response({**workspace_json(row, invoices), "pending_plan_change": change_json(pending)})
 
 
-async def get_event(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    event_id = event_id_of(request)
-    row = await inbox.get_event(services.pool, event_id)
-    if row is None:
-        raise NotFound("event_not_found", f"no inbox event {event_id!r}")
-    return web.json_response(to_jsonable(dict(row)))
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/workspaces/{workspace_id}", get_workspace)
-    app.router.add_get("/v1/events/{event_id}", get_event)
+
+
+PLAN_CHANGE = obj(
+    {
+        "change_id": {"type": "string"},
+        "workspace_id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["immediate", "at_period_end"]},
+        "status": {"type": "string"},
+        "idempotency_key": {"type": "string"},
+        "created_at": TIME,
+    },
+    {"to_plan": {"type": "string"}, "to_seats": INT, "history": array(OBJ)},
+)
+WORKSPACE = obj(
+    {
+        "workspace_id": WORKSPACE_ID_SCHEMA,
+        "customer_id": STRING_OR_NULL,
+        "plan": {"type": "string"},
+        "seats": INT,
+        "status": {"type": "string"},
+        "blocked": {"type": "boolean"},
+        "block_reasons": array({"type": "string"}),
+        "dunning_level": STRING_OR_NULL,
+        "open_invoices": array(OBJ),
+        "version": INT,
+        "updated_at": TIME,
+        "pending_plan_change": {"oneOf": [{"type": "null"}, PLAN_CHANGE]},
+    }
+)
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/v1/workspaces/{workspace_id}": {
+        "get": operation(
+            "getWorkspace", "A workspace's billing state now", WORKSPACE, params=[WORKSPACE_PARAM]
+        )
+    }
+}

@@ -40,7 +40,8 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     ok = (
         bool(expected)
         and scheme.lower() == "bearer"
-        and hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected.encode())
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back, not fail.
+        and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
     )
     if not ok:
         return error(401, "unauthorized", "a valid bearer token is required")

@@ -57,7 +57,10 @@ def error_for(exc: Exception) -> web.Response | None:
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return None
-        return error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+        response = error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110: a 405 names the methods allowed
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     if is_transient(exc):  # a lock wait timed out, the database restarts …: worth a retry
         return error(503, "database_unavailable", "the database is busy or unavailable; retry later")
     return None

@@ -1,4 +1,5 @@
-"""Ids taken from a request's path, validated before any query so hostile input touches nothing."""
+"""Ids and numbers taken from a request's path or query, validated before any query so hostile input
+touches nothing."""
 
 from __future__ import annotations
 
@@ -30,3 +31,17 @@ def event_id_of(request: web.Request) -> str:
     if not EVENT_ID.fullmatch(event_id):
         raise InvalidInput("invalid_event_id", "event ids look like evt_ followed by letters, digits or _")
     return event_id
+
+
+DIGITS = re.compile(r"^[0-9]{1,19}$")
+
+
+def query_int(request: web.Request, name: str, *, default: int, minimum: int, maximum: int, code: str) -> int:
+    """A whole-number query parameter within bounds (ASCII digits only: ``str.isdigit`` also
+    accepts ``²``, which ``int`` refuses), else a 400 with ``code``."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not DIGITS.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        raise InvalidInput(code, f"`{name}` must be a whole number from {minimum} to {maximum}")
+    return int(raw)

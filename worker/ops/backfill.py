@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError
 
-from handlers.codec import to_jsonable
+from handlers.codec import json_int, to_jsonable
 from handlers.normalize import PayloadError, validate_event_envelope
 from worker.errors import Conflict, InvalidInput, NotFound
 from worker.infra.logging import get_logger
@@ -45,9 +45,9 @@ def check_since(since: datetime, now: datetime) -> datetime:
     return since
 
 
-def check_run_id(value: Any) -> int:
-    """A run id as a caller gives it: a positive integer that fits the bigint column."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RUN_ID:
+def check_run_id(value: int | None) -> int:
+    """A run id as a caller gives it (None: not a whole number): positive, fits the bigint column."""
+    if value is None or isinstance(value, bool) or not 1 <= value <= MAX_RUN_ID:
         raise InvalidInput("invalid_run_id", f"`run_id` must be an integer from 1 to {MAX_RUN_ID}")
     return value
 
@@ -186,10 +186,11 @@ async def _store(services: Services, event: dict[str, Any]) -> int:
 
 def parse_since(value: Any) -> datetime:
     """``since`` as an operator gives it: unix seconds, or an ISO-8601 time with a zone."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value < 2**33:
+    seconds = json_int(value)
+    if seconds is not None:
+        if not 0 <= seconds < 2**33:
             raise InvalidInput("invalid_since", "`since` is out of range")
-        return datetime.fromtimestamp(value, UTC)
+        return datetime.fromtimestamp(seconds, UTC)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))

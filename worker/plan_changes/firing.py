@@ -45,6 +45,7 @@ from worker.plan_changes.store import (
     Committed,
     claim_timeout,
     get_change,
+    life_step,
     set_status,
 )
 from worker.services import Services
@@ -126,11 +127,14 @@ async def _claim(services: Services, change_id: str, cause: Cause) -> FireResult
             params, subscription_id = fixed
         await conn.execute(
             "UPDATE plan_changes SET status = 'firing', stripe_params = $2, subscription_id = $3, "
-            "claimed_at = $4, attempts = attempts + 1, updated_at = $4 WHERE change_id = $1",
+            "claimed_at = $4, attempts = attempts + 1, updated_at = $4, "
+            "history = CASE WHEN status = 'firing' THEN history ELSE history || $5::jsonb END "
+            "WHERE change_id = $1",
             change_id,
             params,
             subscription_id,
             now,
+            life_step("firing", now),
         )
     return FireResult(change_id, "claimed_by_us")
 

@@ -24,6 +24,7 @@ from worker.plan_changes.store import (
     change_summary,
     decision_json,
     idempotency_key,
+    life_step,
     set_status,
 )
 from worker.services import Services
@@ -190,9 +191,9 @@ async def _insert_change(
         INSERT INTO plan_changes (change_id, workspace_id, kind, status, from_plan, from_interval,
             from_seats, to_plan, to_interval, to_seats, request, decision, effective_at, fire_at,
             subscription_id, idempotency_key, stripe_params, attempts, claimed_at, request_id,
-            created_at, updated_at)
+            created_at, updated_at, history)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18, $19, $20, $21, $21)
+                $18, $19, $20, $21, $21, $22)
         RETURNING {COLUMNS}
         """,
         change_id,
@@ -216,6 +217,7 @@ async def _insert_change(
         now if immediate else None,
         request_id,
         now,
+        life_step("requested", now) + life_step("firing" if immediate else "pending", now),
     )
 
 

@@ -75,6 +75,12 @@ def decision_json(decision: Decision) -> dict[str, Any]:
     return to_jsonable(decision)
 
 
+def life_step(status: str, at: datetime) -> list[dict[str, str]]:
+    """One step of a change's life, to append to its ``history`` column (``requested``, then each
+    status it enters, in order; what ``GET /v1/workspaces/{id}/timeline`` shows)."""
+    return [{"status": status, "at": to_jsonable(at)}]
+
+
 # ---------------------------------------------------------------- reads
 
 
@@ -170,13 +176,15 @@ async def set_status(
     new = await conn.fetchrow(
         f"UPDATE plan_changes SET status = $2, last_error = COALESCE($3, last_error), "
         "superseded_by = COALESCE($4, superseded_by), claimed_at = NULL, updated_at = $5, "
-        "applied_at = CASE WHEN $2 = 'applied' THEN $5 ELSE applied_at END "
+        "applied_at = CASE WHEN $2 = 'applied' THEN $5 ELSE applied_at END, "
+        "history = history || $6::jsonb "
         f"WHERE change_id = $1 RETURNING {COLUMNS}",
         row["change_id"],
         status,
         error,
         superseded_by,
         now,
+        life_step(status, now),
     )
     committed = await audit_change(
         conn,
