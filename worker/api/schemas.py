@@ -18,25 +18,13 @@ from worker.api.change_params import (
     MIN_TIMESTAMP,
     REQUEST_ID,
 )
+from worker.api.openapi import ERROR_SCHEMA as ERROR_BODY
+from worker.api.openapi import INT as INT  # re-exported: the route modules use sc.INT
+from worker.api.openapi import TIME_OR_NULL
 from worker.http.params import WORKSPACE_ID
 
 JSON = "application/json"
 STR_OR_NULL = {"type": ["string", "null"]}
-INT = {"type": "integer"}
-TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
-
-ERROR_BODY: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            "additionalProperties": True,
-        }
-    },
-}
 
 
 def error(description: str) -> dict[str, Any]:
