@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -79,21 +80,7 @@ def _plan_fields(state: WorkspaceState, catalog: Catalog, now: datetime) -> dict
             block=block,
         )
     snap = record.snapshot
-    item: SubscriptionItem | None = None  # the first item with a plan price (``plan_item``)
-    ref: PriceRef | None = None
-    unknown: list[str] = []
-    addon_units = 0
-    addon_bytes = 0
-    for i in snap.items:  # each price looked up once
-        price = catalog.price(i.price_id)
-        if price is None:
-            unknown.append(i.price_id)
-        elif price.kind == "plan":
-            if item is None:
-                item, ref = i, price
-        elif price.kind == "storage_addon" and (addon := catalog.storage_addon(i.price_id)) is not None:
-            addon_units += i.quantity
-            addon_bytes += i.quantity * addon.unit_bytes
+    item, ref, unknown, addon_units, addon_bytes = _read_items(snap.items, catalog)
     plan = catalog.plans[ref.plan] if ref and ref.plan else None
     plan_key, interval, seats = (
         plan.key if plan else "unknown",
@@ -119,6 +106,29 @@ def _plan_fields(state: WorkspaceState, catalog: Catalog, now: datetime) -> dict
         unknown_price_ids=tuple(sorted(unknown)),
         pending_update=_pending_view(snap.pending_update, (plan_key, interval, seats), catalog, now),
     )
+
+
+def _read_items(
+    items: Sequence[SubscriptionItem], catalog: Catalog
+) -> tuple[SubscriptionItem | None, PriceRef | None, list[str], int, int]:
+    """The first item with a plan price (``plan_item``) and its price, the price ids the catalog
+    does not know, and the storage add-on units and bytes; each price looked up once."""
+    item: SubscriptionItem | None = None
+    ref: PriceRef | None = None
+    unknown: list[str] = []
+    addon_units = 0
+    addon_bytes = 0
+    for i in items:
+        price = catalog.price(i.price_id)
+        if price is None:
+            unknown.append(i.price_id)
+        elif price.kind == "plan":
+            if item is None:
+                item, ref = i, price
+        elif price.kind == "storage_addon" and (addon := catalog.storage_addon(i.price_id)) is not None:
+            addon_units += i.quantity
+            addon_bytes += i.quantity * addon.unit_bytes
+    return item, ref, unknown, addon_units, addon_bytes
 
 
 def _pending_view(

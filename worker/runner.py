@@ -77,24 +77,7 @@ async def serve(
     runners: list[web.AppRunner] = []
     worker_task = None
     try:
-        if "receiver" in roles:
-            runners.append(
-                await start_site(
-                    create_receiver_app(services, health), settings.receiver_host, settings.receiver_port
-                )
-            )
-            log.info("receiver_listening", host=settings.receiver_host, port=settings.receiver_port)
-        if "api" in roles:
-            runners.append(
-                await start_site(
-                    create_internal_app(services, health), settings.internal_host, settings.internal_port
-                )
-            )
-            log.info("internal_api_listening", host=settings.internal_host, port=settings.internal_port)
-        if set(roles) - {"api"}:  # a worker's job counters, or a receiver's without the API's port
-            metrics_runner = await start_metrics_port(services, health)
-            if metrics_runner is not None:
-                runners.append(metrics_runner)
+        await _start_sites(services, health, roles, runners)
         if "worker" in roles:
             await warn_unless_noeviction(services)
             worker_task = asyncio.create_task(supervise_worker(services, stop))
@@ -114,8 +97,26 @@ async def serve(
             loop.remove_signal_handler(sig)
         install_exit_flush()  # removing ours restored SIGTERM's default action
         tracing.shutdown()  # the spans that wait for their batch are exported
-        install_exit_flush()  # removing ours restored SIGTERM's default action
-        tracing.shutdown()  # the spans that wait for their batch are exported
+
+
+async def _start_sites(
+    services: Services, health: Health, roles: Sequence[str], runners: list[web.AppRunner]
+) -> None:
+    """The HTTP ports of ``roles``, each appended to ``runners`` as soon as it serves (so that a
+    failure to start the next one still stops those)."""
+    settings = services.settings
+    if "receiver" in roles:
+        app = create_receiver_app(services, health)
+        runners.append(await start_site(app, settings.receiver_host, settings.receiver_port))
+        log.info("receiver_listening", host=settings.receiver_host, port=settings.receiver_port)
+    if "api" in roles:
+        app = create_internal_app(services, health)
+        runners.append(await start_site(app, settings.internal_host, settings.internal_port))
+        log.info("internal_api_listening", host=settings.internal_host, port=settings.internal_port)
+    if set(roles) - {"api"}:  # a worker's job counters, or a receiver's without the API's port
+        metrics_runner = await start_metrics_port(services, health)
+        if metrics_runner is not None:
+            runners.append(metrics_runner)
 
 
 async def supervise_worker(services: Services, stop: asyncio.Event) -> None:

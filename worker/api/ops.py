@@ -155,6 +155,7 @@ MARGIN = timedelta(hours=1)
 
 def PATHS(services: Services) -> dict[str, dict[str, Any]]:
     """The path items; the backfill's window is the service clock's."""
+    # One table of this module's routes: it reads better whole than cut into helpers.
     now = services.clock()
     since = {
         "type": "integer",
