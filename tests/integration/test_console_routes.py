@@ -26,11 +26,7 @@ async def _get(service: RunningService, path: str, **kwargs: object) -> tuple[in
 
 @pytest.mark.parametrize(
     ("path", "media"),
-    [
-        ("/console/", "text/html"),
-        ("/console/console.js", "text/javascript"),
-        ("/console/console.css", "text/css"),
-    ],
+    [("/console/", "text/html"), *((f"/console/{name}", media) for name, media in ASSETS.items())],
 )
 async def test_console_files_need_no_token_and_forbid_inline_script_and_other_origins(
     service: RunningService, path: str, media: str
@@ -109,14 +105,23 @@ def test_the_page_has_nothing_inline_and_nothing_from_elsewhere():
     for name in ASSETS:
         text = (CONSOLE / name).read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text), f"{name} refers to another origin"
-    script = (CONSOLE / "console.js").read_text()
-    # The token stays in the tab: sessionStorage, never localStorage, a cookie or a URL; API text as text.
-    for forbidden in (
-        "localStorage",
-        "document.cookie",
-        "innerHTML",
-        "outerHTML",
-        "insertAdjacentHTML",
-        "eval(",
-    ):
-        assert forbidden not in script, forbidden
+    modules = [name for name, media in ASSETS.items() if media == "text/javascript"]
+    # The entry imports the other modules, by relative path only (same origin, no bare specifiers).
+    imported = set(
+        re.findall(r'^import .* from "\./([a-z]+\.js)";$', (CONSOLE / "console.js").read_text(), re.M)
+    )
+    assert imported | {"console.js"} <= set(modules) and len(imported) >= 3
+    for name in modules:
+        script = (CONSOLE / name).read_text()
+        assert all(spec.startswith("./") for spec in re.findall(r'from "([^"]+)"', script)), name
+        # The token stays in the tab: sessionStorage, never localStorage, a cookie or a URL; API text as text.
+        for forbidden in (
+            "localStorage",
+            "document.cookie",
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "eval(",
+            "new Function",
+        ):
+            assert forbidden not in script, (name, forbidden)

@@ -1,4 +1,4 @@
-"""The support console: a static page (HTML, one script, one stylesheet, shipped in
+"""The support console: a static page (HTML, a few ES modules, one stylesheet, shipped in
 ``worker/console/``) served at ``/console/`` on the internal port.
 
 The page holds no data: it asks for the internal token and reads and acts through the JSON API
@@ -18,7 +18,14 @@ from worker.errors import NotFound
 
 PREFIX = "/console"
 # name → content type: the only files the console serves (read once, when the routes are added).
-ASSETS = {"index.html": "text/html", "console.js": "text/javascript", "console.css": "text/css"}
+ASSETS = {
+    "index.html": "text/html",
+    "console.css": "text/css",
+    **{
+        name: "text/javascript"  # ES modules: console.js imports the others
+        for name in ("console.js", "common.js", "workspace.js", "events.js", "backfill.js")
+    },
+}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
