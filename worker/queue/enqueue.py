@@ -105,8 +105,8 @@ class JobQueue:
 
     async def due_events(self, limit: int, from_score: int | None = None) -> list[tuple[str, int]]:
         """The event jobs arq will start next, in its order: (event id, score) of the first
-        ``limit`` queued jobs that are due (a job's score identifies one enqueueing of it),
-        from ``from_score`` on (inclusive) when given."""
+        ``limit`` queued jobs that are due (a job's score identifies one enqueueing or retry of
+        it: arq's ``Retry`` moves the score), from ``from_score`` on (inclusive) when given."""
         # Through a script: its flat reply skips redis-py's per-pair score conversion (a
         # worker reads a few hundred entries per batch).
         start = "-inf" if from_score is None else from_score
