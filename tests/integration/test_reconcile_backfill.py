@@ -10,7 +10,7 @@ from tests.support import stripe_factory as sf
 from tests.support.helpers import running_service, wait_for
 from tests.support.money_helpers import audit_count
 from tests.support.money_helpers import ids as fresh_ids
-from tests.support.scenarios import DAY, reconcile_sub_event
+from tests.support.scenarios import DAY, reconcile_sub_event, tied_updates
 from tests.support.stripe_server import StripeServer
 from worker.config import Settings
 
@@ -177,12 +177,7 @@ async def test_two_events_tied_on_created_make_the_worker_ask_stripe(
     now = int(time.time())
     # Two updates stamped with the same second. The deterministic tie-break (higher event id)
     # would keep the "z" one; Stripe's object says the "a" one is the truth.
-    truth = reconcile_sub_event(ids, now - 60, seats=7, status="active")
-    truth["id"] = f"evt_tie_a_{ids['sub_id']}"
-    other = reconcile_sub_event(ids, now - 60, seats=3, status="past_due")
-    other["id"] = f"evt_tie_z_{ids['sub_id']}"
-    stripe_server.put({"id": ids["customer"], "object": "customer"})
-    stripe_server.put(truth["data"]["object"])
+    truth, other = tied_updates(ids, now - 60, "tie", stripe_server)
     async with running_service(stripe_settings) as svc:
         for event in (truth, other):
             assert (await svc.post_event(event))[0] == 200

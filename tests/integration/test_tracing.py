@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.support import stripe_factory as sf
 from tests.support.helpers import running_service, wait_for
 from tests.support.money_helpers import ids as fresh_ids
-from tests.support.scenarios import reconcile_sub_event
+from tests.support.scenarios import tied_updates
 from tests.support.stripe_server import StripeServer
 from worker.config import Settings
 from worker.infra import tracing
@@ -54,12 +54,7 @@ async def test_one_trace_from_the_webhook_through_the_transaction_to_the_stripe_
     # the worker asks Stripe (a reconcile job, SPEC §4) — the Stripe calls an event causes.
     ids = fresh_ids("trace")
     now = int(time.time())
-    truth = reconcile_sub_event(ids, now - 60, seats=7, status="active")
-    truth["id"] = f"evt_trace_a_{ids['sub_id']}"
-    other = reconcile_sub_event(ids, now - 60, seats=3, status="past_due")
-    other["id"] = f"evt_trace_z_{ids['sub_id']}"
-    stripe_server.put({"id": ids["customer"], "object": "customer"})
-    stripe_server.put(truth["data"]["object"])
+    truth, other = tied_updates(ids, now - 60, "trace", stripe_server)
     async with running_service(stripe_settings) as svc:
         for event in (truth, other):
             assert (await svc.post_event(event))[0] == 200

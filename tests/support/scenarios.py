@@ -37,3 +37,19 @@ def reconcile_sub_event(
         period_start=start,
         period_end=sf.period_end_for("price_plus_monthly", start),
     )
+
+
+def tied_updates(
+    ids: dict[str, str], created: int, tag: str, stripe: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two updates of one subscription stamped with the same second and saying different things
+    (7 seats active, 3 seats past_due), and Stripe (``stripe``: the local server) knowing the first
+    as the truth: the deterministic tie-break (higher event id) would keep the other, so the
+    worker must ask Stripe (SPEC §4)."""
+    truth = reconcile_sub_event(ids, created, seats=7, status="active")
+    truth["id"] = f"evt_{tag}_a_{ids['sub_id']}"
+    other = reconcile_sub_event(ids, created, seats=3, status="past_due")
+    other["id"] = f"evt_{tag}_z_{ids['sub_id']}"
+    stripe.put({"id": ids["customer"], "object": "customer"})
+    stripe.put(truth["data"]["object"])
+    return truth, other

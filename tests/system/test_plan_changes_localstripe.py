@@ -17,7 +17,7 @@ import pytest
 from tests.support import stripe_factory as sf
 from tests.support.clock import MovableClock
 from tests.support.helpers import make_settings, running_service, wait_for
-from tests.support.localstripe import running_localstripe
+from tests.support.localstripe import plus_subscription, running_localstripe
 from worker.config import Settings
 from worker.infra.stripe_gateway import StripeGateway, to_dict
 from worker.jobs.plan_changes import sweep_plan_changes
@@ -36,20 +36,8 @@ async def localstripe() -> AsyncIterator[str]:
 async def test_plan_change_calls_against_localstripe(settings: Settings, localstripe: str):
     setup = StripeGateway(API_KEY, api_base=localstripe, max_network_retries=0)
     try:
-        v1 = setup.client.v1
         ws = f"ws_ls_{uuid.uuid4().hex[:8]}"
-        customer = await v1.customers.create_async({"metadata": {"workspace_id": ws}})
-        card = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
-        pm = await v1.payment_methods.create_async({"type": "card", "card": card})
-        await v1.payment_methods.attach_async(pm.id, {"customer": customer.id})
-        await v1.customers.update_async(customer.id, {"invoice_settings": {"default_payment_method": pm.id}})
-        plan = {"id": "price_plus_monthly", "amount": 1000, "currency": "usd", "interval": "month"}
-        await v1.plans.create_async({**plan, "product": {"name": "Plus"}})
-        created = to_dict(
-            await v1.subscriptions.create_async(
-                {"customer": customer.id, "items": [{"plan": "price_plus_monthly", "quantity": 3}]}
-            )
-        )
+        customer_id, created = await plus_subscription(setup, ws)
     finally:
         await setup.close()
     assert created["status"] == "active"
@@ -70,7 +58,7 @@ async def test_plan_change_calls_against_localstripe(settings: Settings, localst
             api_version=sf.ENDIVE,
             created=start,
             sub_id=sub_id,
-            customer=customer.id,
+            customer=customer_id,
             workspace_id=ws,
             status="active",
             items=[("price_plus_monthly", 3)],

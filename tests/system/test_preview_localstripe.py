@@ -18,9 +18,9 @@ import pytest
 
 from handlers.invoice_preview import preview_params, summarize
 from handlers.plan_policy import decide
-from tests.support.localstripe import running_localstripe
+from tests.support.localstripe import plus_subscription, running_localstripe
 from tests.support.policy_views import CATALOG, req, view
-from worker.infra.stripe_gateway import StripeGateway, to_dict
+from worker.infra.stripe_gateway import StripeGateway
 
 API_KEY = "sk_test_localstripe_preview"
 
@@ -34,28 +34,14 @@ async def localstripe() -> AsyncIterator[str]:
 async def test_a_seat_increase_is_previewed_by_localstripe(localstripe: str):
     gateway = StripeGateway(API_KEY, api_base=localstripe, max_network_retries=0)
     try:
-        v1 = gateway.client.v1
-        customer = await v1.customers.create_async(
-            {"metadata": {"workspace_id": f"ws_{uuid.uuid4().hex[:8]}"}}
-        )
-        card = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
-        pm = await v1.payment_methods.create_async({"type": "card", "card": card})
-        await v1.payment_methods.attach_async(pm.id, {"customer": customer.id})
-        await v1.customers.update_async(customer.id, {"invoice_settings": {"default_payment_method": pm.id}})
-        plan = {"id": "price_plus_monthly", "amount": 1000, "currency": "usd", "interval": "month"}
-        await v1.plans.create_async({**plan, "product": {"name": "Plus"}})
-        sub = to_dict(
-            await v1.subscriptions.create_async(
-                {"customer": customer.id, "items": [{"plan": "price_plus_monthly", "quantity": 3}]}
-            )
-        )
+        customer_id, sub = await plus_subscription(gateway, f"ws_{uuid.uuid4().hex[:8]}")
         start, end = sub["current_period_start"], sub["current_period_end"]
         now = datetime.fromtimestamp(start, UTC) + timedelta(days=1)
         current = replace(view("plus", "monthly", 3), subscription_id=sub["id"])
         change = req("plus", "monthly", 5)
         decision = decide(current, change, now, CATALOG)
         params = preview_params(
-            decision, current, change, CATALOG, customer.id, (sub["items"]["data"][0]["id"], None), now
+            decision, current, change, CATALOG, customer_id, (sub["items"]["data"][0]["id"], None), now
         )
         assert params is not None
         assert params["subscription_details"]["proration_date"] == int(now.timestamp())
