@@ -53,6 +53,7 @@ from handlers.stripe_fields import (
     Unexpected,
     json_type,
     malformed,
+    short_repr,
     timestamp,
 )
 from handlers.stripe_invoice import read_invoice
@@ -117,18 +118,18 @@ def validate_event_envelope(obj: object) -> None:
     if kind != "event":
         if kind == "v2.core.event":
             raise fail("object", "is 'v2.core.event': a thin notification, read by handlers.thin")
-        raise fail("object", f"must be 'event', got {_short(kind)}")
+        raise fail("object", f"must be 'event', got {short_repr(kind)}")
     event_id = obj.get("id")
     if not isinstance(event_id, str) or not event_id.startswith("evt_"):
-        raise fail("id", f"must be a string starting with 'evt_', got {_short(event_id)}")
+        raise fail("id", f"must be a string starting with 'evt_', got {short_repr(event_id)}")
     if len(event_id) > MAX_EVENT_ID_LENGTH:
         raise fail("id", f"must be at most {MAX_EVENT_ID_LENGTH} characters, got {len(event_id)}")
     event_type = obj.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
-        raise fail("type", f"must be a non-empty string, got {_short(event_type)}")
+        raise fail("type", f"must be a non-empty string, got {short_repr(event_type)}")
     created = obj.get("created")
     if isinstance(created, bool) or not isinstance(created, int):
-        raise fail("created", f"must be an integer unix timestamp, got {_short(created)}")
+        raise fail("created", f"must be an integer unix timestamp, got {short_repr(created)}")
     if not 0 <= created <= MAX_TIMESTAMP:
         raise fail("created", f"is out of range: {created}")
     data = obj.get("data")
@@ -209,11 +210,6 @@ def _meta(raw: Mapping[str, Any]) -> EventMeta:
         request_id=request_id,
         idempotency_key=idempotency_key,
     )
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 __all__ = [

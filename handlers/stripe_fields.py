@@ -267,3 +267,9 @@ class FieldReader:
 
 def _is_array(value: object) -> bool:
     return not isinstance(value, str | bytes) and isinstance(value, _SEQUENCES)
+
+
+def short_repr(value: object) -> str:
+    """A value as an error message quotes it: its repr, cut to 60 characters (never the payload)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -33,7 +33,7 @@ from handlers.normalize import (
     SUBSCRIPTION_EVENT_TYPES,
 )
 from handlers.observation import as_observation, observation_time
-from handlers.stripe_fields import MAPPINGS, NOT_A_STRIPE_EVENT, PayloadError, json_type
+from handlers.stripe_fields import MAPPINGS, NOT_A_STRIPE_EVENT, PayloadError, json_type, short_repr
 
 THIN_OBJECT = "v2.core.event"
 V1_PREFIX = "v1."
@@ -112,15 +112,15 @@ def parse_thin(raw: Mapping[str, Any]) -> ThinNotification:
         raise fail("object", f"must be {THIN_OBJECT!r}")
     event_id = raw.get("id")
     if not isinstance(event_id, str) or not event_id.startswith("evt_"):
-        raise fail("id", f"must be a string starting with 'evt_', got {_short(event_id)}")
+        raise fail("id", f"must be a string starting with 'evt_', got {short_repr(event_id)}")
     if len(event_id) > MAX_EVENT_ID_LENGTH:
         raise fail("id", f"must be at most {MAX_EVENT_ID_LENGTH} characters, got {len(event_id)}")
     event_type = raw.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
-        raise fail("type", f"must be a non-empty string, got {_short(event_type)}")
+        raise fail("type", f"must be a non-empty string, got {short_repr(event_type)}")
     created = _iso_time(raw.get("created"))
     if created is None:
-        raise fail("created", f"must be an ISO 8601 time with a zone, got {_short(raw.get('created'))}")
+        raise fail("created", f"must be an ISO 8601 time with a zone, got {short_repr(raw.get('created'))}")
     livemode = raw.get("livemode", False)
     if not isinstance(livemode, bool):
         raise fail("livemode", f"must be a boolean, got {json_type(livemode)}")
@@ -222,11 +222,11 @@ def _related(value: object, fail: Any) -> RelatedObject | None:
     for name in ("id", "type", "url"):
         item = value.get(name)
         if not isinstance(item, str) or not item:
-            raise fail(f"related_object.{name}", f"must be a non-empty string, got {_short(item)}")
+            raise fail(f"related_object.{name}", f"must be a non-empty string, got {short_repr(item)}")
         fields[name] = item
     url = fields["url"]
     if not url.startswith("/") or url.startswith("//") or len(url) > MAX_URL_LENGTH:
-        raise fail("related_object.url", f"must be an API path starting with '/', got {_short(url)}")
+        raise fail("related_object.url", f"must be an API path starting with '/', got {short_repr(url)}")
     return RelatedObject(fields["id"], fields["type"], url)
 
 
@@ -242,11 +242,6 @@ def _reason(value: object) -> tuple[str | None, str | None]:
         request_id if isinstance(request_id, str) and request_id else None,
         key if isinstance(key, str) and key else None,
     )
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 __all__ = [
