@@ -51,6 +51,7 @@ from handlers.stripe_fields import (
     FieldReader,
     PayloadError,
     Unexpected,
+    event_id_and_type,
     json_type,
     malformed,
     short_repr,
@@ -97,8 +98,6 @@ CHECKOUT_EVENT_TYPES = frozenset(
 )
 HANDLED_EVENT_TYPES = SUBSCRIPTION_EVENT_TYPES | INVOICE_EVENT_TYPES | CHECKOUT_EVENT_TYPES
 
-MAX_EVENT_ID_LENGTH = 255
-
 
 def validate_event_envelope(obj: object) -> None:
     """Raise ``PayloadError(code="not_a_stripe_event")`` unless ``obj`` looks like a Stripe event.
@@ -119,14 +118,7 @@ def validate_event_envelope(obj: object) -> None:
         if kind == "v2.core.event":
             raise fail("object", "is 'v2.core.event': a thin notification, read by handlers.thin")
         raise fail("object", f"must be 'event', got {short_repr(kind)}")
-    event_id = obj.get("id")
-    if not isinstance(event_id, str) or not event_id.startswith("evt_"):
-        raise fail("id", f"must be a string starting with 'evt_', got {short_repr(event_id)}")
-    if len(event_id) > MAX_EVENT_ID_LENGTH:
-        raise fail("id", f"must be at most {MAX_EVENT_ID_LENGTH} characters, got {len(event_id)}")
-    event_type = obj.get("type")
-    if not isinstance(event_type, str) or not event_type.strip():
-        raise fail("type", f"must be a non-empty string, got {short_repr(event_type)}")
+    event_id_and_type(obj, fail)
     created = obj.get("created")
     if isinstance(created, bool) or not isinstance(created, int):
         raise fail("created", f"must be an integer unix timestamp, got {short_repr(created)}")

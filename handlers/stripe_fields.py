@@ -9,7 +9,7 @@ those). Only what the reducer cannot do without raises ``PayloadError``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -273,3 +273,23 @@ def short_repr(value: object) -> str:
     """A value as an error message quotes it: its repr, cut to 60 characters (never the payload)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# Stripe event ids are short; the inbox key and the logs refuse anything longer.
+MAX_EVENT_ID_LENGTH = 255
+
+
+def event_id_and_type(
+    raw: Mapping[str, Any], fail: Callable[[str | None, str], PayloadError]
+) -> tuple[str, str]:
+    """The envelope's ``id`` (``evt_…``, bounded) and ``type`` (non-empty), for snapshot events and
+    thin notifications alike; ``fail`` builds the error of the envelope being read."""
+    event_id = raw.get("id")
+    if not isinstance(event_id, str) or not event_id.startswith("evt_"):
+        raise fail("id", f"must be a string starting with 'evt_', got {short_repr(event_id)}")
+    if len(event_id) > MAX_EVENT_ID_LENGTH:
+        raise fail("id", f"must be at most {MAX_EVENT_ID_LENGTH} characters, got {len(event_id)}")
+    event_type = raw.get("type")
+    if not isinstance(event_type, str) or not event_type.strip():
+        raise fail("type", f"must be a non-empty string, got {short_repr(event_type)}")
+    return event_id, event_type

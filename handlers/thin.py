@@ -29,11 +29,17 @@ from handlers.normalize import (
     CHECKOUT_EVENT_TYPES,
     HANDLED_EVENT_TYPES,
     INVOICE_EVENT_TYPES,
-    MAX_EVENT_ID_LENGTH,
     SUBSCRIPTION_EVENT_TYPES,
 )
 from handlers.observation import as_observation, observation_time
-from handlers.stripe_fields import MAPPINGS, NOT_A_STRIPE_EVENT, PayloadError, json_type, short_repr
+from handlers.stripe_fields import (
+    MAPPINGS,
+    NOT_A_STRIPE_EVENT,
+    PayloadError,
+    event_id_and_type,
+    json_type,
+    short_repr,
+)
 
 THIN_OBJECT = "v2.core.event"
 V1_PREFIX = "v1."
@@ -110,14 +116,7 @@ def parse_thin(raw: Mapping[str, Any]) -> ThinNotification:
 
     if not is_thin(raw):
         raise fail("object", f"must be {THIN_OBJECT!r}")
-    event_id = raw.get("id")
-    if not isinstance(event_id, str) or not event_id.startswith("evt_"):
-        raise fail("id", f"must be a string starting with 'evt_', got {short_repr(event_id)}")
-    if len(event_id) > MAX_EVENT_ID_LENGTH:
-        raise fail("id", f"must be at most {MAX_EVENT_ID_LENGTH} characters, got {len(event_id)}")
-    event_type = raw.get("type")
-    if not isinstance(event_type, str) or not event_type.strip():
-        raise fail("type", f"must be a non-empty string, got {short_repr(event_type)}")
+    event_id, event_type = event_id_and_type(raw, fail)
     created = _iso_time(raw.get("created"))
     if created is None:
         raise fail("created", f"must be an ISO 8601 time with a zone, got {short_repr(raw.get('created'))}")
