@@ -86,14 +86,17 @@ def record(
     versions: Mapping[str, str] | None = None,
     results: Path = RESULTS,
     argv: Sequence[str] | None = None,
+    storage: str | None = None,
 ) -> dict[str, Any]:
-    """Print the figures and append one JSON line to ``results``."""
+    """Print the figures and append one JSON line to ``results``; ``storage`` is ``"durable"`` or
+    ``"unsafe-fast"`` (``storage_of``), what the private servers traded for speed."""
     line = {
         "bench": name,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), **(versions or {})},
         "command": " ".join(["python", "-m", f"bench.{name}", *(sys.argv[1:] if argv is None else argv)]),
         "git_commit": git_commit(),
+        "storage": storage,
         "figures": dict(figures),
         "baseline": dict(baseline) if baseline is not None else None,
         "ratio": ratio,
@@ -110,7 +113,21 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=3, help="runs of both sides; medians reported")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file to append to")
     parser.add_argument("--workdir", type=Path, default=None, help="private servers' data (default: tmp)")
+    parser.add_argument(
+        "--unsafe-fast-storage",
+        action="store_true",
+        help="PostgreSQL with fsync and full_page_writes off, Redis without its append-only file: "
+        "faster, and NOT how the service runs (default: durable, as deploy/docker-compose.yml)",
+    )
     return parser
+
+
+DURABLE, UNSAFE_FAST = "durable", "unsafe-fast"
+
+
+def storage_of(args: argparse.Namespace) -> str:
+    """``"durable"`` unless the script was given ``--unsafe-fast-storage``."""
+    return UNSAFE_FAST if getattr(args, "unsafe_fast_storage", False) else DURABLE
 
 
 # ---------------------------------------------------------------- private servers
@@ -123,13 +140,24 @@ class Servers:
     postgres_pid: int | None
     versions: dict[str, str] = field(default_factory=dict)
     redis_pid: int | None = None
+    storage: str = "durable"
 
 
 @contextlib.contextmanager
 def private_servers(
-    workdir: Path | None = None, database: str = "bench", shared_buffers: str = "512MB"
+    workdir: Path | None = None,
+    database: str = "bench",
+    shared_buffers: str = "512MB",
+    *,
+    storage: str = DURABLE,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Servers]:
-    """A private PostgreSQL (fsync off, like a tuned test box) and Redis (no persistence), migrated."""
+    """A private PostgreSQL and Redis, migrated. ``storage="durable"`` (the default) runs them as
+    the embedded default and deploy/docker-compose.yml do: PostgreSQL with fsync,
+    synchronous_commit and full_page_writes on; Redis with ``--appendonly yes --appendfsync
+    everysec``. ``"unsafe-fast"`` turns fsync and full-page writes off and Redis persistence off
+    (the benchmarks' setting before session 9): a committed event then does not survive a machine
+    crash, so its figures are not the service's. ``settings``: more PostgreSQL settings."""
     import asyncio
 
     import asyncpg
@@ -138,17 +166,29 @@ def private_servers(
     from worker.dev.redis import EmbeddedRedis
     from worker.storage.migrate import migrate
 
+    if storage not in (DURABLE, UNSAFE_FAST):
+        raise ValueError(f"storage must be {DURABLE!r} or {UNSAFE_FAST!r}, got {storage!r}")
+    durable = storage == DURABLE
+    print(
+        "storage: durable (PostgreSQL fsync, synchronous_commit, full_page_writes on; Redis AOF everysec)"
+        if durable
+        else "storage: UNSAFE-FAST (PostgreSQL fsync and full_page_writes off; Redis without persistence)"
+        " -- not how the service runs",
+        file=sys.stderr,
+    )
     with contextlib.ExitStack() as stack:
         root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bw-bench-")))
         pg = stack.enter_context(
             EmbeddedPostgres(
                 root / "postgres",
-                durable=False,
-                settings={"shared_buffers": shared_buffers, "max_connections": "200"},
+                durable=durable,
+                settings={"shared_buffers": shared_buffers, "max_connections": "200", **(settings or {})},
             )
         )
         redis = stack.enter_context(
-            EmbeddedRedis(root / "redis", appendonly=False, extra_args=["--save", ""])
+            EmbeddedRedis(root / "redis", appendonly=True, appendfsync="everysec")
+            if durable
+            else EmbeddedRedis(root / "redis", appendonly=False, extra_args=["--save", ""])
         )
 
         async def prepare() -> dict[str, str]:
@@ -157,6 +197,10 @@ def private_servers(
                 if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
                     await conn.execute(f'CREATE DATABASE "{database}"')
                 pg_version = await conn.fetchval("SHOW server_version")
+                pg_flags = [
+                    f"{name}={await conn.fetchval(f'SHOW {name}')}"
+                    for name in ("fsync", "synchronous_commit", "full_page_writes")
+                ]
             finally:
                 await conn.close()
             await migrate(pg.url(database))
@@ -164,11 +208,20 @@ def private_servers(
 
             r = Redis.from_url(f"redis://127.0.0.1:{redis.port}/0")
             info = await r.info("server")
+            aof = await r.config_get("append*")
             await r.aclose()
-            return {"postgres": str(pg_version), "redis": str(info["redis_version"])}
+            return {
+                "postgres": str(pg_version),
+                "redis": str(info["redis_version"]),
+                # What the servers really ran with, read back from them.
+                "postgres_storage": " ".join(pg_flags),
+                "redis_storage": f"appendonly={aof.get('appendonly')} appendfsync={aof.get('appendfsync')}",
+            }
 
         versions = asyncio.run(prepare())
-        yield Servers(pg.url(database), f"redis://127.0.0.1:{redis.port}/0", pg.pid, versions, redis.pid)
+        yield Servers(
+            pg.url(database), f"redis://127.0.0.1:{redis.port}/0", pg.pid, versions, redis.pid, storage
+        )
 
 
 def service_env(servers: Servers, **extra: str) -> dict[str, str]:

@@ -39,6 +39,7 @@ from bench.common import (
     record,
     service_env,
     steal_percent,
+    storage_of,
     wait_http,
 )
 from bench.events import event_body, signature
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tag = str(int(time.time()))
     runs = []
-    with private_servers(args.workdir) as servers:
+    with private_servers(args.workdir, storage=storage_of(args)) as servers:
         rport, aport = free_port(), free_port()
         env = service_env(
             servers,
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "steal_pct": steal,
         "targets": {"p99_le_150ms": sorted(p99s)[len(p99s) // 2] <= 150},
     }
-    record("e2e", figures, versions=versions, results=args.results, argv=argv)
+    record("e2e", figures, versions=versions, results=args.results, argv=argv, storage=storage_of(args))
     return 0
 
 

@@ -38,6 +38,7 @@ from bench.common import (
     record,
     service_env,
     steal_percent,
+    storage_of,
     wait_http,
 )
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", choices=("snapshot", "thin"), default="snapshot")
     args = parser.parse_args(argv)
     tag = f"{int(time.time())}"
-    with private_servers(args.workdir) as servers:
+    with private_servers(args.workdir, storage=storage_of(args)) as servers:
         logdir = Path("/tmp")
         rport, bport = free_port(), free_port()
         env = service_env(servers, BW_RECEIVER_HOST="127.0.0.1", BW_RECEIVER_PORT=str(rport))
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         versions=servers.versions,
         results=args.results,
         argv=argv,
+        storage=storage_of(args),
     )
     return 0
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from bench import ingest, processing
-from bench.common import base_parser, record
+from bench.common import base_parser, record, storage_of
 
 
 def _last(path: Path, bench: str) -> dict:
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(repeat=1)
     args = parser.parse_args(argv)
     common = ["--repeat", str(args.repeat), "--results", str(args.results)]
+    common += ["--unsafe-fast-storage"] if args.unsafe_fast_storage else []
     ingest.main([*common, "--requests", str(args.requests), "--open-duration", "10"])
     processing.main([*common, "--events", str(args.events)])
     ing, proc = _last(args.results, "ingest"), _last(args.results, "processing")
@@ -42,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         "processing_events": args.events,
         "targets": {"receiver_lt_150mb": receiver < 150, "worker_lt_150mb": worker < 150},
     }
-    record("memory", figures, versions=ing["machine"], results=args.results, argv=argv)
+    record(
+        "memory",
+        figures,
+        versions=ing["machine"],
+        results=args.results,
+        argv=argv,
+        storage=storage_of(args),
+    )
     return 0
 
 

@@ -49,6 +49,7 @@ from bench.common import (
     process,
     record,
     service_env,
+    storage_of,
 )
 from handlers.plan_policy import AT_PERIOD_END, ChangeRequest
 from tests.support import stripe_factory as sf
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the worker/Stripe logs (printed path)")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bw-pcsweep-"))
-    with private_servers(args.workdir) as servers:
+    with private_servers(args.workdir, storage=storage_of(args)) as servers:
         figures = run(args, servers, tmp)
         versions = servers.versions
     if args.keep:
@@ -380,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         versions=versions,
         results=args.results,
         argv=argv,
+        storage=storage_of(args),
     )
     failed = [k for k, ok in figures["checks"].items() if not ok]
     if failed:

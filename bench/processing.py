@@ -37,6 +37,7 @@ from bench.common import (
     record,
     service_env,
     steal_percent,
+    storage_of,
 )
 from bench.events import event_body
 from worker.queue.enqueue import JobQueue
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     env_extra = {"BW_LOG_LEVEL": args.log_level}
     real_runs, noop_runs, lat_runs, steal = [], [], [], []
     peak = {"real": 0.0, "noop": 0.0}
-    with private_servers(args.workdir) as servers:
+    with private_servers(args.workdir, storage=storage_of(args)) as servers:
         for i in range(args.repeat):
             for mode in ("real", "noop") if i % 2 == 0 else ("noop", "real"):
                 if mode == "real":
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         versions=versions,
         results=args.results,
         argv=argv,
+        storage=storage_of(args),
     )
     return 0
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import base_parser, median, percentiles, private_servers, record
+from bench.common import base_parser, median, percentiles, private_servers, record, storage_of
 from bench.events import event_body
 from worker.clock import utcnow
 from worker.processing.unit_of_work import EventProcessor
@@ -99,6 +99,8 @@ async def bulk_load(url: str, count: int, invoices_per_workspace: int = 3) -> fl
     started = time.perf_counter()
     conn = await asyncpg.connect(url)
     try:
+        # The bulk load only (this connection): it is set-up, not measured. The measured events
+        # go through the service's pool with the server's synchronous_commit (on by default).
         await conn.execute("SET synchronous_commit = off")
         ws, cus, sub = "'ws_s' || g", "'cus_ws_s' || g", "'sub_ws_s' || g"
         await conn.execute(
@@ -341,8 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import plan_change_sweep
 
         extra = ["--results", str(args.results)] + (["--workdir", str(args.workdir)] if args.workdir else [])
+        extra += ["--unsafe-fast-storage"] if args.unsafe_fast_storage else []
         return plan_change_sweep.main(["--changes", "10000", *extra])
-    with private_servers(args.workdir, shared_buffers=args.shared_buffers) as servers:
+    with private_servers(
+        args.workdir, shared_buffers=args.shared_buffers, storage=storage_of(args)
+    ) as servers:
         figures = asyncio.run(run(args, servers))
         versions = servers.versions
     small, large = figures["small"], figures["large"]
@@ -353,7 +358,16 @@ def main(argv: list[str] | None = None) -> int:
         "large_within_10pct_of_small": ratio <= 1.10,
         "no_seq_scans": scans == 0 and not figures["seq_scan_in_plans"],
     }
-    record("scale", figures, baseline=small, ratio=ratio, versions=versions, results=args.results, argv=argv)
+    record(
+        "scale",
+        figures,
+        baseline=small,
+        ratio=ratio,
+        versions=versions,
+        results=args.results,
+        argv=argv,
+        storage=storage_of(args),
+    )
     return 0
 
 
