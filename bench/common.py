@@ -291,8 +291,9 @@ def cpu_seconds(pid: int) -> float:
     return _cpu_of(psutil.Process(pid))
 
 
-def _process_tree_cpu(pid: int | None) -> dict[int, float]:
-    """CPU seconds of a process and of each of its children (PostgreSQL's backends), by pid."""
+def _process_tree_cpu(pid: int | None, recursive: bool = False) -> dict[int, float]:
+    """CPU seconds of a process and of each of its children (PostgreSQL's backends), by pid;
+    ``recursive``: their children too (``billing-worker run``'s worker processes)."""
     import psutil
 
     if pid is None:
@@ -300,7 +301,7 @@ def _process_tree_cpu(pid: int | None) -> dict[int, float]:
     out: dict[int, float] = {}
     with contextlib.suppress(psutil.Error):
         parent = psutil.Process(pid)
-        for proc in [parent, *parent.children()]:
+        for proc in [parent, *parent.children(recursive=recursive)]:
             with contextlib.suppress(psutil.Error):
                 out[proc.pid] = _cpu_of(proc)
     return out
@@ -337,6 +338,25 @@ class CpuSplit:
 
     def per_request_ms(self, requests: int) -> dict[str, float]:
         return {part: round(1000 * cpu / requests, 3) for part, cpu in self.cpu_s.items()}
+
+
+class TreeCpu:
+    """CPU seconds each named process tree (the process and all its descendants) used between
+    ``start()`` and ``stop()``; descendants born meanwhile count in full."""
+
+    def __init__(self, pids: Mapping[str, int | None]) -> None:
+        self._pids = dict(pids)
+        self._before: dict[str, dict[int, float]] = {}
+
+    def _snap(self) -> dict[str, dict[int, float]]:
+        return {name: _process_tree_cpu(pid, recursive=True) for name, pid in self._pids.items()}
+
+    def start(self) -> None:
+        self._before = self._snap()
+
+    def stop(self) -> dict[str, float]:
+        after = self._snap()
+        return {name: _tree_delta(self._before[name], after[name]) for name in self._pids}
 
 
 def _tree_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:

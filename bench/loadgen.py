@@ -1,7 +1,10 @@
 """The load generator: its own process, posting signed webhooks with unique event ids.
 
 Closed loop (``--concurrency C --requests N``): C connections, each sends its next request when
-the previous answer arrived: the maximum rate. Open loop (``--rate R --duration S``): requests are
+the previous answer arrived: the maximum rate. Replay (``--events-file F --concurrency C``): the
+same closed loop over a fixed file of Stripe bodies (``bench.throughput``'s committed set), in
+the file's order, every post timed (no warm-up); ``--sent-out`` writes each post's event id,
+send instant (epoch seconds), answer time and status. Open loop (``--rate R --duration S``): requests are
 sent at fixed instants whatever the answers do, and latency counts from the scheduled instant, so
 a stalled server is not hidden (no coordinated omission). Bodies are built and signed before the
 clock starts. Prints one JSON object.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import gzip
 import json
 import sys
 import time
@@ -134,6 +138,59 @@ async def open_loop(url: str, reqs: list[tuple[bytes, dict[str, str]]], rate: fl
     )
 
 
+def _replay_requests(path: str, limit: int | None, secret: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    """The file's bodies (one JSON event a line, gzip), signed now: Stripe's 300 s tolerance."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        bodies = [line.rstrip("\n") for line in fh if line.strip()]
+    now = int(time.time())
+    out = []
+    for body in bodies[:limit] if limit else bodies:
+        headers = {"Stripe-Signature": signature(body, secret, now), "Content-Type": "application/json"}
+        out.append((json.loads(body)["id"], body.encode(), headers))
+    return out
+
+
+async def replay(url: str, reqs: list[tuple[str, bytes, dict[str, str]]], concurrency: int) -> dict:
+    """Every request of ``reqs`` in order over ``concurrency`` connections, each one timed."""
+    statuses: Counter[int] = Counter()
+    sends: list[tuple[str, float, float, int]] = []
+    it = iter(reqs)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            for event_id, body, headers in it:
+                at = time.time()
+                t0 = time.perf_counter()
+                status = 0
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        status = resp.status
+                except aiohttp.ClientError:
+                    pass
+                statuses[status] += 1
+                sends.append((event_id, at, (time.perf_counter() - t0) * 1000, status))
+
+        cpu0, started = time.process_time(), time.time()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        ended, cpu_s = time.time(), time.process_time() - cpu0
+    acked = sum(n for status, n in statuses.items() if 200 <= status < 300)
+    window = ended - started
+    return {
+        **_result([ms for _, _, ms, _ in sends], statuses, mode="replay", concurrency=concurrency),
+        "first_send": started,
+        "last_answer": ended,
+        "window_s": round(window, 3),
+        "acked": acked,
+        "rps": round(len(sends) / window, 1),
+        "acked_rps": round(acked / window, 1),
+        "generator_cpu_s": round(cpu_s, 3),
+        "generator_cpu_ms_per_request": round(1000 * cpu_s / max(len(sends), 1), 3),
+        "sends": sends,
+    }
+
+
 def _quiet_gc() -> None:
     """The generator must not pause itself: its prebuilt requests (tens of thousands of objects)
     are frozen out of the collector once built, and the youngest generation is collected less
@@ -160,8 +217,19 @@ def main(argv: list[str] | None = None) -> int:
         default="snapshot",
         help="snapshot events or thin notifications",
     )
+    parser.add_argument("--events-file", default=None, help="replay this file's bodies (gzip, a JSON a line)")
+    parser.add_argument("--limit", type=int, default=None, help="replay only the file's first N bodies")
+    parser.add_argument("--sent-out", default=None, help="replay: write each post's id, instant, ms, status")
     args = parser.parse_args(argv)
-    if args.rate:
+    if args.events_file:
+        replayed = _replay_requests(args.events_file, args.limit, args.secret)
+        _quiet_gc()
+        result = asyncio.run(replay(args.url, replayed, args.concurrency))
+        sends = result.pop("sends")
+        if args.sent_out:
+            with open(args.sent_out, "w", encoding="utf-8") as fh:
+                json.dump(sends, fh)
+    elif args.rate:
         reqs = _requests(args.prefix, int(args.rate * args.duration), args.secret, args.payload)
         _quiet_gc()
         result = asyncio.run(open_loop(args.url, reqs, args.rate))

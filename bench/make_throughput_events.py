@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     posts, summary = make(args.workspaces, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # mtime=0: the same events give the same bytes, so re-running it changes nothing in git.
-    with args.out.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as fh:
+    with args.out.open("wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as fh:
         fh.write("".join(p + "\n" for p in posts).encode())
     print(json.dumps(summary, indent=2))
     return 0

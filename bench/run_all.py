@@ -1,6 +1,6 @@
 """Run every benchmark in turn, with the settings bench/README.md reports.
 
-    python -m bench.run_all [--quick]
+    python -m bench.run_all [--quick] [--unsafe-fast-storage]
 
 ``--quick`` shrinks every run (a minute or two in all) to check the scripts, not to measure.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import e2e, ingest, memory, plan_change_sweep, processing, scale
+from bench import e2e, ingest, memory, plan_change_sweep, processing, scale, throughput
 
 FULL = {
+    "throughput": ["--repeat", "5"],
     "ingest": ["--repeat", "3", "--requests", "10000", "--open-duration", "20"],
     "processing": ["--repeat", "3", "--events", "10000"],
     "e2e": ["--rate", "200", "--duration", "60"],
@@ -21,6 +22,7 @@ FULL = {
     "plan_change_sweep": ["--changes", "10000"],
 }
 QUICK = {
+    "throughput": ["--repeat", "1", "--limit", "500"],
     "ingest": ["--repeat", "1", "--requests", "1000", "--open-duration", "3"],
     "processing": ["--repeat", "1", "--events", "1000"],
     "e2e": ["--rate", "100", "--duration", "5"],
@@ -29,6 +31,7 @@ QUICK = {
     "plan_change_sweep": ["--changes", "200"],
 }
 MODULES = {
+    "throughput": throughput,
     "ingest": ingest,
     "processing": processing,
     "e2e": e2e,
@@ -43,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", choices=list(MODULES), default=list(MODULES))
     parser.add_argument("--results", default=None, help="JSON lines file (default bench/results.jsonl)")
+    parser.add_argument("--unsafe-fast-storage", action="store_true", help="passed to every script")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     extra = ["--results", args.results] if args.results else []
+    extra += ["--unsafe-fast-storage"] if args.unsafe_fast_storage else []
     for name in args.only:
         print(f"== bench.{name} {' '.join(plan[name])}", file=sys.stderr)
         MODULES[name].main([*plan[name], *extra])

@@ -3,6 +3,7 @@ run with machine, command, commit, figures, baseline and ratio, and honest perce
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -80,3 +81,56 @@ def test_cpu_split_charges_a_runs_cpu_to_the_process_that_used_it():
         for proc in (server, idle):
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_benchmarks_run_durable_servers_unless_told_otherwise(tmp_path):
+    """Issue 19: the figures are the service's only if PostgreSQL and Redis keep what they ack."""
+    from bench.common import base_parser, private_servers, storage_of
+
+    args = base_parser("x").parse_args([])
+    assert storage_of(args) == "durable"
+    assert storage_of(base_parser("x").parse_args(["--unsafe-fast-storage"])) == "unsafe-fast"
+    with private_servers(tmp_path, storage=storage_of(args)) as servers:
+        assert servers.versions["postgres_storage"] == "fsync=on synchronous_commit=on full_page_writes=on"
+        assert servers.versions["redis_storage"] == "appendonly=yes appendfsync=everysec"
+    results = tmp_path / "results.jsonl"
+    record("ingest", {"rps": 1.0}, results=results, argv=[], storage=storage_of(args))
+    assert json.loads(results.read_text())["storage"] == "durable"
+
+
+def test_the_committed_throughput_event_set_is_what_its_generator_makes(tmp_path):
+    """bench.throughput posts a fixed set; regenerating it gives the same bytes and its shape."""
+    from bench.make_throughput_events import OUT, main
+
+    out = tmp_path / "events.jsonl.gz"
+    assert main(["--out", str(out)]) == 0
+    assert out.read_bytes() == OUT.read_bytes(), "re-run python -m bench.make_throughput_events"
+    bodies = gzip.decompress(out.read_bytes()).decode().splitlines()
+    ids = [json.loads(b)["id"] for b in bodies]
+    workspaces = {json.loads(b)["data"]["object"].get("metadata", {}).get("workspace_id") for b in bodies}
+    assert len(set(ids)) >= 2000 and len(workspaces - {None}) >= 200
+    assert 0.03 <= (len(ids) - len(set(ids))) / len(set(ids)) <= 0.07  # ~5 % posted twice
+
+
+def test_throughput_expects_the_state_of_each_workspaces_last_event_in_stripe_order():
+    """Posted out of order, the expected state is still that of the latest ``created``; a service
+    that shows an older one is caught."""
+    from bench.throughput_expect import expected_states, mismatches
+    from tests.support import stripe_factory as sf
+
+    events = sf.history_lifecycle(workspace_id="ws_x", customer="cus_x", sub_id="sub_x")[:4]
+    dunning = sf.history_payment_failure(workspace_id="ws_y", customer="cus_y", sub_id="sub_y", outcome=None)
+    bodies = [json.dumps(e) for e in reversed(events + dunning)]
+    expected = expected_states(bodies)
+    assert expected["ws_x"] == {
+        "status": "active",
+        "plan": "business",
+        "seats": 5,
+        "cancel_at_period_end": False,
+        "open_invoices": [],
+    }
+    assert expected["ws_y"]["status"] == "past_due" and expected["ws_y"]["open_invoices"] == [
+        "in_Dunning00001"
+    ]
+    shown = {**expected["ws_x"], "plan": "plus", "open_invoices": []}
+    assert mismatches(expected["ws_x"], shown) == {"plan": {"want": "business", "got": "plus"}}
