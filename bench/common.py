@@ -233,6 +233,9 @@ def service_env(servers: Servers, **extra: str) -> dict[str, str]:
         STRIPE_WEBHOOK_SECRETS=SECRET,
         BW_INTERNAL_TOKEN=TOKEN,
         BW_REDIS_PREFIX="bench",
+        # No metrics port (default 9102) in processes without the API: the benchmarks scrape none,
+        # and a receiver and a worker started side by side (bench.e2e) would both want it.
+        BW_WORKER_METRICS_PORT="0",
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)
