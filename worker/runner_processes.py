@@ -172,7 +172,9 @@ class WorkerProcesses:
         for child in self._children:
             await self._spawn(child)
             self._watchers.append(asyncio.create_task(self._supervise(child)))
-        log.info("worker_processes_started", count=len(self._children), pids=self.pids)
+        log.info(
+            "worker_processes_started", count=len(self._children), pids=self.pids, usable_cpus=usable_cpus()
+        )
 
     async def _spawn(self, child: _Child) -> None:
         env = child_environment(self._settings, child.name, child.metrics_port)

@@ -48,7 +48,7 @@ from worker.dev.services import embedded_services
 from worker.errors import BillingError, NotFound
 from worker.infra.logging import configure, get_logger
 from worker.runner import ROLES, serve
-from worker.runner_processes import CHILD_FLAG, usable_cpus, worker_process_count
+from worker.runner_processes import CHILD_FLAG, worker_process_count
 from worker.storage import inbox, workspaces
 from worker.storage.db import init_connection
 from worker.storage.migrate import Migration, migrate
@@ -144,7 +144,6 @@ def _run(settings: Settings, roles: Sequence[str], configured_processes: int | N
     if "worker" in roles:
         wanted = configured_processes if configured_processes is not None else settings.worker_processes
         count = worker_process_count(wanted)
-        log.info("worker_processes", count=count, configured=wanted, usable_cpus=usable_cpus())
     with ExitStack() as stack:
         on_ready: Callable[[], None] | None = None
         if not settings.database_url or not settings.redis_url:
