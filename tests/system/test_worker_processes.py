@@ -98,12 +98,17 @@ def _lines(instance: DevInstance) -> list[dict[str, Any]]:
     return out
 
 
-def _job_lines(instance: DevInstance, event_id: str) -> list[dict[str, Any]]:
-    return [
-        line
-        for line in _lines(instance)
-        if line["msg"] == "job_finished" and line.get("event_id") == event_id
-    ]
+async def _job_lines(instance: DevInstance, event_id: str) -> list[dict[str, Any]]:
+    """The ``job_finished`` lines of ``event_id``, once written (a line waits up to BW_LOG_BATCH_MS)."""
+
+    async def lines() -> list[dict[str, Any]]:
+        return [
+            line
+            for line in _lines(instance)
+            if line["msg"] == "job_finished" and line.get("event_id") == event_id
+        ]
+
+    return await wait_for(lines, timeout=10, what=f"job_finished of {event_id}")
 
 
 def _children(pid: int) -> list[psutil.Process]:
@@ -175,7 +180,7 @@ async def test_two_worker_processes_process_restart_and_stop_with_the_main_one(
         exited = [line for line in lines if line["msg"] == "worker_process_exited"]
         assert [(e["pid"], e["signal"], e["process"]) for e in exited] == [(victim, "SIGKILL", "main")]
         assert {line["process"] for line in lines} == {"main", "worker-1", "worker-2"}
-        finished = _job_lines(instance, first["id"])
+        finished = await _job_lines(instance, first["id"])
         assert finished and finished[0]["process"] in ("worker-1", "worker-2")
 
         # SIGTERM to the main process stops them all; nothing is left behind.
@@ -206,7 +211,7 @@ async def test_zero_worker_processes_is_one_process(settings: Settings, tmp_path
             event = _event()
             await instance.deliver(http, event)
         assert instance.stop() == 0
-        finished = _job_lines(instance, event["id"])
+        finished = await _job_lines(instance, event["id"])
         assert [line["process"] for line in finished] == ["main"]
     finally:
         instance.stop()
@@ -225,7 +230,7 @@ async def test_embedded_servers_reach_the_worker_processes_and_they_end_with_a_k
             event = _event()
             await instance.deliver(http, event)
         pids = [p["pid"] for p in workers["processes"]]
-        finished = _job_lines(instance, event["id"])
+        finished = await _job_lines(instance, event["id"])
         assert finished and finished[0]["process"] in ("worker-1", "worker-2")
 
         started = time.monotonic()
