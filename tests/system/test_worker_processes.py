@@ -5,6 +5,8 @@ itself on its log lines and serving its own metrics; ``--worker-processes 0`` ke
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
 import json
 import os
 import signal
@@ -17,14 +19,17 @@ from typing import Any
 
 import aiohttp
 import psutil
+import structlog
 
 from tests.support import stripe_factory as sf
 from tests.support.dev_instance import DevInstance, spawn_run, wait_ready
 from tests.support.helpers import SECRET_A, TOKEN, wait_for
 from tests.support.paths import ROOT
-from tests.support.services import free_port
+from tests.support.services import free_port, with_database
 from worker.config import Settings
 from worker.dev.processes import pid_alive
+from worker.infra.logging import configure
+from worker.runner_processes import WorkerProcesses
 
 
 def _spawn(settings: Settings, folder: Path, *args: str, **extra_env: str) -> DevInstance:
@@ -242,3 +247,34 @@ async def test_embedded_servers_reach_the_worker_processes_and_they_end_with_a_k
         assert time.monotonic() - started < 30
     finally:
         instance.stop()
+
+
+async def test_a_worker_process_that_keeps_failing_is_restarted_later_each_time(settings: Settings) -> None:
+    """A worker process that cannot start (here: its database does not exist) is not restarted in a
+    tight loop: 0.5 s, 1 s, 2 s, … (capped at 10 s); stopping during a wait ends at once."""
+    buffer = io.StringIO()
+    configure("info", stream=buffer)
+    assert settings.database_url
+    broken = dataclasses.replace(
+        settings,
+        database_url=with_database(settings.database_url, "bw_no_such_database"),
+        worker_metrics_port=0,
+    )
+    children = WorkerProcesses(broken, 1)
+    try:
+        await children.start()
+
+        async def exits() -> list[dict[str, Any]]:
+            lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+            return [line for line in lines if line["msg"] == "worker_process_exited"]
+
+        seen = await wait_for(exits, lambda e: len(e) >= 3, timeout=60, what="three exits")
+        assert [e["restart_in_s"] for e in seen[:3]] == [0.5, 1.0, 2.0]
+        assert [e["exit_code"] for e in seen[:3]] == [1, 1, 1]
+        assert children.status()["processes"][0]["restarts"] >= 2
+    finally:
+        started = time.monotonic()
+        await children.stop()
+        structlog.reset_defaults()
+    assert time.monotonic() - started < 5
+    assert children.pids == [] and children.status()["running"] == 0
