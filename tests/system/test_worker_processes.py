@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+import pytest
 import structlog
 
 from tests.support import stripe_factory as sf
@@ -201,8 +202,19 @@ async def test_two_worker_processes_process_restart_and_stop_with_the_main_one(
         instance.stop()
 
 
-async def test_zero_worker_processes_is_one_process(settings: Settings, tmp_path: Path) -> None:
-    instance = _spawn(settings, tmp_path, BW_WORKER_PROCESSES="0")
+@pytest.mark.parametrize(
+    ("args", "env", "worker_here"),
+    [
+        ((), {"BW_WORKER_PROCESSES": "0"}, True),
+        (("--worker-processes", "0"), {"BW_WORKER_PROCESSES": "3"}, True),  # the flag wins
+        (("--roles", "receiver,api", "--worker-processes", "2"), {}, False),  # no worker role
+    ],
+    ids=["env-0", "flag-0", "no-worker-role"],
+)
+async def test_one_process_when_asked_or_without_the_worker_role(
+    settings: Settings, tmp_path: Path, args: tuple[str, ...], env: dict[str, str], worker_here: bool
+) -> None:
+    instance = _spawn(settings, tmp_path, *args, **env)
     try:
         async with aiohttp.ClientSession() as http:
 
@@ -213,11 +225,12 @@ async def test_zero_worker_processes_is_one_process(settings: Settings, tmp_path
             _, body = await wait_for(ready, lambda r: r[0] == 200, timeout=60, what="ready")
             assert "worker_processes" not in body["checks"]
             assert _children(instance.proc.pid) == []
-            event = _event()
-            await instance.deliver(http, event)
+            if worker_here:
+                event = _event()
+                await instance.deliver(http, event)
+                finished = await _job_lines(instance, event["id"])
+                assert [line["process"] for line in finished] == ["main"]
         assert instance.stop() == 0
-        finished = await _job_lines(instance, event["id"])
-        assert [line["process"] for line in finished] == ["main"]
     finally:
         instance.stop()
 
