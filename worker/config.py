@@ -69,6 +69,17 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "9102",
         "Port of /metrics, /livez and /readyz in a process without the internal API (a worker, a receiver alone); 0: none.",
     ),
+    EnvVar(
+        "BW_WORKER_PROCESSES",
+        "auto",
+        "Worker processes `billing-worker run` starts beside its receiver + API process "
+        "(`--worker-processes`); auto: half the usable CPUs, at least 1; 0: the worker runs in the main process.",
+    ),
+    EnvVar(
+        "BW_PROCESS_NAME",
+        "main",
+        "The `process` key of every log line; `billing-worker run` names its worker processes `worker-1`, `worker-2`, ….",
+    ),
     EnvVar("BW_DB_POOL_SIZE", "20", "PostgreSQL connections per process."),
     EnvVar("BW_LOG_LEVEL", "info", "debug, info, warning or error."),
     EnvVar(
@@ -98,6 +109,19 @@ def _divisor_of_60(seconds: int) -> int:
     if 60 % seconds:
         raise ConfigError(f"BW_SWEEP_INTERVAL_SECONDS must divide 60 (1, 2, 3, 5, 10, …), got {seconds}")
     return seconds
+
+
+def parse_worker_processes(value: str, name: str = "--worker-processes") -> int | None:
+    """A count of worker processes, ``auto`` (None) or a number >= 0 (0: none beside the main one)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be auto or a number of processes >= 0, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name} must be auto or a number of processes >= 0, got {number}")
+    return number
 
 
 class _EnvReader:
@@ -152,6 +176,10 @@ class _EnvReader:
             raise ConfigError(f"BW_TRACING must be 1 or 0, got {value!r}")
         return value in {"1", "true"}
 
+    def worker_processes(self) -> int | None:
+        """None: the default of ``billing-worker run`` (worker/runner_processes.py), from the CPUs."""
+        return parse_worker_processes(self.raw("BW_WORKER_PROCESSES") or "auto", "BW_WORKER_PROCESSES")
+
     def log_level(self) -> str:
         level = (self.raw("BW_LOG_LEVEL") or "info").lower()
         if level not in {"debug", "info", "warning", "error"}:
@@ -193,6 +221,8 @@ class Settings:
     log_batch_ms: int = 20
     tracing: bool = False
     service_name: str = "billing-worker"
+    worker_processes: int | None = None  # None: from the CPUs (worker/runner_processes.py)
+    process_name: str = "main"
 
     @property
     def queue_name(self) -> str:
@@ -237,6 +267,8 @@ class Settings:
             log_batch_ms=read.integer("BW_LOG_BATCH_MS"),
             tracing=read.tracing(),
             service_name=read.raw("OTEL_SERVICE_NAME") or "billing-worker",
+            worker_processes=read.worker_processes(),
+            process_name=read.raw("BW_PROCESS_NAME") or "main",
         )
 
     def require_service_settings(self) -> None:

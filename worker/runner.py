@@ -1,7 +1,8 @@
-"""Running the service: receiver, internal API and worker in one event loop, or any of them.
+"""Running the service: receiver, internal API and worker in one event loop, or any of them; or
+the worker in processes of its own beside them (``worker_processes``, worker/runner_processes.py).
 
 Used by the CLI. Graceful stop on SIGTERM/SIGINT: stop taking webhooks, let running jobs end
-(arq re-queues what it must cancel), close pools.
+(arq re-queues what it must cancel; worker processes get SIGTERM and the job timeout), close pools.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from worker.infra.logging import get_logger, install_exit_flush, set_batch_delay
 from worker.jobs.worker import build_worker
 from worker.ops.health import Health, dependencies, warn_unless_noeviction
 from worker.receiver.app import create_receiver_app
+from worker.runner_processes import WorkerProcesses, stop_at_parent_exit
 from worker.services import SERVICES, Services
 from worker.storage.migrate import migrate
 
@@ -59,8 +61,14 @@ async def serve(
     run_migrations: bool = False,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[], None] | None = None,
+    worker_processes: int = 0,
+    stop_at_stdin_eof: bool = False,
 ) -> None:
-    """Serve ``roles`` until SIGTERM/SIGINT or ``stop``; ``on_ready`` runs once all of them serve."""
+    """Serve ``roles`` until SIGTERM/SIGINT or ``stop``; ``on_ready`` runs once all of them serve.
+
+    ``worker_processes`` > 0 (and ``worker`` among the roles): the worker runs in that many child
+    processes, not in this one. ``stop_at_stdin_eof``: stop when stdin ends (a worker process
+    whose main process has gone)."""
     assert settings.database_url is not None
     dependencies(roles)  # unknown roles fail here, before anything starts
     set_batch_delay(settings.log_batch_ms / 1000)
@@ -69,26 +77,38 @@ async def serve(
     if run_migrations:
         await migrate(settings.database_url)
     services = await Services.start(settings, clock=clock)
-    health = Health(services, roles)  # one verdict per process: the union of its roles' needs
+    children = WorkerProcesses(settings, worker_processes) if "worker" in roles and worker_processes else None
+    # One verdict per process: the union of its roles' needs (and its worker processes).
+    health = Health(services, roles, children.status if children is not None else None)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if stop_at_stdin_eof:
+        stop_at_parent_exit(stop)
     runners: list[web.AppRunner] = []
     worker_task = None
+    stopping = None
     try:
         await _start_sites(services, health, roles, runners)
         if "worker" in roles:
             await warn_unless_noeviction(services)
-            worker_task = asyncio.create_task(supervise_worker(services, stop))
+            if children is not None:
+                await children.start()
+            else:
+                worker_task = asyncio.create_task(supervise_worker(services, stop))
         if on_ready is not None:
             on_ready()
         await stop.wait()
     finally:
         log.info("stopping", roles=list(roles))
         stop.set()
+        if children is not None:  # they finish their jobs while the ports close
+            stopping = asyncio.create_task(children.stop())
         for runner in runners:
             await runner.cleanup()
+        if stopping is not None:
+            await stopping
         if worker_task is not None:
             await asyncio.gather(worker_task, return_exceptions=True)
         await health.close()

@@ -30,16 +30,24 @@ _SERVICE_ENV = (
 
 DOCS: dict[str, CommandDoc] = {
     "run": CommandDoc(
-        "receiver + internal API + worker in one process (embedded servers when URLs are unset)",
-        "Serve the roles given by --roles in one process. With DATABASE_URL and/or REDIS_URL unset,\n"
-        "start an embedded PostgreSQL and Redis with their data in BW_DATA_DIR, apply migrations,\n"
-        "and publish where they listen in BW_DATA_DIR/running.json (removed on stop), so the other\n"
-        "commands find them. One instance per data folder: a second one refuses to start.",
+        "receiver + internal API, and the worker in processes beside them (embedded servers when URLs are unset)",
+        "Serve the roles given by --roles: the receiver and the internal API in this process, the worker\n"
+        "in --worker-processes N processes beside it (default BW_WORKER_PROCESSES, else auto: half the\n"
+        "usable CPUs, at least 1; 0: in this process), restarted if they die, stopped with it.\n"
+        "With DATABASE_URL and/or REDIS_URL unset, start an embedded PostgreSQL and Redis with their\n"
+        "data in BW_DATA_DIR, apply migrations, and publish where they listen in\n"
+        "BW_DATA_DIR/running.json (removed on stop), so the other commands find them.\n"
+        "One instance per data folder: a second one refuses to start.",
         (
             "DATABASE_URL, REDIS_URL (unset: embedded servers), BW_DATA_DIR (default .billing-worker)",
+            "BW_WORKER_PROCESSES (auto), BW_JOB_TIMEOUT_SECONDS (their grace period on stop)",
             *_SERVICE_ENV,
         ),
-        ("billing-worker run", "billing-worker run --roles receiver,api"),
+        (
+            "billing-worker run",
+            "billing-worker run --worker-processes 0   # one process",
+            "billing-worker run --roles receiver,api",
+        ),
     ),
     "receiver": CommandDoc(
         "only the public webhook receiver, against DATABASE_URL / REDIS_URL",

@@ -1,7 +1,10 @@
 """The ``billing-worker`` command line.
 
-billing-worker run [--roles receiver,api,worker]   everything; embedded Postgres/Redis when
-                                                   DATABASE_URL / REDIS_URL are unset
+billing-worker run [--roles receiver,api,worker] [--worker-processes N]
+                                                   everything: receiver + API in this process, the
+                                                   worker in N processes beside it (0: in this one);
+                                                   embedded Postgres/Redis when DATABASE_URL /
+                                                   REDIS_URL are unset
 billing-worker receiver | api | worker             one role, against configured services
 billing-worker migrate                             apply pending SQL migrations
 billing-worker show WORKSPACE_ID                   a workspace's billing state
@@ -38,13 +41,14 @@ from worker.api.workspaces import workspace_json
 from worker.cli import ops as cli_ops
 from worker.cli.help import add_command
 from worker.cli.output import emit
-from worker.config import ConfigError, Settings
+from worker.config import ConfigError, Settings, parse_worker_processes
 from worker.dev.owner import hold_data_dir, published, running_instance
 from worker.dev.server import EmbeddedServiceError
 from worker.dev.services import embedded_services
 from worker.errors import BillingError, NotFound
 from worker.infra.logging import configure, get_logger
 from worker.runner import ROLES, serve
+from worker.runner_processes import CHILD_FLAG, worker_process_count
 from worker.storage import inbox, workspaces
 from worker.storage.db import init_connection
 from worker.storage.migrate import Migration, migrate
@@ -79,8 +83,18 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(ROLES),
         help=f"comma-separated subset of {','.join(ROLES)} (default: all)",
     )
+    run.add_argument(
+        "--worker-processes",
+        type=_worker_processes,
+        default=None,
+        metavar="N",
+        help="worker processes beside this one: a number, 0 (the worker runs in this process) or auto "
+        "(half the usable CPUs, at least 1); default: BW_WORKER_PROCESSES, else auto",
+    )
     for role in ROLES:
-        add_command(sub, role, [debug])
+        command = add_command(sub, role, [debug])
+        if role == "worker":  # how `run` starts its worker processes: stop when the pipe ends
+            command.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     add_command(sub, "migrate", [debug])
     show = add_command(sub, "show", [debug, table])
     show.add_argument("workspace_id", help="the product's workspace id (metadata.workspace_id)")
@@ -88,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     event.add_argument("event_id", help="a Stripe event id (evt_…)")
     cli_ops.add_parsers(sub, [debug], table)
     return parser
+
+
+def _worker_processes(text: str) -> int | None:
+    try:
+        return parse_worker_processes(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--worker-processes ")) from None
 
 
 def _roles(text: str) -> list[str]:
@@ -117,8 +138,12 @@ def _dev_defaults(settings: Settings, data_dir: Path) -> Settings:
     return dataclasses.replace(settings, **changes)
 
 
-def _run(settings: Settings, roles: Sequence[str]) -> int:
+def _run(settings: Settings, roles: Sequence[str], configured_processes: int | None = None) -> int:
     """Serve; in embedded mode own the data folder first, and publish the servers once serving."""
+    count = 0
+    if "worker" in roles:
+        wanted = configured_processes if configured_processes is not None else settings.worker_processes
+        count = worker_process_count(wanted)
     with ExitStack() as stack:
         on_ready: Callable[[], None] | None = None
         if not settings.database_url or not settings.redis_url:
@@ -140,7 +165,7 @@ def _run(settings: Settings, roles: Sequence[str]) -> int:
                 )
 
         _require(settings, roles)
-        asyncio.run(serve(settings, roles, run_migrations=True, on_ready=on_ready))
+        asyncio.run(serve(settings, roles, run_migrations=True, on_ready=on_ready, worker_processes=count))
     return 0
 
 
@@ -195,10 +220,12 @@ def _applying(migration: Migration) -> None:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
-        return _run(settings, _roles(args.roles))
+        return _run(settings, _roles(args.roles), args.worker_processes)
     if args.command in ROLES:
         _require(settings, [args.command])
-        asyncio.run(serve(settings, [args.command]))
+        asyncio.run(
+            serve(settings, [args.command], stop_at_stdin_eof=getattr(args, "stop_at_stdin_eof", False))
+        )
         return 0
     if args.command in cli_ops.COMMANDS:
         return asyncio.run(cli_ops.run(_locate(settings, redis=True), args))
@@ -239,9 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         # A service logs on stdout (its only output); a command keeps stdout for its result.
         if args.command in SERVICE_COMMANDS:
-            configure(settings.log_level)
+            configure(settings.log_level, process=settings.process_name)
         else:
-            configure(settings.log_level, sys.stderr)
+            configure(settings.log_level, sys.stderr, process=settings.process_name)
             # arq's "redis connection error, N retries remaining" would precede our one line.
             logging.getLogger("arq").setLevel(logging.ERROR)
         return _dispatch(args, settings)

@@ -1,6 +1,7 @@
 """structlog JSON logs with stable keys; secrets never reach a log line.
 
-Keys every line may carry: ``ts``, ``level``, ``component``, ``msg`` and, per webhook or job,
+Keys every line carries: ``process`` (``main``, or ``worker-1``, … for the worker processes of
+``billing-worker run``), ``ts``, ``level``, ``component``, ``msg``; and, per webhook or job,
 ``event_id``, ``event_type``, ``workspace_id``, ``outcome``, ``duration_ms``, ``attempt``.
 The full reference is docs/logging.md.
 """
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -78,6 +80,26 @@ def render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
         return json.dumps(event, default=_fallback)
 
 
+# Writes to a pipe of at most PIPE_BUF bytes are atomic: several processes writing their batches
+# to one stdout (``billing-worker run`` and its worker processes) never tear each other's lines.
+_ATOMIC_WRITE_BYTES = select.PIPE_BUF
+
+
+def _chunks(lines: list[str]) -> list[str]:
+    """``lines`` joined into as few texts as possible, each at most PIPE_BUF bytes unless a single
+    line is longer."""
+    chunks: list[str] = []
+    start, size = 0, 0
+    for end, line in enumerate(lines):
+        length = (len(line) if line.isascii() else len(line.encode())) + 1
+        if size and size + length > _ATOMIC_WRITE_BYTES:
+            chunks.append("\n".join(lines[start:end]) + "\n")
+            start, size = end, 0
+        size += length
+    chunks.append("\n".join(lines[start:]) + "\n")
+    return chunks
+
+
 # How long a logged line may wait to be written together with the next ones (BW_LOG_BATCH_MS).
 FLUSH_DELAY = 0.02
 _MAX_BUFFERED_LINES = 1000
@@ -136,8 +158,9 @@ class LineWriter:
         if lines and self._target is not None:
             # A closed or broken stream; RuntimeError: a signal arrived during a write to it.
             with contextlib.suppress(OSError, ValueError, RuntimeError):
-                self._target.write("\n".join(lines) + "\n")
-                self._target.flush()
+                for chunk in _chunks(lines):
+                    self._target.write(chunk)
+                    self._target.flush()
 
     log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg
 
@@ -186,7 +209,19 @@ def install_exit_flush() -> None:
         signal.signal(signal.SIGTERM, _flush_then_terminate)
 
 
-def configure(level: str = "info", stream: Any = None) -> None:
+def _process_key(name: str) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
+    """Name the process on every line: the worker processes share the main process's stdout."""
+
+    def add(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event["process"] = name
+        return event
+
+    return add
+
+
+def configure(level: str = "info", stream: Any = None, process: str = "main") -> None:
+    """Logs at ``level`` and above as JSON lines on ``stream`` (stdout by default), each naming
+    ``process``."""
     global _generation, _writer
     flush()
     _writer = writer = LineWriter(stream, _delay)
@@ -198,6 +233,7 @@ def configure(level: str = "info", stream: Any = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _process_key(process),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             _redact,

@@ -58,10 +58,17 @@ class _Flight:
 class Health:
     """One per process: the roles it serves and the running checks and refreshes."""
 
-    def __init__(self, services: Services, roles: Collection[str]) -> None:
+    def __init__(
+        self,
+        services: Services,
+        roles: Collection[str],
+        worker_processes: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.needs = dependencies(roles)
         self.services = services
         self.roles = tuple(sorted(roles))
+        # The state of the worker processes ``billing-worker run`` supervises (its ``ok``: one runs).
+        self.worker_processes = worker_processes
         self._flights: dict[str, _Flight] = {}
         for gauge in GAUGE_GROUPS:  # exposed at 0 from the start, so increase() sees the first one
             metrics.GAUGE_REFRESH_FAILURES.labels(gauge=gauge)
@@ -80,7 +87,8 @@ class Health:
         return flight
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Each dependency of the roles answers, and (PostgreSQL) every shipped migration is applied."""
+        """Each dependency of the roles answers, (PostgreSQL) every shipped migration is applied and,
+        in a main process with worker processes, at least one of them runs."""
         probes = {"postgres": self._postgres, "redis": self._redis}
         flights = {name: self._flight(f"ready:{name}", probes[name]) for name in self.needs}
         await asyncio.wait([f.task for f in flights.values()], timeout=READY_BUDGET)
@@ -89,6 +97,8 @@ class Health:
             checks.update(_verdict(name, flight.task))
         if "postgres" in checks and "migrations" not in checks:
             checks["migrations"] = {"ok": False, "error": "postgres unavailable"}
+        if self.worker_processes is not None:
+            checks["worker_processes"] = self.worker_processes()
         return all(c["ok"] for c in checks.values()), checks
 
     async def _postgres(self) -> dict[str, Any]:
