@@ -9,7 +9,7 @@ through ``EventProcessor.process_batch`` in passes:
    timeout, deadlock: ``is_transient``) every event of the pass fails with it; on any other
    error (a bug, a constraint) they are applied again one at a time, so only the bad one fails;
 2. thin events that came back ``NEEDS_FETCH`` get their related object fetched, outside any
-   transaction (``thin_fetch``), concurrently;
+   transaction (``thin_fetch``), ``FETCH_CONCURRENCY`` at a time;
 3. the next pass holds those thin events and the unmatched events whose customer the pass just
    mapped (they go round again instead of waiting for their backoff).
 
@@ -41,6 +41,8 @@ Outcome = ProcessResult | BaseException
 Report = Callable[[str, Outcome], None]
 # Passes of one job: the first, the thin events' and the requeued events', and a spare.
 MAX_PASSES = 4
+# Stripe calls one job makes at once for its thin events (a job may carry 100 of them).
+FETCH_CONCURRENCY = 8
 
 
 async def apply_events(
@@ -78,14 +80,26 @@ async def apply_events(
             else:
                 report(event_id, outcome)
         if thin:
-            got = await asyncio.gather(*(fetch(p) for p in thin), return_exceptions=True)
-            for pending_thin, related in zip(thin, got, strict=True):
+            for pending_thin, related in zip(thin, await _fetch_all(fetch, thin), strict=True):
                 if isinstance(related, FetchedObject):
                     fetched[pending_thin.event_id] = related
                     requeued.append(pending_thin.event_id)
                 else:  # dead-lettered (a ProcessResult) or failed (an exception)
                     report(pending_thin.event_id, related)
         pending = requeued
+
+
+async def _fetch_all(
+    fetch: Fetch, thin: list[ProcessResult]
+) -> list[FetchedObject | ProcessResult | BaseException]:
+    """Each thin event's related object (or final result, or error), ``FETCH_CONCURRENCY`` at a time."""
+    limit = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+    async def one(pending: ProcessResult) -> FetchedObject | ProcessResult:
+        async with limit:
+            return await fetch(pending)
+
+    return await asyncio.gather(*(one(p) for p in thin), return_exceptions=True)
 
 
 async def _apply_batch(
