@@ -361,3 +361,38 @@ async def test_the_indexed_columns_always_match_the_view_document(
         assert {k: row[k] for k in expected} == expected, e["type"]
         seen_blocked.add(row["blocked"])
     assert seen_blocked == {True, False}  # both shapes of the block were checked
+
+
+class _Counting(EventProcessor):
+    """The real processor, counting how many of its transactions run at once."""
+
+    running: int = 0
+    most: int = 0
+
+    async def process_batch(self, event_ids: Any, fetched: Any = None) -> Any:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            return await super().process_batch(event_ids, fetched)
+        finally:
+            self.running -= 1
+
+
+async def test_a_workers_jobs_share_its_transaction_limit(pool: asyncpg.Pool):
+    """Jobs over the same workspaces serialise on their rows anyway: a worker runs at most
+    ``EVENT_TRANSACTIONS`` of their transactions at once, rather than make the last wait on
+    the others' locks past the lock timeout."""
+    histories = [_history(history_ids(f"gate{n}")) for n in range(3)]
+    await _insert(pool, [e for h in histories for e in h])
+    processor = _Counting(pool, load_catalog(None), lambda: NOW)
+    gate = asyncio.Semaphore(1)
+    jobs = [[e["id"] for e in h] for h in histories] * 2  # each history twice: duplicates too
+
+    async def job(ids: list[str]) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        await apply_events(processor, _ignore, _no_fetch, ids, outcomes.__setitem__, gate)
+        return outcomes
+
+    results = await asyncio.gather(*(job(ids) for ids in jobs))
+    assert processor.most == 1
+    assert not [o for r in results for o in r.values() if isinstance(o, BaseException)]

@@ -32,6 +32,8 @@ from worker.storage import inbox
 from worker.storage.db import is_transient
 
 log = get_logger("jobs")
+# The worker's shared semaphore of event transactions (``worker.jobs.worker``).
+EVENT_TRANSACTIONS_KEY = "event_transactions"
 
 
 @cache
@@ -83,6 +85,7 @@ async def process_events(job: Job, event_ids: list[str]) -> None:
         partial(related_object, services),
         event_ids,
         report,
+        job.shared.get(EVENT_TRANSACTIONS_KEY),
     )
     if failed:
         await _failed(job, failed, started)

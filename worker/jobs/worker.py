@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from worker.infra.heap import settle_heap
 from worker.jobs.dunning import sweep_dunning
-from worker.jobs.events import process_event, process_events, sweep_inbox
+from worker.jobs.events import EVENT_TRANSACTIONS_KEY, process_event, process_events, sweep_inbox
 from worker.jobs.ops import backfill_job, reconcile_job
 from worker.jobs.plan_changes import fire_plan_change, sweep_plan_changes
+from worker.processing.batches import EVENT_TRANSACTIONS
 from worker.queue.enqueue import BACKFILL, FIRE_PLAN_CHANGE, PROCESS_EVENT, PROCESS_EVENTS, RECONCILE
 from worker.queue.worker import CronSpec, JobSpec, Worker, WorkerSpec, build_arq_worker
 from worker.services import Services
@@ -59,7 +62,8 @@ def worker_spec(services: Services) -> WorkerSpec:
                 timeout=timeout,
             ),
         ],
-        shared={},
+        # Shared by the event jobs of this process: their transactions, EVENT_TRANSACTIONS at once.
+        shared={EVENT_TRANSACTIONS_KEY: asyncio.Semaphore(EVENT_TRANSACTIONS)},
         on_startup=started,
     )
 
