@@ -1,8 +1,9 @@
 """A worker process for the processing benchmark: ``build_worker`` in burst mode, timed by arq hooks.
 
 ``--mode real`` runs the service's worker unchanged; ``--mode noop`` is the very same arq Worker
-(same max_jobs, poll_delay, keep_result, timeouts, cron) whose ``process_event`` does nothing —
-the framework's own ceiling. Prints jobs, first start, last end and per-job run time as JSON.
+(same max_jobs, poll_delay, keep_result, timeouts, cron) whose ``process_events`` does nothing —
+the framework's own cost of carrying the events. Prints event jobs, events, first start, last end,
+per-job run time and CPU per event as JSON.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from bench.common import percentiles
 from worker.config import Settings
 from worker.infra.logging import configure
 from worker.jobs.worker import build_worker
-from worker.queue.enqueue import PROCESS_EVENT
+from worker.queue.enqueue import PROCESS_EVENTS
 from worker.services import Services
 
 
-async def noop(ctx: dict[str, Any], event_id: str) -> None:
+async def noop(ctx: dict[str, Any], event_ids: list[str]) -> None:
     return None
 
 
@@ -33,15 +34,22 @@ async def run(mode: str) -> dict[str, Any]:
     configure(settings.log_level)
     services = await Services.start(settings)
     worker = build_worker(services, handle_signals=False, burst=True)
-    if mode == "noop":
-        worker.functions[PROCESS_EVENT] = func(noop, name=PROCESS_EVENT, max_tries=settings.max_tries + 1)
+    real = worker.functions[PROCESS_EVENTS]
+    events = [0]
+
+    async def counted(ctx: dict[str, Any], event_ids: list[str]) -> None:
+        events[0] += len(event_ids)
+        await (noop if mode == "noop" else real.coroutine)(ctx, event_ids)
+
+    worker.functions[PROCESS_EVENTS] = func(counted, name=PROCESS_EVENTS, max_tries=real.max_tries)
     starts: dict[str, float] = {}
     durations: list[float] = []
     ends: list[float] = []
     cpu = [0.0, 0.0]  # process CPU time at the first job start and the last job end
+    marker = services.queue.events_job_prefix
 
     async def on_start(ctx: dict[str, Any]) -> None:
-        if ":evt:" in ctx["job_id"]:  # event jobs only: the inbox sweep (cron) is not one of the N
+        if ctx["job_id"].startswith(marker):  # event jobs only: the inbox sweep (cron) is not one of them
             if not starts:
                 cpu[0] = time.process_time()
             starts[ctx["job_id"]] = time.time()
@@ -65,11 +73,12 @@ async def run(mode: str) -> dict[str, Any]:
     return {
         "mode": mode,
         "jobs": len(durations),
+        "events": events[0],
         "first_start": first,
         "last_end": last,
-        "rate": round(len(durations) / (last - first), 1) if last > first else None,
+        "rate": round(events[0] / (last - first), 1) if last > first else None,
         "job_ms": percentiles(durations),
-        "cpu_ms_per_job": round(1000 * (cpu[1] - cpu[0]) / max(len(durations), 1), 3),
+        "cpu_ms_per_event": round(1000 * (cpu[1] - cpu[0]) / max(events[0], 1), 3),
     }
 
 

@@ -51,7 +51,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("BW_REDIS_PREFIX", "billing", "Prefix of the queue name and job ids in Redis."),
     EnvVar("BW_MAX_JOBS", "100", "Concurrent jobs per worker process (arq's default is 10)."),
     EnvVar("BW_JOB_TIMEOUT_SECONDS", "60", "Time limit of one job."),
-    EnvVar("BW_MAX_TRIES", "8", "Tries of one job before it is dead-lettered."),
+    EnvVar(
+        "BW_MAX_TRIES",
+        "8",
+        "Tries of one event (counted on its inbox row) or plan-change job before it is given up.",
+    ),
     EnvVar("BW_POLL_DELAY_SECONDS", "0.05", "How often an idle worker polls Redis."),
     EnvVar("BW_LOCK_TIMEOUT_MS", "5000", "Wait for a workspace row lock before retrying later."),
     EnvVar("BW_SWEEP_RECEIVED_AFTER_SECONDS", "60", "Re-enqueue inbox events still `received` after this."),

@@ -1,19 +1,20 @@
 """The arq behaviour ``worker/queue/`` relies on beyond arq's documented API, on a real Redis.
 
-``JobQueue`` enqueues event jobs with its own Lua script (arq's ``enqueue_job`` in one round trip)
-and reads arq's queue sorted set directly (``due_events``); ``worker.queue.worker`` turns arq's
-``ctx`` into a ``Job`` and ``RetryLater`` into ``arq.Retry``. Each test here fails with a message
-naming the arq assumption that no longer holds for the installed arq:
+``JobQueue`` enqueues event jobs with its own Lua script (arq's ``enqueue_job`` for many jobs in
+one round trip); ``worker.queue.worker`` turns arq's ``ctx`` into a ``Job`` and ``RetryLater``
+into ``arq.Retry``. Each test here fails with a message naming the arq assumption that no longer
+holds for the installed arq:
 
 1. a job written by our script is a job a real arq ``Worker`` runs (keys ``arq:job:<id>``,
-   pickled ``{t,f,a,k,et}``, member of the queue sorted set);
+   pickled ``{t,f,a,k,et}``, member of the queue sorted set): ``process_events`` with the list of
+   event ids (at most ``MAX_JOB_EVENTS``) as its only argument, id ``<prefix>:evts:<uuid4 hex>``;
 2. the queue score is arq's (ms; ``to_unix_ms(defer_until)``), and our script writes the same
-   score, expiry and job encoding as arq's ``enqueue_job`` for the same id;
-3. an id is refused while queued, running or kept (``arq:result:<id>``); with ``keep_result=0``
-   it is free again once the job ends;
-4. ``RetryLater`` makes arq run the job again with ``job_try`` 2, seen as ``Job.attempt``;
-5. arq's ``ctx`` has ``job_try``, ``enqueue_time`` and ``score``, and a running job holds
-   ``arq:in-progress:<id>``.
+   score, expiry and job encoding as arq's ``enqueue_job``;
+3. every enqueueing is a job of its own, and with ``keep_result=0`` nothing of a job is left
+   once it ends (no ``arq:result:<id>``);
+4. ``RetryLater`` makes arq run the same job again with ``job_try`` 2, seen as ``Job.attempt``;
+5. arq's ``ctx`` has ``job_id``, ``job_try``, ``enqueue_time`` and ``score``, and a running job
+   holds ``arq:in-progress:<id>``.
 
 Every test uses its own key prefix and queue, and deletes its keys at the end.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -34,7 +36,7 @@ from arq.utils import timestamp_ms, to_unix_ms
 from arq.worker import Worker, func
 
 from tests.support.services import delete_prefixed_keys
-from worker.queue.enqueue import PROCESS_EVENT, JobQueue
+from worker.queue.enqueue import MAX_JOB_EVENTS, PROCESS_EVENTS, JobQueue
 from worker.queue.redis import connect, redis_settings
 from worker.queue.retry import RetryLater
 from worker.queue.worker import Job, JobFunction, JobSpec, WorkerSpec, build_arq_worker
@@ -82,7 +84,7 @@ async def _run_ours(
         max_jobs=4,
         job_timeout=10,
         poll_delay=POLL_DELAY,
-        jobs=[JobSpec(PROCESS_EVENT, function, max_tries)],
+        jobs=[JobSpec(PROCESS_EVENTS, function, max_tries)],
         crons=[],
         shared=shared or {},
     )
@@ -92,7 +94,7 @@ async def _run_ours(
 async def _run_raw(redis_url: str, queue: JobQueue, function: Any, *, keep_result: float) -> Worker:
     """Run the queue to empty with a plain arq ``Worker`` (to see what arq itself hands a job)."""
     worker = Worker(
-        functions=[func(function, name=PROCESS_EVENT)],
+        functions=[func(function, name=PROCESS_EVENTS)],
         redis_settings=redis_settings(redis_url),
         queue_name=queue.queue_name,
         poll_delay=POLL_DELAY,
@@ -124,17 +126,20 @@ def test_arq_key_names_are_the_ones_we_assume() -> None:
 
 
 async def test_a_job_our_script_enqueues_runs_on_a_real_arq_worker(redis_url: str, queue: JobQueue) -> None:
-    runs: list[tuple[str, Job]] = []
+    runs: list[tuple[list[str], Job]] = []
 
-    async def record(job: Job, event_id: str) -> str:
-        runs.append((event_id, job))
+    async def record(job: Job, event_ids: list[str]) -> str:
+        runs.append((event_ids, job))
         return "done"
 
-    ids = ["evt_single", "evt_many_1", "evt_many_2"]
-    assert await queue.enqueue_event(ids[0]) is True
-    assert await queue.enqueue_events(ids[1:]) == [True, True]
-    for event_id in ids:
-        job_id = queue.event_job_id(event_id)
+    many = [f"evt_many_{n}" for n in range(MAX_JOB_EVENTS + 5)]
+    assert await queue.enqueue_event("evt_single") is True
+    job_ids = await queue.enqueue_events(many)
+    assert len(job_ids) == 2, f"{len(many)} ids gave {len(job_ids)} jobs; expected chunks of {MAX_JOB_EVENTS}"
+    for job_id in job_ids:
+        assert re.fullmatch(rf"{re.escape(queue.prefix)}:evts:[0-9a-f]{{32}}", job_id), (
+            f"event job id {job_id!r} is not <prefix>:evts:<uuid4 hex>"
+        )
         assert await queue.redis.exists(f"arq:job:{job_id}") == 1, (
             f"JobQueue wrote no arq:job:<id> key for {job_id!r}"
         )
@@ -144,73 +149,45 @@ async def test_a_job_our_script_enqueues_runs_on_a_real_arq_worker(redis_url: st
 
     worker = await _run_ours(redis_url, queue, record)
 
-    ran = sorted(event_id for event_id, _ in runs)
-    assert ran == sorted(ids), (
-        f"arq ran {ran} (complete={worker.jobs_complete} failed={worker.jobs_failed}), expected each of "
-        f"{sorted(ids)} once with the event id as its only argument: a job written by JobQueue's Lua "
+    ran = sorted(ids for ids, _ in runs)
+    expected = sorted([["evt_single"], many[:MAX_JOB_EVENTS], many[MAX_JOB_EVENTS:]])
+    assert ran == expected, (
+        f"arq ran {ran} (complete={worker.jobs_complete} failed={worker.jobs_failed}), expected each "
+        "chunk once with the list of event ids as its only argument: a job written by JobQueue's Lua "
         "script (pickled {t,f,a,k,et} under arq:job:<id>, id in the queue sorted set) is no longer "
         "a job the installed arq Worker can run"
     )
     assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (3, 0, 0)
     assert all(job.services is SERVICES and job.attempt == 1 for _, job in runs)
-    for event_id in ids:
-        job_id = queue.event_job_id(event_id)
+    assert {job.id for _, job in runs} >= set(job_ids), "Job.id is not arq's job id"
+    for job_id in job_ids:
         assert await _keys_of(queue, job_id) == dict.fromkeys(_KEY_PREFIXES, 0), (
             f"arq left keys of the finished job {job_id!r} behind, or wrote a result with keep_result=0"
         )
     assert await queue.depth() == 0, "arq did not remove finished jobs from the queue sorted set"
 
 
-async def test_due_events_sees_arq_scores_and_our_script_writes_what_arq_writes(queue: JobQueue) -> None:
+async def test_our_script_writes_what_arq_writes(queue: JobQueue) -> None:
     redis = queue.redis
     now = datetime.now(UTC)
     cases: dict[str, datetime | None] = {
-        "evt_now": None,
-        "evt_past": now - timedelta(seconds=30, microseconds=123_456),
-        "evt_future": now + timedelta(hours=1),
+        "now": None,
+        "past": now - timedelta(seconds=30, microseconds=123_456),
+        "future": now + timedelta(hours=1),
     }
-    arq_enqueued: dict[str, tuple[float, bytes, int]] = {}
-    for event_id, when in cases.items():
-        job_id = queue.event_job_id(event_id)
+    ids = ["evt_a", "evt_b"]
+    for case, when in cases.items():
+        arq_id = f"{queue.prefix}:arq:{case}"
         job = await redis.enqueue_job(
-            PROCESS_EVENT, event_id, _job_id=job_id, _queue_name=queue.queue_name, _defer_until=when
+            PROCESS_EVENTS, ids, _job_id=arq_id, _queue_name=queue.queue_name, _defer_until=when
         )
-        assert job is not None, f"arq's enqueue_job refused a new id {job_id!r}"
-        score = await redis.zscore(queue.queue_name, job_id)
-        raw = await redis.get(job_key_prefix + job_id)
-        assert score is not None and raw is not None, (
-            f"arq's enqueue_job wrote no queue entry or job for {job_id!r}"
-        )
-        arq_enqueued[event_id] = (score, raw, await redis.pttl(job_key_prefix + job_id))
-    # A job of another kind in the same queue, which due_events skips.
-    assert await queue.enqueue_reconcile("ws_contract")
+        assert job is not None, f"arq's enqueue_job refused a new id {arq_id!r}"
+        arq_score = await redis.zscore(queue.queue_name, arq_id)
+        arq_raw = await redis.get(job_key_prefix + arq_id)
+        arq_pttl = await redis.pttl(job_key_prefix + arq_id)
+        assert arq_score is not None and arq_raw is not None
 
-    past_ms = to_unix_ms(cases["evt_past"])  # type: ignore[arg-type]
-    assert arq_enqueued["evt_past"][0] == past_ms, (
-        f"arq's queue score of a job deferred until a datetime is {arq_enqueued['evt_past'][0]!r}, "
-        f"not to_unix_ms(defer_until) = {past_ms} (milliseconds): due_events and the batcher read "
-        "scores as arq's run times in ms"
-    )
-    now_score = int(arq_enqueued["evt_now"][0])
-    assert abs(now_score - timestamp_ms()) < 60_000, (
-        f"arq's score of an immediate job ({now_score}) is not the enqueue time in ms"
-    )
-    due = await queue.due_events(100)
-    assert due == [("evt_past", past_ms), ("evt_now", now_score)], (
-        f"due_events read {due} from arq's queue sorted set; expected the due event jobs in arq's "
-        f"order with arq's scores, [('evt_past', {past_ms}), ('evt_now', {now_score})] (the deferred "
-        "job not yet)"
-    )
-    assert await queue.due_events(1) == [("evt_past", past_ms)]
-    assert await queue.due_events(100, from_score=now_score) == [("evt_now", now_score)]
-
-    # The same ids again through our script: same score, expiry and job encoding as arq's.
-    for event_id, when in cases.items():
-        job_id = queue.event_job_id(event_id)
-        arq_score, arq_raw, arq_pttl = arq_enqueued[event_id]
-        await redis.delete(job_key_prefix + job_id)
-        await redis.zrem(queue.queue_name, job_id)
-        assert await queue.enqueue_event(event_id, defer_until=when) is True
+        [job_id] = await queue.enqueue_events(ids, defer_until=when)
         our_score = await redis.zscore(queue.queue_name, job_id)
         our_raw = await redis.get(job_key_prefix + job_id)
         our_pttl = await redis.pttl(job_key_prefix + job_id)
@@ -219,91 +196,63 @@ async def test_due_events_sees_arq_scores_and_our_script_writes_what_arq_writes(
         theirs, ours = deserialize_job(arq_raw), deserialize_job(our_raw)
         fields = ("function", "args", "kwargs", "job_try")
         assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields], (
-            f"{event_id}: our job {ours} differs from arq's {theirs} in {fields}"
+            f"{case}: our job {ours} differs from arq's {theirs} in {fields}"
+        )
+        assert ours.args == (ids,), (
+            f"{case}: the job's only argument is the list of event ids, got {ours.args}"
         )
         assert abs(ours.enqueue_time - theirs.enqueue_time) < timedelta(seconds=60)
         arq_dict, our_dict = pickle.loads(arq_raw), pickle.loads(our_raw)
         assert {**our_dict, "et": 0} == {**arq_dict, "et": 0}, (
-            f"{event_id}: arq's serialized job {arq_dict} is not what serialize_job gives our script "
+            f"{case}: arq's serialized job {arq_dict} is not what serialize_job gives our script "
             f"({our_dict}) apart from the enqueue time"
         )
         our_et = deserialize_job_raw(our_raw)[4]
         if when is None:
             assert our_score == our_et and arq_score == deserialize_job_raw(arq_raw)[4], (
-                f"{event_id}: an immediate job's score is its enqueue time (et) in arq "
-                f"({arq_score} vs et {deserialize_job_raw(arq_raw)[4]}) and in ours ({our_score} vs {our_et})"
+                f"an immediate job's score is its enqueue time (et) in arq ({arq_score} vs et "
+                f"{deserialize_job_raw(arq_raw)[4]}) and in ours ({our_score} vs {our_et})"
             )
+            assert abs(our_score - timestamp_ms()) < 60_000
         else:
             assert our_score == arq_score == to_unix_ms(when), (
-                f"{event_id}: our script's score {our_score} differs from arq's {arq_score} "
-                f"for defer_until={when.isoformat()}"
+                f"{case}: our script's score {our_score} differs from arq's {arq_score} "
+                f"for defer_until={when.isoformat()}: arq's scores are run times in ms"
             )
         # Expiry: (score - enqueue time) + expires_extra_ms in both, a few ms apart at most.
         assert abs(our_pttl - arq_pttl) < 60_000, (
-            f"{event_id}: job key TTL {our_pttl} ms from our script vs {arq_pttl} ms from arq's enqueue_job"
+            f"{case}: job key TTL {our_pttl} ms from our script vs {arq_pttl} ms from arq's enqueue_job"
         )
 
 
-async def test_an_id_coalesces_while_queued_or_running_and_is_free_after(
-    redis_url: str, queue: JobQueue
-) -> None:
-    redis = queue.redis
-    event_id = "evt_coalesce"
-    job_id = queue.event_job_id(event_id)
-    assert await queue.enqueue_event(event_id) is True
-    assert await queue.enqueue_event(event_id) is False, "a second enqueue of a queued job id was accepted"
-    assert await queue.enqueue_events([event_id, "evt_other"]) == [False, True]
-    assert (
-        await redis.enqueue_job(PROCESS_EVENT, event_id, _job_id=job_id, _queue_name=queue.queue_name) is None
-    ), "arq's own enqueue_job accepted an id our script queued: the two no longer agree on uniqueness"
+async def test_every_enqueueing_is_a_job_of_its_own(redis_url: str, queue: JobQueue) -> None:
+    """Job ids do not coalesce: the same event queued twice is two jobs (Postgres makes the
+    second a no-op); with keep_result=0 nothing of either is left once they end."""
+    first = await queue.enqueue_events(["evt_twice"])
+    second = await queue.enqueue_events(["evt_twice"])
+    assert len(first) == len(second) == 1 and first != second
+    runs: list[list[str]] = []
 
-    while_running: list[bool] = []
+    async def record(job: Job, event_ids: list[str]) -> None:
+        runs.append(event_ids)
 
-    async def enqueue_again(job: Job, event_id_: str) -> None:
-        if event_id_ == event_id:
-            while_running.append(await queue.enqueue_event(event_id))
-
-    worker = await _run_ours(redis_url, queue, enqueue_again)
-    assert worker.jobs_complete == 2
-    assert while_running == [False], (
-        f"enqueue while the job runs returned {while_running}; arq keeps arq:job:<id> until the job "
-        "ends, so a running job must refuse its id"
-    )
-    assert await redis.exists(result_key_prefix + job_id) == 0, (
-        "arq wrote arq:result:<id> although the worker sets keep_result=0"
-    )
-    assert await queue.enqueue_event(event_id) is True, (
-        "with keep_result=0 the id of a finished job must be free again (replays always enqueue)"
-    )
-
-
-async def test_a_kept_result_blocks_the_id_in_our_script_too(redis_url: str, queue: JobQueue) -> None:
-    """Our script refuses an id while ``arq:result:<id>`` exists: that is the key arq writes."""
-    event_id = "evt_kept"
-    job_id = queue.event_job_id(event_id)
-    assert await queue.enqueue_event(event_id) is True
-
-    async def done(ctx: dict[str, Any], event_id_: str) -> str:
-        return "kept"
-
-    worker = await _run_raw(redis_url, queue, done, keep_result=60)
-    assert worker.jobs_complete == 1
-    assert await queue.redis.exists(f"arq:result:{job_id}") == 1, (
-        "arq kept the result of a job somewhere other than arq:result:<id>, the key JobQueue's script checks"
-    )
-    assert await queue.enqueue_event(event_id) is False, "our script accepted an id whose result arq keeps"
+    worker = await _run_ours(redis_url, queue, record)
+    assert runs == [["evt_twice"], ["evt_twice"]] and worker.jobs_complete == 2
+    for job_id in first + second:
+        assert await _keys_of(queue, job_id) == dict.fromkeys(_KEY_PREFIXES, 0), (
+            f"arq left keys of {job_id!r} behind or kept its result although the worker sets keep_result=0"
+        )
 
 
 async def test_retry_later_runs_the_job_again_as_attempt_2(redis_url: str, queue: JobQueue) -> None:
     runs: list[Job] = []
 
-    async def flaky(job: Job, event_id: str) -> None:
+    async def flaky(job: Job, event_ids: list[str]) -> None:
         runs.append(job)
         if job.attempt == 1:
             raise RetryLater(0.05)
 
-    event_id = "evt_retry"
-    assert await queue.enqueue_event(event_id)
+    [job_id] = await queue.enqueue_events(["evt_retry"])
     worker = await _run_ours(redis_url, queue, flaky)
     assert [job.attempt for job in runs] == [1, 2], (
         f"attempts seen {[job.attempt for job in runs]}: RetryLater (arq.Retry) must make arq run the "
@@ -316,40 +265,36 @@ async def test_retry_later_runs_the_job_again_as_attempt_2(redis_url: str, queue
         f"after Retry(defer=0.05 s) arq ran the job with score {second.score}, first run {first.score}: "
         "arq moves the score to now + defer and ctx['score'] reports it"
     )
-    assert await _keys_of(queue, queue.event_job_id(event_id)) == dict.fromkeys(_KEY_PREFIXES, 0)
+    assert first.id == second.id == job_id, "a retry is the same job (same id)"
+    assert await _keys_of(queue, job_id) == dict.fromkeys(_KEY_PREFIXES, 0)
 
 
-async def test_retries_past_max_tries_fail_and_free_the_id(redis_url: str, queue: JobQueue) -> None:
+async def test_retries_past_max_tries_fail_and_leave_nothing(redis_url: str, queue: JobQueue) -> None:
     attempts: list[int] = []
 
-    async def always_later(job: Job, event_id: str) -> None:
+    async def always_later(job: Job, event_ids: list[str]) -> None:
         attempts.append(job.attempt)
         raise RetryLater(0.01)
 
-    event_id = "evt_exhausted"
-    assert await queue.enqueue_event(event_id)
+    [job_id] = await queue.enqueue_events(["evt_exhausted"])
     worker = await _run_ours(redis_url, queue, always_later, max_tries=2)
     assert attempts == [1, 2], f"with max_tries=2 arq ran attempts {attempts}"
     assert worker.jobs_failed == 1, "arq did not fail the job after max_tries"
-    assert await _keys_of(queue, queue.event_job_id(event_id)) == dict.fromkeys(_KEY_PREFIXES, 0), (
+    assert await _keys_of(queue, job_id) == dict.fromkeys(_KEY_PREFIXES, 0), (
         "after 'max retries exceeded' arq left keys behind or kept a result although the worker "
         "sets keep_result=0 (finish_failed_job reads the worker-level setting)"
     )
-    assert await queue.enqueue_event(event_id) is True
 
 
 async def test_ctx_and_in_progress_key_are_what_we_read(redis_url: str, queue: JobQueue) -> None:
-    event_id = "evt_ctx"
-    job_id = queue.event_job_id(event_id)
-
     # What arq itself hands a job function.
     seen: dict[str, Any] = {}
+    [job_id] = await queue.enqueue_events(["evt_ctx"])
+    due_score = await queue.redis.zscore(queue.queue_name, job_id)
 
-    async def raw(ctx: dict[str, Any], event_id_: str) -> None:
+    async def raw(ctx: dict[str, Any], event_ids: list[str]) -> None:
         seen.update(ctx=dict(ctx), in_progress=await queue.redis.exists(f"arq:in-progress:{job_id}"))
 
-    assert await queue.enqueue_event(event_id)
-    [(_, due_score)] = await queue.due_events(10)
     await _run_raw(redis_url, queue, raw, keep_result=0)
     ctx = seen["ctx"]
     missing = {"job_id", "job_try", "enqueue_time", "score"} - set(ctx)
@@ -359,24 +304,23 @@ async def test_ctx_and_in_progress_key_are_what_we_read(redis_url: str, queue: J
         f"ctx['enqueue_time'] is {ctx['enqueue_time']!r}, not an aware datetime"
     )
     assert ctx["score"] == due_score, (
-        f"ctx['score'] {ctx['score']!r} is not the queue score due_events read ({due_score}); the "
-        "batcher matches jobs to read-ahead entries by it"
+        f"ctx['score'] {ctx['score']!r} is not the job's queue score ({due_score})"
     )
     assert seen["in_progress"] == 1, f"no arq:in-progress:{job_id} key while the job ran"
 
     # And through our door: Job carries arq's facts, not _job_of's defaults.
     runs: list[Job] = []
 
-    async def record(job: Job, event_id_: str) -> None:
+    async def record(job: Job, event_ids: list[str]) -> None:
         runs.append(job)
 
     before = datetime.now(UTC)
-    assert await queue.enqueue_event(event_id)
-    [(_, due_score)] = await queue.due_events(10)
-    await _run_ours(redis_url, queue, record, shared={"batcher": "the batcher"})
+    [job_id] = await queue.enqueue_events(["evt_ctx"])
+    due_score = await queue.redis.zscore(queue.queue_name, job_id)
+    await _run_ours(redis_url, queue, record, shared={"thing": "shared"})
     [job] = runs
-    assert job.attempt == 1 and job.score == due_score, f"Job {job} lost arq's job_try or score"
+    assert job.attempt == 1 and job.score == due_score and job.id == job_id, f"Job {job} lost arq's facts"
     assert job.enqueued_at is not None and abs(job.enqueued_at - before) < timedelta(seconds=60), (
         f"Job.enqueued_at {job.enqueued_at!r} is not arq's enqueue time"
     )
-    assert job.services is SERVICES and job.shared == {"batcher": "the batcher"}
+    assert job.services is SERVICES and job.shared == {"thing": "shared"}

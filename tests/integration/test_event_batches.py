@@ -1,8 +1,9 @@
 """Group commit: a batch of events must leave exactly the state that one-by-one processing leaves.
 
-The worker hands ``EventProcessor.process_many`` whatever jobs are waiting, so a batch can hold
-several events of one workspace, duplicates, events that map a customer for later ones, and
-events that fail. These tests run real PostgreSQL.
+A ``process_events`` job hands ``EventProcessor.process_batch`` the events of one receiver flush
+(``worker.processing.batches``), so a batch can hold several events of one workspace,
+duplicates, events that map a customer for later ones, and events that fail; two jobs may hold
+the same events or workspaces. These tests run real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,11 +21,9 @@ import pytest
 from handlers.codec import parse_datetime, to_jsonable
 from tests.support import stripe_factory as sf
 from tests.support.helpers import history_ids
-from worker.processing import batches as event_batches
-from worker.processing.batches import EventBatcher
+from tests.support.inbox import inbox_rows
+from worker.processing.batches import Outcome, apply_events
 from worker.processing.unit_of_work import EventProcessor, ProcessResult
-from worker.queue.enqueue import JobQueue
-from worker.queue.redis import connect as connect_redis
 from worker.services import load_catalog
 from worker.storage import inbox, workspaces
 from worker.storage.audit import audit_entries
@@ -44,15 +42,6 @@ async def pool(migrated_pg_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def processor(pool: asyncpg.Pool) -> EventProcessor:
     return EventProcessor(pool, load_catalog(None), lambda: NOW)
-
-
-@pytest.fixture
-async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[JobQueue]:
-    """A real arq queue of its own (the session's prefix: its keys are removed at the end)."""
-    redis = await connect_redis(redis_url)
-    prefix = f"{redis_prefix}:{secrets.token_hex(4)}"
-    yield JobQueue(redis, prefix, f"{prefix}:queue")
-    await redis.aclose()
 
 
 class _Batches:
@@ -213,28 +202,40 @@ class _Failing(EventProcessor):
 
     poison: str = ""
 
-    async def process_batch(self, event_ids: Any, read_ahead: Any = (), fetched: Any = None) -> Any:
-        if self.poison in event_ids or self.poison in read_ahead:
+    async def process_batch(self, event_ids: Any, fetched: Any = None) -> Any:
+        if self.poison in event_ids:
             raise RuntimeError("poisoned")
-        return await super().process_batch(event_ids, read_ahead, fetched)
+        return await super().process_batch(event_ids, fetched)
 
 
-async def test_a_failing_event_fails_only_its_own_job(pool: asyncpg.Pool):
+async def _no_fetch(pending: ProcessResult) -> Any:
+    raise AssertionError(f"no thin event here: {pending.event_id}")
+
+
+async def _apply(processor: EventProcessor, after: Any, ids: list[str]) -> dict[str, Outcome]:
+    """What one ``process_events`` job carrying ``ids`` ends with: each event's final outcome."""
+    outcomes: dict[str, Outcome] = {}
+
+    def report(event_id: str, outcome: Outcome) -> None:
+        assert event_id not in outcomes, f"{event_id} reported twice"
+        outcomes[event_id] = outcome
+
+    await apply_events(processor, after, _no_fetch, ids, report)
+    return outcomes
+
+
+async def test_a_failing_event_fails_alone_and_the_others_of_its_job_commit(pool: asyncpg.Pool):
     ids = history_ids("poison")
     events = _history(ids)[:4]
     await _insert(pool, events)
     processor = _Failing(pool, load_catalog(None), lambda: NOW)
     processor.poison = events[2]["id"]
-    committed: list[ProcessResult] = []
-
-    async def after(results: Any) -> None:
-        committed.extend(results)
-
-    batcher = EventBatcher(processor, after, concurrency=1)
-    outcomes = await asyncio.gather(*(batcher.process(e["id"]) for e in events), return_exceptions=True)
-    assert isinstance(outcomes[2], RuntimeError)
-    assert [o.status for i, o in enumerate(outcomes) if i != 2] == ["processed"] * 3  # type: ignore[union-attr]
-    assert {r.event_id for r in committed} == {e["id"] for i, e in enumerate(events) if i != 2}
+    batches = _Batches()
+    outcomes = await _apply(processor, batches, [e["id"] for e in events])
+    assert isinstance(outcomes[events[2]["id"]], RuntimeError)
+    assert [outcomes[e["id"]].status for i, e in enumerate(events) if i != 2] == ["processed"] * 3  # type: ignore[union-attr]
+    # The batch failed, so each event got a transaction of its own; the bus heard of the three.
+    assert batches.committed == [[e["id"] for i, e in enumerate(events) if i != 2]]
     row = await inbox.get_event(pool, events[2]["id"])
     assert row is not None and row["status"] == "received"  # nothing of it was written
 
@@ -245,24 +246,18 @@ async def test_a_lock_timeout_fails_the_whole_batch_at_once_and_writes_nothing(p
     await _insert(pool, locked_events + free_events)
     processor = EventProcessor(pool, load_catalog(None), lambda: NOW, lock_timeout_ms=200)
     await processor.process(locked_events[0]["id"])  # the workspace row exists now
-    batcher = EventBatcher(processor, _ignore, concurrency=1)
+    job = [locked_events[1]["id"], free_events[0]["id"]]
     async with pool.acquire() as holder, holder.transaction():  # an API request holding the row
         await holder.execute(
             "SELECT 1 FROM workspaces WHERE workspace_id = $1 FOR UPDATE", locked_ids["workspace_id"]
         )
-        outcomes = await asyncio.gather(
-            batcher.process(locked_events[1]["id"]),
-            batcher.process(free_events[0]["id"]),
-            return_exceptions=True,
-        )
-    assert all(isinstance(o, asyncpg.exceptions.LockNotAvailableError) for o in outcomes)
-    statuses = [await inbox.get_event(pool, e["id"]) for e in (locked_events[1], free_events[0])]
-    assert [s["status"] for s in statuses if s is not None] == ["received", "received"]
-    # Once the lock is gone, the same events go through (as arq's retry will do).
-    again = await asyncio.gather(
-        batcher.process(locked_events[1]["id"]), batcher.process(free_events[0]["id"])
-    )
-    assert [r.status for r in again] == ["processed", "processed"]
+        outcomes = await _apply(processor, _ignore, job)
+    assert all(isinstance(o, asyncpg.exceptions.LockNotAvailableError) for o in outcomes.values())
+    assert list(outcomes) == job
+    assert await inbox_rows(pool, job) == dict.fromkeys(job, "received")
+    # Once the lock is gone, the same events go through (as their retry will do).
+    again = await _apply(processor, _ignore, job)
+    assert [r.status for r in again.values()] == ["processed", "processed"]  # type: ignore[union-attr]
 
 
 async def _ignore(results: Any) -> None:
@@ -274,170 +269,60 @@ async def test_an_unmatched_event_whose_customer_its_batch_maps_ends_matched(
 ):
     ids, invoice, created = await _invoice_before_its_subscription(pool, "round")
     batches = _Batches()
-    batcher = EventBatcher(processor, batches, concurrency=1)
-    # One batch: the invoice comes first and finds no workspace; the subscription then maps the
-    # customer, so the invoice's job goes round again instead of waiting for its backoff.
-    got_invoice, got_created = await asyncio.gather(
-        batcher.process(invoice["id"]), batcher.process(created["id"])
-    )
+    # One job: the invoice comes first and finds no workspace; the subscription then maps the
+    # customer, so the invoice goes round again in a second transaction instead of waiting for
+    # its backoff, and the bus is not asked to queue it.
+    requeued: list[tuple[str, ...]] = []
+
+    async def after(results: Any) -> None:
+        await batches(results)
+        requeued.extend(r.requeue for r in results if r.requeue)
+
+    outcomes = await _apply(processor, after, [invoice["id"], created["id"]])
+    got_invoice, got_created = outcomes[invoice["id"]], outcomes[created["id"]]
+    assert isinstance(got_invoice, ProcessResult) and isinstance(got_created, ProcessResult)
     assert (got_invoice.status, got_invoice.workspace_id) == ("processed", ids["workspace_id"])
     assert got_created.newly_mapped_customer == ids["customer"]
     assert batches.committed == [[invoice["id"], created["id"]], [invoice["id"]]]
+    assert requeued == []
 
 
-async def _queued(queue: JobQueue, events: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    """Enqueue the events as the receiver does; their jobs' (event id, score) in arq's order."""
-    assert all(await queue.enqueue_events([e["id"] for e in events]))
-    due = await queue.due_events(1000)
-    assert sorted(e for e, _ in due) == sorted(e["id"] for e in events)
-    return due
-
-
-async def test_read_ahead_writes_a_backlog_in_one_batch_and_each_job_gets_its_own_result(
-    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
+async def test_the_same_event_in_two_concurrent_jobs_is_applied_once(
+    pool: asyncpg.Pool, processor: EventProcessor
 ):
-    reference_ids, backlog_ids = history_ids("ref"), history_ids("ahead")
-    reference, backlog = _history(reference_ids), _history(backlog_ids)
-    await _insert(pool, reference + backlog)
-    due = await _queued(queue, backlog)
-    # The reference workspace gets the same history one by one, in the order arq starts the jobs.
-    twin = {b["id"]: r["id"] for b, r in zip(backlog, reference, strict=True)}
-    for event_id, _ in due:
-        await processor.process(twin[event_id])
-    batches = _Batches()
-    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, concurrency=1)
-    # arq has started two jobs; the rest of the backlog is still queued.
-    started = await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
-    assert len(batches.committed) == 1 and sorted(batches.committed[0]) == sorted(e for e, _ in due)
-    # When arq starts the other jobs, each gets its own event's result without a transaction.
-    rest = [await batcher.process(e, score) for e, score in due[2:]]
-    assert [r.event_id for r in [*started, *rest]] == [e for e, _ in due]
-    assert {r.status for r in [*started, *rest]} == {"processed"}
-    assert len(batches.committed) == 1
-    assert await _observable(pool, backlog_ids) == await _observable(pool, reference_ids)
-    # A replay is a new enqueueing (a new score): it is processed, not served the kept result.
-    event_id, score = due[-1]
-    replayed = await batcher.process(event_id, score + 1)
-    assert replayed.outcome == "duplicate" and batches.committed[1:] == [[event_id]]
-
-
-async def test_read_ahead_leaves_events_locked_elsewhere_or_not_fresh_to_their_own_jobs(
-    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
-):
-    ids = history_ids("skip")
-    events = _history(ids)[:5]
+    """Job ids no longer coalesce: two jobs may carry one event. The row lock decides."""
+    ids = history_ids("twice")
+    events = _history(ids)[:6]
     await _insert(pool, events)
-    await pool.execute("UPDATE webhook_events SET status = 'failed' WHERE event_id = $1", events[4]["id"])
-    due = dict(await _queued(queue, events))
-    batches = _Batches()
-    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, concurrency=1)
-    async with pool.acquire() as other, other.transaction():  # another worker's batch holds it
-        await other.execute("SELECT 1 FROM webhook_events WHERE event_id = $1 FOR UPDATE", events[3]["id"])
-        await asyncio.gather(*(batcher.process(e["id"], due[e["id"]]) for e in events[:2]))
-    assert [sorted(b) for b in batches.committed] == [sorted(e["id"] for e in events[:3])]
-    for e in events[3:]:  # processed by their own jobs, each in its own transaction
-        assert (await batcher.process(e["id"], due[e["id"]])).status == "processed"
-    assert batches.committed[1:] == [[events[3]["id"]], [events[4]["id"]]]
+    every = [e["id"] for e in events]
+    first, second = await asyncio.gather(
+        _apply(processor, _ignore, every), _apply(processor, _ignore, every[::-1])
+    )
+    for event_id in every:
+        pair = [o.outcome for o in (first[event_id], second[event_id])]  # type: ignore[union-attr]
+        assert pair.count("duplicate") == 1 and {*pair} - {"duplicate"} <= {"applied", "stale"}, (
+            event_id,
+            pair,
+        )
+    audits = [r["version"] for r in await audit_entries(pool, ids["workspace_id"], limit=100)]
+    assert sorted(audits) == list(range(1, len(audits) + 1))
 
 
-async def test_a_failing_read_ahead_event_fails_only_its_own_job(pool: asyncpg.Pool, queue: JobQueue):
-    ids = history_ids("badahead")
-    events = _history(ids)[:4]
-    await _insert(pool, events)
-    due = dict(await _queued(queue, events))
-    processor = _Failing(pool, load_catalog(None), lambda: NOW)
-    processor.poison = events[3]["id"]
-    batches = _Batches()
-    batcher = EventBatcher(processor, batches, read_ahead=queue.due_events, concurrency=1)
-    first = await asyncio.gather(*(batcher.process(e["id"], due[e["id"]]) for e in events[:2]))
-    assert [r.status for r in first] == ["processed", "processed"]
-    assert [sorted(b) for b in batches.committed] == [sorted(e["id"] for e in events[:2])]
-    assert (await batcher.process(events[2]["id"], due[events[2]["id"]])).status == "processed"
-    with pytest.raises(RuntimeError, match="poisoned"):
-        await batcher.process(events[3]["id"], due[events[3]["id"]])
-    row = await inbox.get_event(pool, events[3]["id"])
-    assert row is not None and row["status"] == "received"
-
-
-async def _backlog(
-    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue, tag: str, count: int, **options: Any
-) -> tuple[list[tuple[str, int]], _Batches, EventBatcher]:
-    """``count`` events of one history stored and queued, and a read-ahead batcher over them."""
-    events = _history(history_ids(tag))[:count]
-    await _insert(pool, events)
-    due = await _queued(queue, events)
-    batches = _Batches()
-    return due, batches, EventBatcher(processor, batches, read_ahead=queue.due_events, **options)
-
-
-async def test_while_a_backlog_lasts_results_are_kept_ready_up_to_the_prefetch_limit(
-    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
+async def test_overlapping_jobs_over_shared_workspaces_never_deadlock(
+    pool: asyncpg.Pool, processor: EventProcessor
 ):
-    due, batches, batcher = await _backlog(pool, processor, queue, "prefetch", 12, max_batch=4, prefetch=8)
-    await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
-    await batcher.close()  # the flusher has stopped: the prefetch limit was reached
-    # The jobs' batch (2 waiting + 2 read ahead), then batches with no job waiting until 8
-    # results wait for their jobs.
-    assert [len(b) for b in batches.committed] == [4, 4, 4]
-    assert [e for b in batches.committed for e in b] == [e for e, _ in due]
-    rest = [await batcher.process(e, score) for e, score in due[2:]]
-    assert {r.status for r in rest} == {"processed"} and len(batches.committed) == 3
-
-
-async def test_read_ahead_goes_on_from_the_last_score_it_took(
-    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
-):
-    events = _history(history_ids("floor"))[:12]
-    await _insert(pool, events)
-    start = datetime.now(UTC) - timedelta(minutes=1)  # due, and within arq's job expiry
-    for n, e in enumerate(events):  # one score each, in order
-        assert await queue.enqueue_event(e["id"], defer_until=start + timedelta(milliseconds=n))
-    due = await queue.due_events(1000)
-    reads: list[tuple[int, int | None]] = []
-
-    async def read_ahead(limit: int, from_score: int | None) -> Any:
-        reads.append((limit, from_score))
-        return await queue.due_events(limit, from_score)
-
-    batches = _Batches()
-    batcher = EventBatcher(processor, batches, read_ahead=read_ahead, max_batch=4, prefetch=8)
-    await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
-    await batcher.close()
-    assert [e for b in batches.committed for e in b] == [e for e, _ in due]
-    # The first read starts at the head; each later one where the previous batch stopped, with a
-    # window of the new jobs and the same-score margin rather than everything already taken.
-    assert reads[0][1] is None
-    assert [f for _, f in reads[1:3]] == [due[3][1], due[7][1]]
-    assert all(limit <= 4 + event_batches._SAME_SCORE_MARGIN for limit, _ in reads[1:3])
-    rest = [await batcher.process(e, score) for e, score in due[2:]]
-    assert {r.status for r in rest} == {"processed"} and [len(b) for b in batches.committed] == [4, 4, 4]
-
-
-async def test_read_ahead_reads_from_the_head_again_when_same_score_jobs_fill_its_window(
-    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setattr(event_batches, "_SAME_SCORE_MARGIN", 0)
-    # Queued in one call: every job has the same score, so a read from the last score taken
-    # finds only jobs already taken until it reads from the head again.
-    due, batches, batcher = await _backlog(pool, processor, queue, "ties", 12, max_batch=4, prefetch=8)
-    assert len({score for _, score in due}) == 1
-    await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
-    await batcher.close()
-    assert [len(b) for b in batches.committed] == [4, 4, 4]
-    assert [e for b in batches.committed for e in b] == [e for e, _ in due]
-
-
-async def test_a_kept_result_no_job_came_for_is_forgotten(
-    pool: asyncpg.Pool, processor: EventProcessor, queue: JobQueue
-):
-    due, batches, batcher = await _backlog(pool, processor, queue, "stale", 3, keep_seconds=0)
-    await asyncio.gather(*(batcher.process(e, score) for e, score in due[:2]))
-    assert batches.committed == [[e for e, _ in due]]
-    await batcher.close()
-    batcher._room_ahead()  # what the next prefetch check does: another worker ran that job
-    event_id, score = due[2]
-    again = await batcher.process(event_id, score)
-    assert again.outcome == "duplicate" and batches.committed[1:] == [[event_id]]
+    """Jobs holding events of the same workspaces in opposite orders: events and workspaces are
+    locked in id order, so they wait for each other instead of deadlocking."""
+    histories = [_history(history_ids(f"ovl{n}")) for n in range(4)]
+    await _insert(pool, [e for h in histories for e in h])
+    mixed = [e["id"] for group in zip(*histories, strict=False) for e in group]
+    rng = random.Random(7)
+    jobs = [rng.sample(mixed, k=len(mixed) // 2) for _ in range(6)]
+    results = await asyncio.gather(*(_apply(processor, _ignore, job) for job in jobs))
+    failures = [o for r in results for o in r.values() if isinstance(o, BaseException)]
+    assert failures == []
+    applied = [o.event_id for r in results for o in r.values() if o.outcome in {"applied", "stale"}]  # type: ignore[union-attr]
+    assert len(applied) == len(set(applied))  # none applied twice
 
 
 async def test_the_indexed_columns_always_match_the_view_document(
@@ -476,3 +361,38 @@ async def test_the_indexed_columns_always_match_the_view_document(
         assert {k: row[k] for k in expected} == expected, e["type"]
         seen_blocked.add(row["blocked"])
     assert seen_blocked == {True, False}  # both shapes of the block were checked
+
+
+class _Counting(EventProcessor):
+    """The real processor, counting how many of its transactions run at once."""
+
+    running: int = 0
+    most: int = 0
+
+    async def process_batch(self, event_ids: Any, fetched: Any = None) -> Any:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            return await super().process_batch(event_ids, fetched)
+        finally:
+            self.running -= 1
+
+
+async def test_a_workers_jobs_share_its_transaction_limit(pool: asyncpg.Pool):
+    """Jobs over the same workspaces serialise on their rows anyway: a worker runs at most
+    ``EVENT_TRANSACTIONS`` of their transactions at once, rather than make the last wait on
+    the others' locks past the lock timeout."""
+    histories = [_history(history_ids(f"gate{n}")) for n in range(3)]
+    await _insert(pool, [e for h in histories for e in h])
+    processor = _Counting(pool, load_catalog(None), lambda: NOW)
+    gate = asyncio.Semaphore(1)
+    jobs = [[e["id"] for e in h] for h in histories] * 2  # each history twice: duplicates too
+
+    async def job(ids: list[str]) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        await apply_events(processor, _ignore, _no_fetch, ids, outcomes.__setitem__, gate)
+        return outcomes
+
+    results = await asyncio.gather(*(job(ids) for ids in jobs))
+    assert processor.most == 1
+    assert not [o for r in results for o in r.values() if isinstance(o, BaseException)]

@@ -18,6 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tests.support.helpers import SECRET_A, SECRET_B, RunningService, customer_event, sign, signed_headers
+from tests.support.inbox import queued_events
 from tests.support.service_fixtures import service_fixture
 from worker.infra import metrics
 from worker.infra.heap import GC_GEN0_THRESHOLD
@@ -33,8 +34,7 @@ async def _stored(svc: RunningService, event_id: str) -> bool:
 
 
 async def _queued(svc: RunningService, event_id: str) -> bool:
-    job_id = svc.services.queue.event_job_id(event_id)
-    return await svc.services.redis.zscore(svc.services.settings.queue_name, job_id) is not None
+    return event_id in await queued_events(svc.services, [event_id])
 
 
 @pytest.mark.parametrize("secret", [SECRET_A, SECRET_B], ids=["primary-secret", "rotated-secret"])

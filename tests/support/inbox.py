@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
+from collections import Counter
 
+import asyncpg
+from arq.jobs import deserialize_job
+
+from worker.queue.enqueue import PROCESS_EVENTS
 from worker.services import Services
 
 
@@ -15,12 +19,24 @@ async def inbox_rows(pool: asyncpg.Pool, ids: list[str]) -> dict[str, str]:
     return {r["event_id"]: r["status"] for r in rows}
 
 
-async def queued_jobs(services: Services, ids: list[str]) -> list[str]:
-    """The queued job ids of these events (a sorted set cannot hold one twice)."""
-    queued = []
-    for event_id in ids:
-        job_id = services.queue.event_job_id(event_id)
-        if await services.redis.zscore(services.settings.queue_name, job_id) is not None:
-            assert await services.redis.exists(f"arq:job:{job_id}")
-            queued.append(job_id)
-    return queued
+async def queued_events(services: Services, ids: list[str]) -> Counter[str]:
+    """How many queued ``process_events`` jobs carry each of these events (absent: none)."""
+    wanted = set(ids)
+    return Counter(e for job in (await queued_event_jobs(services)).values() for e in job if e in wanted)
+
+
+async def queued_event_jobs(services: Services, ids: list[str] | None = None) -> dict[str, list[str]]:
+    """The queued event jobs (of those carrying any of ``ids``, when given): job id → event ids."""
+    prefix = services.queue.events_job_prefix
+    jobs: dict[str, list[str]] = {}
+    for member in await services.redis.zrange(services.settings.queue_name, 0, -1):
+        job_id = member.decode()
+        if not job_id.startswith(prefix):
+            continue
+        raw = await services.redis.get(f"arq:job:{job_id}")
+        assert raw is not None, f"queued job {job_id} has no arq:job key"
+        job = deserialize_job(raw)
+        assert job.function == PROCESS_EVENTS and len(job.args) == 1 and not job.kwargs, job
+        if ids is None or set(job.args[0]) & set(ids):
+            jobs[job_id] = list(job.args[0])
+    return jobs

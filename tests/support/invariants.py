@@ -32,10 +32,13 @@ async def assert_applied_exactly_once(pool: asyncpg.Pool, histories: dict[str, l
     unique = {w: list({e["id"]: e for e in events}.values()) for w, events in histories.items()}
     ids = [e["id"] for events in unique.values() for e in events]
     marks = await pool.fetch(
-        "SELECT status, attempts FROM webhook_events WHERE event_id = ANY($1::text[])", ids
+        "SELECT event_id, status, attempts, outcome, left(last_error, 300) AS error FROM webhook_events "
+        "WHERE event_id = ANY($1::text[])",
+        ids,
     )
     assert len(marks) == len(ids)
-    assert {(r["status"], r["attempts"]) for r in marks} == {("processed", 1)}
+    odd = [dict(r) for r in marks if (r["status"], r["attempts"]) != ("processed", 1)]
+    assert not odd, f"{len(odd)} events not processed exactly once, e.g. {odd[:3]}"
     duplicated = await pool.fetchval(
         "SELECT count(*) FROM (SELECT cause_id FROM audit_log WHERE cause_id = ANY($1::text[]) "
         "GROUP BY workspace_id, cause_id HAVING count(*) > 1) d",

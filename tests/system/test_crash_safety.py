@@ -62,7 +62,7 @@ async def test_worker_killed_mid_stream_applies_every_event_exactly_once(setting
             )
 
         async def in_progress() -> list[bytes]:
-            pattern = f"arq:in-progress:{settings.redis_prefix}:evt:*"
+            pattern = f"arq:in-progress:{settings.redis_prefix}:evts:*"
             return [k async for k in svc.services.redis.scan_iter(pattern)]
 
         at_kill, _ = await kill_mid_job([_spawn_worker(settings)], processed, len(ids) // 4, in_progress)

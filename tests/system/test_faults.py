@@ -234,7 +234,7 @@ async def test_burst_with_duplicates_shuffled_and_workers_killed_twice(stack: St
         interrupted: set[bytes] = set()  # in-progress keys a kill left behind (until they expire)
 
         async def in_progress() -> list[bytes]:
-            keys = svc.services.redis.scan_iter("arq:in-progress:bwfault:evt:*")
+            keys = svc.services.redis.scan_iter("arq:in-progress:bwfault:evts:*")
             return [k async for k in keys if k not in interrupted]
 
         async def send_all() -> None:

@@ -38,7 +38,7 @@ SIGNATURE_FAILURES = Counter(
 )
 INBOX_TO_JOB_LATENCY = Histogram(
     "billing_inbox_to_job_latency_seconds",
-    "Time from receipt of a webhook to the start of its processing job.",
+    "Time from receipt of a webhook to the start of its processing job (one observation per event).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
     registry=REGISTRY,
 )
@@ -51,7 +51,7 @@ JOB_DURATION = Histogram(
 )
 EVENT_BATCH_SIZE = Histogram(
     "billing_event_batch_size",
-    "Events written per transaction by a worker (group commit of concurrent jobs).",
+    "Events written per transaction by a worker (the events of one job, or one of them alone).",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200),
     registry=REGISTRY,
 )

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from functools import partial
+import asyncio
 
 from worker.infra.heap import settle_heap
 from worker.jobs.dunning import sweep_dunning
-from worker.jobs.events import process_event, sweep_inbox
+from worker.jobs.events import EVENT_TRANSACTIONS_KEY, process_event, process_events, sweep_inbox
 from worker.jobs.ops import backfill_job, reconcile_job
 from worker.jobs.plan_changes import fire_plan_change, sweep_plan_changes
-from worker.processing.after_commit import after_events_committed
-from worker.processing.batches import EventBatcher
-from worker.queue.enqueue import BACKFILL, FIRE_PLAN_CHANGE, PROCESS_EVENT, RECONCILE
+from worker.processing.batches import EVENT_TRANSACTIONS
+from worker.queue.enqueue import BACKFILL, FIRE_PLAN_CHANGE, PROCESS_EVENT, PROCESS_EVENTS, RECONCILE
 from worker.queue.worker import CronSpec, JobSpec, Worker, WorkerSpec, build_arq_worker
 from worker.services import Services
 
 
-def event_batcher(services: Services) -> EventBatcher:
-    """The worker's group-commit batcher, shared by every event job of the process."""
-    return EventBatcher(
-        services.processor, partial(after_events_committed, services), read_ahead=services.queue.due_events
-    )
-
-
 def worker_spec(services: Services) -> WorkerSpec:
     settings = services.settings
-    batcher = event_batcher(services)
 
     async def started() -> None:
         settle_heap()
@@ -40,6 +31,9 @@ def worker_spec(services: Services) -> WorkerSpec:
         job_timeout=settings.job_timeout_seconds,
         poll_delay=settings.poll_delay_seconds,
         jobs=[
+            # max_tries + 1: an event's own tries are counted in Postgres; arq's count only the
+            # retries of a whole job whose failures could not be recorded (the database down).
+            JobSpec(PROCESS_EVENTS, process_events, max_tries=settings.max_tries + 1),
             JobSpec(PROCESS_EVENT, process_event, max_tries=settings.max_tries + 1),
             JobSpec(FIRE_PLAN_CHANGE, fire_plan_change, max_tries=settings.max_tries + 1),
             # One try each: a failed backfill run is marked `failed` with its error and resumed by
@@ -68,9 +62,9 @@ def worker_spec(services: Services) -> WorkerSpec:
                 timeout=timeout,
             ),
         ],
-        shared={"batcher": batcher},
+        # Shared by the event jobs of this process: their transactions, EVENT_TRANSACTIONS at once.
+        shared={EVENT_TRANSACTIONS_KEY: asyncio.Semaphore(EVENT_TRANSACTIONS)},
         on_startup=started,
-        on_shutdown=batcher.close,
     )
 
 

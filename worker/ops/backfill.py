@@ -4,8 +4,9 @@ Stripe keeps events for 30 days and lists them newest first; ``starting_after`` 
 stable while new events arrive (they go on top). A run is a row in ``backfill_runs`` whose
 ``cursor`` is the last event id read, saved after every page, so a crash or a Stripe error
 resumes where it stopped. Each event goes through the receiver's own insert (idempotent on the
-event id: only events the inbox does not have are new) and, when new, is enqueued; if Redis is
-down it stays ``received`` and the inbox sweep enqueues it.
+event id: only events the inbox does not have are new); the new events of a page are enqueued
+together, oldest first (``process_events`` jobs, several ids each); if Redis is down they stay
+``received`` and the inbox sweep enqueues them.
 """
 
 from __future__ import annotations
@@ -142,9 +143,13 @@ async def _read(
             )
             log.warning("backfill_failed", run_id=run_id, error=type(exc).__name__)
             raise
-        inserted = 0
-        for event in events:
-            inserted += await _store(services, event)
+        new = [event["id"] for event in events if await _store(services, event)]
+        inserted = len(new)
+        if new:
+            try:
+                await services.queue.enqueue_events(new[::-1])  # a page lists newest first
+            except (RedisError, OSError) as exc:  # they stay `received`: the sweep enqueues them
+                log.warning("backfill_enqueue_failed", count=len(new), error=type(exc).__name__)
         cursor = events[-1]["id"] if events else cursor
         pages += 1
         done = not has_more or not events
@@ -169,19 +174,15 @@ async def _read(
     return result
 
 
-async def _store(services: Services, event: dict[str, Any]) -> int:
+async def _store(services: Services, event: dict[str, Any]) -> bool:
+    """Insert ``event`` into the inbox; whether it is new (a malformed envelope is skipped)."""
     try:
         validate_event_envelope(event)
     except PayloadError as exc:
         log.warning("backfill_skipped", event_id=str(event.get("id"))[:80], error=str(exc)[:200])
-        return 0
+        return False
     is_new, _ = await store_in_inbox(services, event, json.dumps(event))
-    if is_new:
-        try:
-            await services.queue.enqueue_event(event["id"])
-        except (RedisError, OSError) as exc:  # stays `received`: the sweep enqueues it
-            log.warning("backfill_enqueue_failed", event_id=event["id"], error=type(exc).__name__)
-    return int(is_new)
+    return is_new
 
 
 def parse_since(value: Any) -> datetime:

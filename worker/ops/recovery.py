@@ -1,8 +1,8 @@
 """Operator repairs of the inbox: list dead letters, retry one event or every dead letter of a type.
 
-A retry puts the inbox row back to ``received`` with a fresh try budget and enqueues it. Job ids
-are ``<prefix>:evt:<id>`` with ``keep_result=0``, so an event processed long ago enqueues again;
-the processor then decides from Postgres: a replay of something the state already reflects is a
+A retry puts the inbox row back to ``received`` with a fresh try budget and enqueues it (a
+``process_events`` job; every enqueueing gets a fresh job id, so it is never refused); the
+processor then decides from Postgres: a replay of something the state already reflects is a
 ``stale`` no-op (no audit entry), anything else applies once.
 """
 
@@ -25,7 +25,7 @@ RETRYABLE = ("received", "processed", "ignored", "unmatched", "failed", "dead")
 class RetryResult:
     event_id: str
     previous_status: str
-    enqueued: bool  # False: a job for it was already queued or running (it will process it)
+    enqueued: bool  # a job for it was queued (job ids are fresh: always, unless Redis failed)
 
     def as_json(self) -> dict[str, Any]:
         return {"event_id": self.event_id, "previous_status": self.previous_status, "enqueued": self.enqueued}
@@ -64,8 +64,7 @@ async def retry_dead_letters(services: Services, event_type: str, limit: int = 1
         limit,
     )
     ids = [r["event_id"] for r in rows]
-    for event_id in ids:
-        await services.queue.enqueue_event(event_id)
+    await services.queue.enqueue_events(ids)  # several ids a job
     log.info("dead_letters_retry", event_type=event_type, count=len(ids))
     return ids
 

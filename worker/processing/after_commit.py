@@ -77,8 +77,7 @@ async def after_events_committed(services: Services, results: Sequence[ProcessRe
         # Events that arrived before we knew their customer need not wait for their backoff
         # (if this fails, the inbox sweep still retries them on their backoff schedule).
         try:
-            for event_id in requeue:
-                await services.queue.enqueue_event(event_id)
+            await services.queue.enqueue_events(requeue)
         except Exception as exc:
             log.warning("unmatched_requeue_failed", count=len(requeue), error=repr(exc))
 

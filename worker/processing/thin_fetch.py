@@ -1,14 +1,16 @@
-"""A thin event's related object, fetched by the event's own job between two transactions.
+"""A thin event's related object, fetched by the event's job between two transactions.
 
 The unit of work leaves a thin event it acts on ``received`` with the outcome ``NEEDS_FETCH``
 (no Stripe call ever runs inside a transaction, nor in the receiver). Its job then fetches the
 related object through the gateway (the official SDK, with the notification's ``context``) and
-hands it back to the batcher, which reduces it as an observation at fetch time. Failures:
+applies the event again with it (``worker.processing.batches``), reduced as an observation at
+fetch time. Failures:
 
 * no STRIPE_API_KEY → the event is kept and dead-lettered: ``thin events need STRIPE_API_KEY``;
 * Stripe answers 404 (the object is gone) or 401/403 (wrong key or context) → dead, with that reason;
-* anything else (network, timeout, 5xx, 429) is raised to the job, which retries it with backoff
-  (``RetryLater``) and dead-letters it only after ``BW_MAX_TRIES``, like any failing event.
+* anything else (network, timeout, 5xx, 429) is raised: the event fails alone, its failure is
+  counted on its row and it is queued again with backoff, dead only after ``BW_MAX_TRIES``, like
+  any failing event.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from handlers.thin import THIN_NEEDS_KEY, FetchedObject
 from worker.infra import metrics
 from worker.infra.logging import get_logger
 from worker.infra.stripe_gateway import API_VERSION, fetch_refused, is_transient
-from worker.processing.batches import EventBatcher
 from worker.processing.unit_of_work import ProcessResult
 from worker.services import Services
 from worker.storage import inbox
@@ -28,10 +29,8 @@ log = get_logger("thin_events")
 OPERATION = "fetch_related_object"
 
 
-async def with_related_object(
-    services: Services, batcher: EventBatcher, pending: ProcessResult
-) -> ProcessResult:
-    """Fetch ``pending``'s related object and process the event with it; the final result."""
+async def related_object(services: Services, pending: ProcessResult) -> FetchedObject | ProcessResult:
+    """``pending``'s related object, or the event's final result when it was dead-lettered."""
     gateway = services.stripe
     if gateway is None:
         return await _dead_letter(services, pending, "no_api_key", THIN_NEEDS_KEY)
@@ -49,7 +48,7 @@ async def with_related_object(
         if reason is None:
             raise
         return await _dead_letter(services, pending, "fetch_refused", reason)
-    return await batcher.process(pending.event_id, fetched=FetchedObject(obj, fetched_at, API_VERSION))
+    return FetchedObject(obj, fetched_at, API_VERSION)
 
 
 async def _dead_letter(

@@ -1,7 +1,7 @@
 """The unit of work for inbox events: one transaction from lock to "processed" mark.
 
-``process_many`` applies a batch of events (group commit: the worker hands it whatever jobs are
-waiting, see ``worker.event_batches``) exactly as if they were processed one after the other, in
+``process_many`` applies a batch of events (the ids one ``process_events`` job carries, see
+``worker.processing.batches``) exactly as if they were processed one after the other, in
 one transaction and a fixed number of round trips: lock the events, normalise them, map them to
 workspaces, lock those workspaces (in id order), run the pure reducer over each event in turn,
 then write states, observations, audit entries and inbox statuses and commit — all or nothing.
@@ -60,6 +60,9 @@ class ProcessResult:
     traceparent: str | None = None
     # NEEDS_FETCH: the stored thin notification whose related object the job must fetch.
     thin_payload: str | None = None
+    # The event's try this was (its row's ``attempts`` once this unit of work is written); None
+    # for an event that was missing or already finished.
+    attempt: int | None = None
 
 
 @quick_init
@@ -72,6 +75,7 @@ class _Routed:
     event: BillingEvent
     workspace_id: str
     customer_id: str | None
+    attempt: int
 
 
 @dataclass
@@ -99,22 +103,20 @@ class EventProcessor:
 
     async def process_many(self, event_ids: Sequence[str]) -> list[ProcessResult]:
         """Apply the events as if one after the other, in one transaction; one result per id, in
-        order. Any error rolls the whole batch back (``worker.event_batches`` then retries its events
-        one by one, or hands a database error to every job of the batch)."""
-        return (await self.process_batch(event_ids))[0]
+        order. Any error rolls the whole batch back (``worker.processing.batches`` then retries its
+        events one by one)."""
+        return await self.process_batch(event_ids)
 
     async def process_batch(
-        self,
-        event_ids: Sequence[str],
-        read_ahead: Sequence[str] = (),
-        fetched: Mapping[str, FetchedObject] | None = None,
-    ) -> tuple[list[ProcessResult], dict[str, ProcessResult]]:
-        """``process_many`` for ``event_ids``, plus the ``read_ahead`` events whose jobs are queued
-        but not started yet: those are taken only when still ``received`` and not locked by another
-        transaction (``SKIP LOCKED``: read-ahead never waits), and applied after ``event_ids``.
-        Returns the results in request order and the read-ahead events taken, by id.
-        ``fetched``: the related objects of thin events, by event id; a thin event the worker
-        acts on without one ends ``NEEDS_FETCH`` (its row untouched)."""
+        self, event_ids: Sequence[str], fetched: Mapping[str, FetchedObject] | None = None
+    ) -> list[ProcessResult]:
+        """``process_many``; ``fetched``: the related objects of thin events, by event id; a thin
+        event the worker acts on without one ends ``NEEDS_FETCH`` (its row untouched).
+
+        Two batches holding the same events or workspaces never deadlock: the events are locked
+        in id order, the missing workspaces are created in id order, then every workspace is
+        locked in id order (a deadlock, should one still happen, is a transient error: the
+        batch's events are retried)."""
         now = self.clock()
         ids = list(dict.fromkeys(event_ids))
         writes = _Writes()
@@ -122,14 +124,8 @@ class EventProcessor:
         async with self.pool.acquire() as conn, conn.transaction():
             await db.begin_keyed(conn, self.lock_timeout_ms)
             rows = await inbox.lock_events(conn, ids)
-            # Every blocking lock is taken before the first read-ahead one, so read-ahead locks
-            # are never held while waiting for another batch's events.
-            requested = set(ids)
-            ahead = [e for e in dict.fromkeys(read_ahead) if e not in requested]
-            ahead_rows = await inbox.lock_fresh_events(conn, ahead) if ahead else {}
-            rows.update(ahead_rows)
             parsed: list[tuple[asyncpg.Record, BillingEvent]] = []
-            for event_id in [*ids, *ahead_rows]:
+            for event_id in ids:
                 row = rows.get(event_id)
                 if row is None:
                     results[event_id] = ProcessResult(event_id, "missing", "missing")
@@ -157,7 +153,7 @@ class EventProcessor:
         _credit_mappings(routed, mapped, writes.finishes, results)
         if tracing.enabled():
             _carry_traceparents(rows, results)
-        return _in_request_order(event_ids, results), {e: results[e] for e in ahead_rows}
+        return _in_request_order(event_ids, results)
 
     def _decode(
         self,
@@ -175,7 +171,12 @@ class EventProcessor:
                 event = thin_event(parse_thin(raw), fetched)
                 if event is None:
                     results[event_id] = ProcessResult(
-                        event_id, "received", NEEDS_FETCH, row["type"], thin_payload=row["payload"]
+                        event_id,
+                        "received",
+                        NEEDS_FETCH,
+                        row["type"],
+                        thin_payload=row["payload"],
+                        attempt=row["attempts"] + 1,
                     )
                     return None
             else:
@@ -185,11 +186,15 @@ class EventProcessor:
             writes.finishes.append(
                 EventFinish(event_id, "dead", "malformed", None, None, error=malformed_error(exc))
             )
-            results[event_id] = ProcessResult(event_id, "dead", "malformed", row["type"])
+            results[event_id] = ProcessResult(
+                event_id, "dead", "malformed", row["type"], attempt=row["attempts"] + 1
+            )
             return None
         if isinstance(event, IgnoredEvent):
             writes.finishes.append(EventFinish(event_id, "ignored", "ignored", None, None))
-            results[event_id] = ProcessResult(event_id, "ignored", "ignored", row["type"])
+            results[event_id] = ProcessResult(
+                event_id, "ignored", "ignored", row["type"], attempt=row["attempts"] + 1
+            )
             return None
         return event
 
@@ -215,7 +220,9 @@ class EventProcessor:
                 continue
             if customer_id is not None and customer_id not in known:
                 known[customer_id] = new_mappings[customer_id] = workspace_id
-            routed.append(_Routed(event_id, row["type"], event, workspace_id, customer_id))
+            routed.append(
+                _Routed(event_id, row["type"], event, workspace_id, customer_id, row["attempts"] + 1)
+            )
         return routed, new_mappings
 
     def _unmatched(
@@ -242,7 +249,7 @@ class EventProcessor:
                 next_retry_at=None if exhausted else now + timedelta(seconds=self.unmatched_backoff[attempt]),
             )
         )
-        results[event_id] = ProcessResult(event_id, status, "unmatched", row["type"])
+        results[event_id] = ProcessResult(event_id, status, "unmatched", row["type"], attempt=attempt + 1)
 
     async def _apply(
         self,
@@ -254,12 +261,12 @@ class EventProcessor:
     ) -> None:
         touched = sorted({r.event.invoice.invoice_id for r in routed if isinstance(r.event, InvoiceObserved)})
         workspace_ids = sorted({r.workspace_id for r in routed})
+        # The rows of first-seen workspaces are created (in id order) before any row is locked,
+        # then every row is locked in id order: locking the existing rows first and creating the
+        # others after took locks out of order, and two batches deadlocked when a third created
+        # one of their workspaces in between (seen in the burst fault test).
+        await workspaces.ensure_workspaces(conn, workspace_ids, self.catalog, now)
         locked = await workspaces.lock_workspaces(conn, workspace_ids, touched)
-        first_seen = [w for w in workspace_ids if w not in locked]
-        if first_seen:  # the first event of these workspaces: create their rows
-            locked.update(await workspaces.ensure_workspaces(conn, first_seen, self.catalog, now))
-            if raced := [w for w in first_seen if w not in locked]:  # created meanwhile by another
-                locked.update(await workspaces.lock_workspaces(conn, raced, touched))
         grants = {r.event_id: credit_grants(r.event, self.catalog) for r in routed}
         granted = set(
             await credits_store.granted_keys(conn, (g.source_key for gs in grants.values() for g in gs))
@@ -291,6 +298,7 @@ class EventProcessor:
                 outcome.effects,
                 None,
                 changes,
+                attempt=r.attempt,
             )
 
     @staticmethod
@@ -330,22 +338,6 @@ class EventProcessor:
             )
         )
         locked[r.workspace_id] = writes.workspaces[r.workspace_id] = after
-
-    async def record_failure(self, event_id: str, error: str, *, dead: bool, retry_in: float | None) -> None:
-        """Outside the failed transaction: remember the error (and dead-letter after max tries)."""
-        now = self.clock()
-        async with self.pool.acquire() as conn:
-            await conn.execute(
-                """
-                UPDATE webhook_events
-                   SET status = $2, attempts = attempts + 1, last_error = $3, next_retry_at = $4
-                 WHERE event_id = $1 AND status NOT IN ('processed', 'ignored')
-                """,
-                event_id,
-                "dead" if dead else "failed",
-                error[:4000],
-                None if retry_in is None else now + timedelta(seconds=retry_in),
-            )
 
 
 def _carry_traceparents(rows: dict[str, asyncpg.Record], results: dict[str, ProcessResult]) -> None:

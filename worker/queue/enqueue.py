@@ -1,8 +1,11 @@
-"""Enqueueing arq jobs. Job ids are derived from the event id only to coalesce duplicates while
-a job is queued; Postgres, not arq, decides whether an event was already applied."""
+"""Enqueueing arq jobs. An event job carries the ids of several events (one receiver flush, one
+sweep chunk); its id is unique per enqueueing, because Postgres (the inbox row status, read under
+row lock) and not arq decides whether an event was already applied: the same event in two jobs
+is a harmless ``duplicate``."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,23 +16,19 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.commands.core import AsyncScript
 
+PROCESS_EVENTS = "process_events"
+# The job of one event that queues before this release queued; still run (see jobs/events.py).
 PROCESS_EVENT = "process_event"
 FIRE_PLAN_CHANGE = "fire_plan_change"
 BACKFILL = "backfill"
 RECONCILE = "reconcile_workspace"
+# Most events one job carries: one transaction's worth (the unit of work's batch size).
+MAX_JOB_EVENTS = 100
 
-# arq's ``enqueue_job`` (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one atomic
-# script with the same keys, job encoding and "skip if queued, running or kept" rule.
-_ENQUEUE = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) ~= 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-return 1
-"""
-
-# The same rule for many jobs in one round trip (the receiver's group commit). KEYS: job key and
-# result key of each job, then the queue; ARGV: expiry, job, score and id of each job.
-# Returns one flag per job: 1 queued, 0 already queued, running or kept.
+# arq's ``enqueue_job`` (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) for many jobs
+# as one atomic script with the same keys, job encoding and "skip if queued, running or kept" rule.
+# KEYS: job key and result key of each job, then the queue; ARGV: expiry, job, score and id of
+# each job. Returns one flag per job: 1 queued, 0 already queued, running or kept.
 _ENQUEUE_MANY = """
 local queue = KEYS[#KEYS]
 local queued = {}
@@ -46,10 +45,9 @@ return queued
 """
 
 
-# The first ARGV[2] due jobs of the queue (ARGV[3] <= score <= ARGV[1]) as a flat member, score list.
-_DUE = """
-return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-"""
+def chunks(event_ids: Sequence[str], size: int = MAX_JOB_EVENTS) -> list[list[str]]:
+    """The ids in order, ``size`` at a time (the events of one job each)."""
+    return [list(event_ids[i : i + size]) for i in range(0, len(event_ids), size)]
 
 
 @dataclass(frozen=True)
@@ -57,67 +55,51 @@ class JobQueue:
     redis: ArqRedis
     prefix: str
     queue_name: str
-    _enqueue: AsyncScript = field(init=False, repr=False, compare=False)
     _enqueue_many: AsyncScript = field(init=False, repr=False, compare=False)
-    _due: AsyncScript = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_enqueue", self.redis.register_script(_ENQUEUE))
         object.__setattr__(self, "_enqueue_many", self.redis.register_script(_ENQUEUE_MANY))
-        object.__setattr__(self, "_due", self.redis.register_script(_DUE))
 
-    def event_job_id(self, event_id: str) -> str:
-        return f"{self.prefix}:evt:{event_id}"
+    @property
+    def events_job_prefix(self) -> str:
+        """How the id of every event job starts (``<prefix>:evts:``)."""
+        return f"{self.prefix}:evts:"
+
+    def events_job_id(self) -> str:
+        """A fresh event job id: ``<prefix>:evts:<uuid4 hex>``. Unique, so an enqueueing is never
+        refused because an earlier job (queued, running, retrying) holds its id: whether an event
+        still needs applying is decided by Postgres when a job runs."""
+        return f"{self.events_job_prefix}{uuid.uuid4().hex}"
 
     async def enqueue_event(self, event_id: str, *, defer_until: datetime | None = None) -> bool:
-        """Queue processing of an inbox event. False when a job for it is already queued or running
-        (that job will process it); raises on Redis errors so the caller can answer 503."""
-        job_id = self.event_job_id(event_id)
-        now_ms = timestamp_ms()
-        score = to_unix_ms(defer_until) if defer_until is not None else now_ms
-        job = serialize_job(
-            PROCESS_EVENT, (event_id,), {}, None, now_ms, serializer=self.redis.job_serializer
-        )
-        queued = await self._enqueue(
-            keys=[job_key_prefix + job_id, result_key_prefix + job_id, self.queue_name],
-            args=[score - now_ms + self.redis.expires_extra_ms, job, score, job_id],
-        )
-        return bool(queued)
+        """Queue processing of one inbox event (a job of its own); raises on Redis errors."""
+        return bool(await self.enqueue_events([event_id], defer_until=defer_until))
 
-    async def enqueue_events(self, event_ids: Sequence[str]) -> list[bool]:
-        """``enqueue_event`` for many events in one atomic round trip: one flag per id (False: a
-        job for it is already queued or running). Raises on Redis errors."""
+    async def enqueue_events(
+        self, event_ids: Sequence[str], *, defer_until: datetime | None = None
+    ) -> list[str]:
+        """Queue processing of inbox events: one ``process_events`` job per ``MAX_JOB_EVENTS``
+        ids, all in one atomic round trip; due at ``defer_until`` (now when None). Returns the
+        ids of the jobs queued; raises on Redis errors so the caller can answer 503."""
         if not event_ids:
             return []
         now_ms = timestamp_ms()
-        expires_ms = self.redis.expires_extra_ms
+        score = to_unix_ms(defer_until) if defer_until is not None else now_ms
+        expires_ms = score - now_ms + self.redis.expires_extra_ms
         keys: list[str] = []
         args: list[object] = []
-        for event_id in event_ids:
-            job_id = self.event_job_id(event_id)
+        job_ids: list[str] = []
+        for chunk in chunks(event_ids):
+            job_id = self.events_job_id()
+            job_ids.append(job_id)
             keys += (job_key_prefix + job_id, result_key_prefix + job_id)
             job = serialize_job(
-                PROCESS_EVENT, (event_id,), {}, None, now_ms, serializer=self.redis.job_serializer
+                PROCESS_EVENTS, (chunk,), {}, None, now_ms, serializer=self.redis.job_serializer
             )
-            args += (expires_ms, job, now_ms, job_id)
+            args += (expires_ms, job, score, job_id)
         keys.append(self.queue_name)
-        return [bool(flag) for flag in await self._enqueue_many(keys=keys, args=args)]
-
-    async def due_events(self, limit: int, from_score: int | None = None) -> list[tuple[str, int]]:
-        """The event jobs arq will start next, in its order: (event id, score) of the first
-        ``limit`` queued jobs that are due (a job's score identifies one enqueueing or retry of
-        it: arq's ``Retry`` moves the score), from ``from_score`` on (inclusive) when given."""
-        # Through a script: its flat reply skips redis-py's per-pair score conversion (a
-        # worker reads a few hundred entries per batch).
-        start = "-inf" if from_score is None else from_score
-        flat = await self._due(keys=[self.queue_name], args=[timestamp_ms(), limit, start])
-        marker = f"{self.prefix}:evt:".encode()
-        size = len(marker)
-        return [
-            (member[size:].decode(), int(score))
-            for member, score in zip(flat[::2], flat[1::2], strict=True)
-            if member.startswith(marker)
-        ]
+        flags = await self._enqueue_many(keys=keys, args=args)
+        return [job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag]
 
     async def enqueue_fire(self, change_id: str, *, defer_until: datetime | None, tag: str) -> bool:
         """Queue a firing attempt of a plan change. The job id carries ``tag`` so a release does not

@@ -23,8 +23,9 @@ class Job:
     services: Any  # worker.services.Services (typed loosely: the services module imports the queue)
     attempt: int = 1
     enqueued_at: datetime | None = None
-    score: int | None = None  # the queue score of this enqueueing (identifies it among repeats)
-    shared: Mapping[str, Any] = field(default_factory=dict)  # worker-lifetime objects (the batcher)
+    score: int | None = None  # the queue score of this enqueueing or retry
+    shared: Mapping[str, Any] = field(default_factory=dict)  # worker-lifetime objects
+    id: str | None = None  # arq's job id
 
 
 JobFunction = Callable[..., Awaitable[Any]]
@@ -69,6 +70,7 @@ def _job_of(ctx: dict[str, Any]) -> Job:
         enqueued_at=ctx.get("enqueue_time"),
         score=ctx.get("score"),
         shared=ctx.get("shared", {}),
+        id=ctx.get("job_id"),
     )
 
 

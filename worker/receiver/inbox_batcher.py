@@ -7,8 +7,9 @@ One flush runs at a time, and a second (``max_in_flight`` 2) only once ``extra_f
 (16) arrivals wait behind it: each flush costs two round trips, and a second one for a handful of
 webhooks cost more CPU than the wait it saved. While flushes are busy, new arrivals accumulate and
 the next flush takes all of them (up to ``max_batch``): one multi-row INSERT (``inbox.insert_events``),
-one ``JobQueue.enqueue_events`` for the events that are new or still ``received``, then each
-waiting request gets its answer.
+one ``JobQueue.enqueue_events`` (one Redis round trip) queueing ONE ``process_events`` job per
+100 of the events that are new or still ``received`` (the worker applies a job's events in one
+transaction), then each waiting request gets its answer.
 A database failure fails the whole batch (nothing is queued); a Redis failure fails the events
 that needed a job (their rows stay stored for Stripe's retry and the sweep).
 """

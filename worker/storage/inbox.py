@@ -128,18 +128,6 @@ async def lock_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dic
     return {r["event_id"]: r for r in rows}
 
 
-async def lock_fresh_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
-    """Row-lock those of the events that are still ``received`` and not locked by anyone else,
-    without waiting (read-ahead: an event another transaction holds is left to its own job)."""
-    rows = await conn.fetch(
-        "SELECT event_id, type, payload, status, attempts, created, traceparent FROM webhook_events "
-        "WHERE event_id = ANY($1::text[]) AND status = 'received' ORDER BY event_id "
-        "FOR UPDATE SKIP LOCKED",
-        event_ids,
-    )
-    return {r["event_id"]: r for r in rows}
-
-
 @quick_init
 @dataclass(frozen=True)
 class EventFinish:
@@ -164,22 +152,86 @@ async def get_event(conn: asyncpg.Connection | asyncpg.Pool, event_id: str) -> a
 
 
 async def due_for_sweep(
-    conn: asyncpg.Connection | asyncpg.Pool, *, received_before: datetime, retry_due: datetime, limit: int
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    received_before: datetime,
+    retry_due: datetime,
+    failed_due: datetime,
+    limit: int,
 ) -> list[str]:
-    """Ids of the events Redis may have lost (still ``received`` before ``received_before``) and
-    of those due a retry at ``retry_due``, oldest first."""
+    """Ids of the events Redis may have lost (still ``received`` before ``received_before``),
+    of the unmatched events due a retry at ``retry_due`` and of the failed events whose retry
+    was due at ``failed_due`` (each failure queued a deferred job of its own: the sweep is the
+    backstop for a lost one, so it waits a grace period past the retry time), oldest first."""
     rows = await conn.fetch(
         """
         SELECT event_id FROM webhook_events
          WHERE (status = 'received' AND received_at < $1)
-            OR (status IN ('unmatched', 'failed') AND next_retry_at <= $2)
-         ORDER BY received_at LIMIT $3
+            OR (status = 'unmatched' AND next_retry_at <= $2)
+            OR (status = 'failed' AND next_retry_at <= $3)
+         ORDER BY received_at LIMIT $4
         """,
         received_before,
         retry_due,
+        failed_due,
         limit,
     )
     return [r["event_id"] for r in rows]
+
+
+@quick_init
+@dataclass(frozen=True)
+class Failure:
+    """A failure recorded on an event's row: ``dead`` once its tries are used up, else ``failed``
+    and due again at ``next_retry_at``."""
+
+    event_id: str
+    status: str
+    attempts: int
+    next_retry_at: datetime | None
+
+
+async def record_failures(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    errors: dict[str, str],
+    *,
+    now: datetime,
+    max_tries: int,
+    max_backoff_seconds: int = 300,
+) -> dict[str, Failure]:
+    """Count one failed try of each event (``errors``: event id → error) on its row, in one
+    statement: ``attempts`` + 1, ``last_error``; ``dead`` once ``attempts`` reaches ``max_tries``,
+    else ``failed`` with ``next_retry_at`` = now + 2^(attempts-1) s (capped). The rows are locked
+    in id order (as ``lock_events``). Events already finished (processed, ignored, dead) or
+    missing are left alone and not returned."""
+    rows = await conn.fetch(
+        """
+        WITH failed AS (
+            SELECT f.event_id, f.error FROM unnest($1::text[], $2::text[]) AS f(event_id, error)
+        ), locked AS (
+            SELECT w.event_id FROM webhook_events w JOIN failed USING (event_id)
+             WHERE w.status NOT IN ('processed', 'ignored', 'dead')
+             ORDER BY w.event_id FOR UPDATE OF w
+        )
+        UPDATE webhook_events e
+           SET attempts = e.attempts + 1,
+               last_error = failed.error,
+               status = CASE WHEN e.attempts + 1 >= $4::int THEN 'dead' ELSE 'failed' END,
+               next_retry_at = CASE WHEN e.attempts + 1 >= $4::int THEN NULL
+                   ELSE $3::timestamptz + make_interval(secs => least(power(2, e.attempts), $5::float8)) END
+          FROM locked JOIN failed USING (event_id)
+         WHERE e.event_id = locked.event_id
+        RETURNING e.event_id, e.status, e.attempts, e.next_retry_at
+        """,
+        list(errors),
+        [error[:4000] for error in errors.values()],
+        now,
+        max_tries,
+        float(max_backoff_seconds),
+    )
+    return {
+        r["event_id"]: Failure(r["event_id"], r["status"], r["attempts"], r["next_retry_at"]) for r in rows
+    }
 
 
 async def dead_letter(

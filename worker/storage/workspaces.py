@@ -93,14 +93,18 @@ async def ensure_workspaces(
     conn: asyncpg.Connection, workspace_ids: Sequence[str], catalog: Catalog, now: datetime
 ) -> dict[str, LockedWorkspace]:
     """Create the rows that do not exist yet; returns those this transaction created (locked by
-    the insert, and with no observations yet: subscriptions and invoices reference the row)."""
+    the insert, and with no observations yet: subscriptions and invoices reference the row).
+    Rows are inserted in id order, and those that exist already cost an index probe: an event
+    batch creates its missing workspaces this way before it locks any (see ``lock_workspaces``)."""
     # Every new workspace starts with the same view (no observations yet): derived once.
     view = derive_view(WorkspaceState.new(""), catalog, now)
     view_json = json_codec.jsonable(view)
     rows = await conn.fetch(
         f"INSERT INTO workspaces (workspace_id, {VIEW_COLUMNS}, created_at, updated_at) "
         f"SELECT id, {VIEW_COLUMNS_FROM_JSON}, $3, $3 "
-        "FROM (SELECT id, $2::jsonb AS v FROM unnest($1::text[]) AS u(id)) t "
+        "FROM (SELECT id, $2::jsonb AS v FROM unnest($1::text[]) AS u(id) "
+        "      WHERE NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.workspace_id = u.id) "
+        "      ORDER BY id) t "
         "ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id",
         sorted(workspace_ids),
         view_json,  # the connection's jsonb codec encodes it
