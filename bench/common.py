@@ -347,19 +347,39 @@ class TreeCpu:
     """CPU seconds each named process tree (the process and all its descendants) used between
     ``start()`` and ``stop()``; descendants born meanwhile count in full."""
 
-    def __init__(self, pids: Mapping[str, int | None]) -> None:
+    def __init__(
+        self, pids: Mapping[str, int | None], *, alone: Mapping[str, int | None] | None = None
+    ) -> None:
+        """``alone``: processes counted without their descendants (the ``run`` process apart
+        from its worker processes)."""
         self._pids = dict(pids)
+        self._alone = dict(alone or {})
         self._before: dict[str, dict[int, float]] = {}
 
     def _snap(self) -> dict[str, dict[int, float]]:
-        return {name: _process_tree_cpu(pid, recursive=True) for name, pid in self._pids.items()}
+        trees = {name: _process_tree_cpu(pid, recursive=True) for name, pid in self._pids.items()}
+        own = {name: {pid: cpu} for name, pid in self._alone.items() if pid and (cpu := _cpu_alone(pid))}
+        return trees | own
 
     def start(self) -> None:
         self._before = self._snap()
 
     def stop(self) -> dict[str, float]:
         after = self._snap()
-        return {name: _tree_delta(self._before[name], after[name]) for name in self._pids}
+        return {
+            name: _tree_delta(self._before.get(name, {}), after.get(name, {}))
+            for name in [*self._pids, *self._alone]
+        }
+
+
+def _cpu_alone(pid: int) -> float | None:
+    """CPU seconds of one process, without its children (None once it is gone)."""
+    import psutil
+
+    try:
+        return _cpu_of(psutil.Process(pid))
+    except psutil.Error:
+        return None
 
 
 def _tree_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
