@@ -24,7 +24,7 @@ from worker.infra.logging import get_logger, install_exit_flush, set_batch_delay
 from worker.jobs.worker import build_worker
 from worker.ops.health import Health, dependencies, warn_unless_noeviction
 from worker.receiver.app import create_receiver_app
-from worker.runner_processes import WorkerProcesses, stop_at_parent_exit
+from worker.runner_processes import WorkerProcesses, signal_ready, stop_at_parent_exit
 from worker.services import SERVICES, Services
 from worker.storage.migrate import migrate
 
@@ -63,12 +63,14 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
     worker_processes: int = 0,
     stop_at_stdin_eof: bool = False,
+    ready_fd: int | None = None,
 ) -> None:
     """Serve ``roles`` until SIGTERM/SIGINT or ``stop``; ``on_ready`` runs once all of them serve.
 
     ``worker_processes`` > 0 (and ``worker`` among the roles): the worker runs in that many child
     processes, not in this one. ``stop_at_stdin_eof``: stop when stdin ends (a worker process
-    whose main process has gone)."""
+    whose main process has gone). ``ready_fd``: a pipe told once the worker takes jobs (how a
+    worker process's main process knows it is ready)."""
     assert settings.database_url is not None
     dependencies(roles)  # unknown roles fail here, before anything starts
     set_batch_delay(settings.log_batch_ms / 1000)
@@ -96,7 +98,8 @@ async def serve(
             if children is not None:
                 await children.start()
             else:
-                worker_task = asyncio.create_task(supervise_worker(services, stop))
+                on_started = signal_ready(ready_fd) if ready_fd is not None else None
+                worker_task = asyncio.create_task(supervise_worker(services, stop, on_started))
         if on_ready is not None:
             on_ready()
         await stop.wait()
@@ -139,11 +142,14 @@ async def _start_sites(
             runners.append(metrics_runner)
 
 
-async def supervise_worker(services: Services, stop: asyncio.Event) -> None:
-    """Run the arq worker until ``stop``; if Redis drops it, start it again with backoff."""
+async def supervise_worker(
+    services: Services, stop: asyncio.Event, on_started: Callable[[], None] | None = None
+) -> None:
+    """Run the arq worker until ``stop``; if Redis drops it, start it again with backoff.
+    ``on_started``: called each time the worker is connected and takes jobs."""
     delay = 0.5
     while not stop.is_set():
-        worker = build_worker(services, handle_signals=False)
+        worker = build_worker(services, handle_signals=False, on_started=on_started)
         run = asyncio.create_task(worker.async_run())
         log.info("worker_started", queue=services.settings.queue_name, max_jobs=services.settings.max_jobs)
         stopper = asyncio.create_task(stop.wait())

@@ -8,6 +8,10 @@ command line, which ``ps`` shows), the servers' URLs and the Redis prefix the ma
 log lines) and its metrics port (``BW_WORKER_METRICS_PORT`` + i). They write to the main process's
 stdout and stderr.
 
+* Ready: a child is ready once its arq worker is connected and takes jobs; it says so by writing
+  to a pipe the main process gave it (``--ready-fd``). The main process's /readyz is ready while
+  at least one child is, so a deployment (or a benchmark) that waits for /readyz finds the workers
+  taking jobs, not still importing.
 * A child that exits unasked is logged (``worker_process_exited``) and started again after a
   backoff: 0.5 s, doubling to 10 s, back to 0.5 s once a child has run for 30 s.
 * Stopping: SIGTERM to every child, at most the grace period (the job timeout + 5 s) to finish the
@@ -27,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +41,11 @@ from worker.infra.logging import get_logger
 
 __all__ = [
     "CHILD_FLAG",
+    "READY_FD_FLAG",
     "WorkerProcesses",
     "child_environment",
     "default_worker_processes",
+    "signal_ready",
     "stop_at_parent_exit",
     "usable_cpus",
     "worker_process_count",
@@ -48,6 +54,7 @@ __all__ = [
 log = get_logger("runner")
 
 CHILD_FLAG = "--stop-at-stdin-eof"  # the ``worker`` command's option the children run with
+READY_FD_FLAG = "--ready-fd"  # the pipe a child writes to once it takes jobs
 FIRST_DELAY = 0.5  # before the first restart of a child
 MAX_DELAY = 10.0  # the backoff's cap
 STABLE_AFTER = 30.0  # a child that ran this long restarts after FIRST_DELAY again
@@ -130,6 +137,22 @@ def stop_at_parent_exit(stop: asyncio.Event, fd: int = 0) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def signal_ready(fd: int) -> Callable[[], None]:
+    """What a worker process calls once its worker takes jobs: tells the main process through
+    ``fd``, the first time only (its arq worker starts again after a Redis outage; the fd, closed
+    by then, may have been reused)."""
+    pending = [fd]
+
+    def ready() -> None:
+        if pending:
+            told = pending.pop()
+            with contextlib.suppress(OSError):
+                os.write(told, b"1")
+            os.close(told)
+
+    return ready
+
+
 def _exit_fields(code: int) -> dict[str, Any]:
     if code < 0:
         with contextlib.suppress(ValueError):
@@ -148,6 +171,7 @@ class _Child:
     started: float = 0.0
     restarts: int = 0
     delay: float = FIRST_DELAY
+    ready: bool = False  # its worker told the pipe it takes jobs (reset at each start)
 
     @property
     def running(self) -> bool:
@@ -163,6 +187,7 @@ class WorkerProcesses:
         self._children = [_Child(f"worker-{i}", base + i if base else 0) for i in range(1, count + 1)]
         self._stopping = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
+        self._readiness: list[asyncio.Task[None]] = []
 
     @property
     def pids(self) -> list[int]:
@@ -178,18 +203,41 @@ class WorkerProcesses:
 
     async def _spawn(self, child: _Child) -> None:
         env = child_environment(self._settings, child.name, child.metrics_port)
-        child.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker.cli",
-            "worker",
-            CHILD_FLAG,
-            stdin=asyncio.subprocess.PIPE,  # its end of file tells the child the main process is gone
-            env=env,
-            process_group=0,  # a terminal's Ctrl-C reaches the main process only, which stops them
-        )
+        child.ready = False
+        read_end, write_end = os.pipe()
+        try:
+            child.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "worker",
+                CHILD_FLAG,
+                READY_FD_FLAG,
+                str(write_end),
+                stdin=asyncio.subprocess.PIPE,  # its end of file tells the child the main process is gone
+                env=env,
+                process_group=0,  # a terminal's Ctrl-C reaches the main process only, which stops them
+                pass_fds=(write_end,),
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the child's copy is the only writer: its exit ends the pipe
         child.started = time.monotonic()
+        self._readiness.append(asyncio.create_task(self._await_ready(child, child.process, read_end)))
         log.info("worker_process_started", worker=child.name, pid=child.process.pid)
+
+    @staticmethod
+    async def _await_ready(child: _Child, process: asyncio.subprocess.Process, fd: int) -> None:
+        """Mark ``child`` ready when ``process`` writes to its pipe (end of file: it exited first)."""
+        try:
+            said = await asyncio.to_thread(os.read, fd, 1)
+        finally:
+            os.close(fd)
+        if said and child.process is process and process.returncode is None:
+            child.ready = True
+            log.info("worker_process_ready", worker=child.name, pid=process.pid)
 
     async def _supervise(self, child: _Child) -> None:
         """Start ``child`` again each time it exits unasked (or could not start), after a backoff."""
@@ -222,18 +270,26 @@ class WorkerProcesses:
                 child.process = None
 
     def status(self) -> dict[str, Any]:
-        """The readiness check of the main process: ready while at least one worker process runs."""
+        """The readiness check of the main process: ready while at least one worker process takes jobs."""
         processes = [
             {
                 "process": c.name,
                 "pid": c.process.pid if c.process is not None else None,
                 "running": c.running,
+                "ready": c.running and c.ready,
                 "restarts": c.restarts,
             }
             for c in self._children
         ]
         running = sum(p["running"] for p in processes)
-        return {"ok": running >= 1, "running": running, "wanted": len(processes), "processes": processes}
+        ready = sum(p["ready"] for p in processes)
+        return {
+            "ok": ready >= 1,
+            "running": running,
+            "ready": ready,
+            "wanted": len(processes),
+            "processes": processes,
+        }
 
     async def stop(self, grace: float | None = None) -> None:
         """SIGTERM every child, wait up to ``grace`` (the job timeout + 5 s) for them, SIGKILL the rest."""
@@ -258,7 +314,7 @@ class WorkerProcesses:
             log.info("worker_process_stopped", worker=child.name, **_exit_fields(wait.result()))
         for watcher in self._watchers:
             watcher.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await asyncio.gather(*self._watchers, *self._readiness, return_exceptions=True)
         for child in self._children:
             if child.process is not None and child.process.stdin is not None:
                 child.process.stdin.close()

@@ -81,7 +81,11 @@ async def _ready_with(instance: DevInstance, http: aiohttp.ClientSession, runnin
 
     _, body = await wait_for(
         probe,
-        lambda r: r[0] == 200 and r[1]["checks"]["worker_processes"]["running"] == running,
+        lambda r: (
+            r[0] == 200
+            and r[1]["checks"]["worker_processes"]["running"] == running
+            and r[1]["checks"]["worker_processes"]["ready"] == running
+        ),
         timeout=60,
         interval=0.1,
         what=f"ready with {running} worker processes",
@@ -150,7 +154,16 @@ async def test_two_worker_processes_process_restart_and_stop_with_the_main_one(
             assert sorted(c.pid for c in children) == sorted(p["pid"] for p in workers["processes"])
             assert [p["process"] for p in workers["processes"]] == ["worker-1", "worker-2"]
             for child in children:  # the secrets and URLs are in the environment, not the arguments
-                assert child.cmdline()[-3:] == ["worker.cli", "worker", "--stop-at-stdin-eof"]
+                *_, module, command, flag, ready_flag, ready_fd = child.cmdline()
+                assert [module, command, flag, ready_flag] == [
+                    "worker.cli",
+                    "worker",
+                    "--stop-at-stdin-eof",
+                    "--ready-fd",
+                ]
+                assert ready_fd.isdigit()
+            # Ready means taking jobs: each worker process told its main process so.
+            assert [p["ready"] for p in workers["processes"]] == [True, True]
 
             first = _event()
             await instance.deliver(http, first)

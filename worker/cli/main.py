@@ -48,7 +48,7 @@ from worker.dev.services import embedded_services
 from worker.errors import BillingError, NotFound
 from worker.infra.logging import configure, get_logger
 from worker.runner import ROLES, serve
-from worker.runner_processes import CHILD_FLAG, worker_process_count
+from worker.runner_processes import CHILD_FLAG, READY_FD_FLAG, worker_process_count
 from worker.storage import inbox, workspaces
 from worker.storage.db import init_connection
 from worker.storage.migrate import Migration, migrate
@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         command = add_command(sub, role, [debug])
         if role == "worker":  # how `run` starts its worker processes: stop when the pipe ends
             command.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+            command.add_argument(READY_FD_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     add_command(sub, "migrate", [debug])
     show = add_command(sub, "show", [debug, table])
     show.add_argument("workspace_id", help="the product's workspace id (metadata.workspace_id)")
@@ -224,7 +225,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ROLES:
         _require(settings, [args.command])
         asyncio.run(
-            serve(settings, [args.command], stop_at_stdin_eof=getattr(args, "stop_at_stdin_eof", False))
+            serve(
+                settings,
+                [args.command],
+                stop_at_stdin_eof=getattr(args, "stop_at_stdin_eof", False),
+                ready_fd=getattr(args, "ready_fd", None),
+            )
         )
         return 0
     if args.command in cli_ops.COMMANDS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from worker.infra.heap import settle_heap
 from worker.jobs.dunning import sweep_dunning
@@ -15,11 +16,15 @@ from worker.queue.worker import CronSpec, JobSpec, Worker, WorkerSpec, build_arq
 from worker.services import Services
 
 
-def worker_spec(services: Services) -> WorkerSpec:
+def worker_spec(services: Services, on_started: Callable[[], None] | None = None) -> WorkerSpec:
+    """``on_started``: called once arq is connected and about to take jobs (a worker process's
+    readiness, told to its main process)."""
     settings = services.settings
 
     async def started() -> None:
         settle_heap()
+        if on_started is not None:
+            on_started()
 
     prefix = settings.redis_prefix  # cron ids are global in arq: the prefix keeps deployments apart
     # arq sizes every in-progress key by the longest timeout: keep the crons' short.
@@ -68,5 +73,12 @@ def worker_spec(services: Services) -> WorkerSpec:
     )
 
 
-def build_worker(services: Services, *, handle_signals: bool = True, burst: bool = False) -> Worker:
-    return build_arq_worker(worker_spec(services), services, handle_signals=handle_signals, burst=burst)
+def build_worker(
+    services: Services,
+    *,
+    handle_signals: bool = True,
+    burst: bool = False,
+    on_started: Callable[[], None] | None = None,
+) -> Worker:
+    spec = worker_spec(services, on_started)
+    return build_arq_worker(spec, services, handle_signals=handle_signals, burst=burst)
