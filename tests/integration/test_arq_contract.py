@@ -22,6 +22,7 @@ Every test uses its own key prefix and queue, and deletes its keys at the end.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import pickle
 import re
 import secrets
@@ -324,3 +325,77 @@ async def test_ctx_and_in_progress_key_are_what_we_read(redis_url: str, queue: J
         f"Job.enqueued_at {job.enqueued_at!r} is not arq's enqueue time"
     )
     assert job.services is SERVICES and job.shared == {"thing": "shared"}
+
+
+async def test_the_claiming_worker_skips_running_jobs_and_starts_each_job_once(
+    redis_url: str, queue: JobQueue
+) -> None:
+    # ClaimingWorker overrides arq's start_jobs(job_ids) and reads its tasks (job id → task).
+    params = list(inspect.signature(Worker.start_jobs).parameters)
+    assert params == ["self", "job_ids"], (
+        f"arq's Worker.start_jobs now takes {params}: ClaimingWorker overrides it"
+    )
+    # A job another worker runs (its in-progress key is set) is left alone; a long job of this
+    # worker's, still in the queue while it runs across many polls, runs once; the first job
+    # runs as soon as the other worker's key is gone.
+    [elsewhere] = await queue.enqueue_events(["evt_elsewhere"])
+    [long_job] = await queue.enqueue_events(["evt_long"])
+    await queue.redis.psetex(in_progress_key_prefix + elsewhere, 60_000, b"1")
+    runs: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def record(job: Job, event_ids: list[str]) -> None:
+        runs.append(event_ids)
+        if event_ids == ["evt_long"]:
+            await release.wait()
+
+    spec = WorkerSpec(
+        redis_url=redis_url,
+        queue_name=queue.queue_name,
+        max_jobs=4,
+        job_timeout=10,
+        poll_delay=POLL_DELAY,
+        jobs=[JobSpec(PROCESS_EVENTS, record, 3)],
+        crons=[],
+        shared={},
+    )
+    worker = build_arq_worker(spec, SERVICES, handle_signals=False, burst=False)
+    assert isinstance(worker.tasks, dict), "arq's Worker.tasks is no longer a dict of job id → task"
+    polls = [0]
+    start_jobs = worker.start_jobs  # counted, not replaced: each poll that reads due jobs calls it
+
+    async def counted(job_ids: list[bytes]) -> None:
+        polls[0] += 1
+        await start_jobs(job_ids)
+
+    worker.start_jobs = counted  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await _until(lambda: runs == [["evt_long"]], "the long job started")
+        seen = polls[0]
+        await _until(lambda: polls[0] >= seen + 20, "20 more polls")
+        assert runs == [["evt_long"]], f"a running job was started again, or the other worker's: {runs}"
+        await queue.redis.delete(in_progress_key_prefix + elsewhere)
+        await _until(lambda: ["evt_elsewhere"] in runs, "the freed job started")
+        release.set()
+        await _until(lambda: not _busy(worker), "both jobs completed")
+        assert sorted(runs) == [["evt_elsewhere"], ["evt_long"]], f"a job ran twice or not at all: {runs}"
+        assert await queue.redis.zcard(queue.queue_name) == 0, "a finished job is still queued"
+        assert long_job not in worker.tasks or worker.tasks[long_job].done()
+    finally:
+        release.set()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
+
+
+def _busy(worker: Worker) -> bool:
+    """Whether the worker still runs a job."""
+    return any(not task.done() for task in worker.tasks.values())
+
+
+async def _until(condition: Any, what: str, timeout: float = RUN_TIMEOUT) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
+        await asyncio.sleep(POLL_DELAY)
