@@ -20,9 +20,10 @@ import pytest
 
 from handlers.codec import parse_datetime, to_jsonable
 from tests.support import stripe_factory as sf
-from tests.support.helpers import history_ids
+from tests.support.helpers import history_ids, wait_for
 from tests.support.inbox import inbox_rows
 from worker.processing.batches import Outcome, apply_events
+from worker.processing.transactions import EventTransactions
 from worker.processing.unit_of_work import EventProcessor, ProcessResult
 from worker.services import load_catalog
 from worker.storage import inbox, workspaces
@@ -380,12 +381,12 @@ class _Counting(EventProcessor):
 
 async def test_a_workers_jobs_share_its_transaction_limit(pool: asyncpg.Pool):
     """Jobs over the same workspaces serialise on their rows anyway: a worker runs at most
-    ``EVENT_TRANSACTIONS`` of their transactions at once, rather than make the last wait on
-    the others' locks past the lock timeout."""
+    ``slots`` of their transactions at once, rather than make the last wait on the others'
+    locks past the lock timeout."""
     histories = [_history(history_ids(f"gate{n}")) for n in range(3)]
     await _insert(pool, [e for h in histories for e in h])
     processor = _Counting(pool, load_catalog(None), lambda: NOW)
-    gate = asyncio.Semaphore(1)
+    gate = EventTransactions(processor, slots=1)
     jobs = [[e["id"] for e in h] for h in histories] * 2  # each history twice: duplicates too
 
     async def job(ids: list[str]) -> dict[str, Outcome]:
@@ -396,3 +397,90 @@ async def test_a_workers_jobs_share_its_transaction_limit(pool: asyncpg.Pool):
     results = await asyncio.gather(*(job(ids) for ids in jobs))
     assert processor.most == 1
     assert not [o for r in results for o in r.values() if isinstance(o, BaseException)]
+
+
+class _Calls(_Failing):
+    """The real processor (with an optional poisoned id), recording each transaction's ids; the
+    first transaction waits for ``release``."""
+
+    calls: list[list[str]]
+    release: asyncio.Event
+
+    async def process_batch(self, event_ids: Any, fetched: Any = None) -> Any:
+        self.calls.append(list(event_ids))
+        await self.release.wait()
+        return await super().process_batch(event_ids, fetched)
+
+
+def _now(read: Any) -> Any:
+    """``read`` as the awaitable probe ``wait_for`` polls."""
+
+    async def probe() -> Any:
+        return read()
+
+    return probe
+
+
+async def _one_then_the_rest(
+    processor: _Calls, transactions: EventTransactions, jobs: list[list[str]]
+) -> list[dict[str, Outcome]]:
+    """The first job's transaction starts; the other jobs wait for the slot; then it commits."""
+    processor.calls, processor.release = [], asyncio.Event()
+    first = asyncio.create_task(_job(processor, transactions, jobs[0]))
+    await wait_for(_now(lambda: len(processor.calls)), interval=0.005, what="the first transaction started")
+    rest = [asyncio.create_task(_job(processor, transactions, ids)) for ids in jobs[1:]]
+    await wait_for(
+        _now(lambda: transactions.waiting),
+        lambda n: n == len(rest),
+        interval=0.005,
+        what="the others waiting",
+    )
+    processor.release.set()
+    return [await first, *[await r for r in rest]]
+
+
+async def test_jobs_waiting_for_a_transaction_are_written_together_as_if_one_after_the_other(
+    pool: asyncpg.Pool,
+):
+    # One slot busy with a first job; three more jobs wait and go into ONE transaction once it
+    # frees, each job's events after the previous job's. Every job gets its own events' results.
+    histories = [_history(history_ids(f"comb{n}")) for n in range(4)]
+    await _insert(pool, [e for h in histories for e in h])
+    processor = _Calls(pool, load_catalog(None), lambda: NOW)
+    transactions = EventTransactions(processor, slots=1)
+    jobs = [[e["id"] for e in h] for h in histories]
+    results = await _one_then_the_rest(processor, transactions, jobs)
+    assert processor.calls == [jobs[0], jobs[1] + jobs[2] + jobs[3]]
+    for ids, outcomes in zip(jobs, results, strict=True):
+        assert list(outcomes) == ids
+        assert all(isinstance(o, ProcessResult) and o.status == "processed" for o in outcomes.values())
+    # Each workspace's history applied in order: versions 1..n, as one job at a time would.
+    for outcomes in results:
+        applied = [
+            o.version for o in outcomes.values() if isinstance(o, ProcessResult) and o.outcome == "applied"
+        ]
+        assert applied == list(range(1, len(applied) + 1))
+
+
+async def test_a_bad_event_in_a_combined_transaction_fails_only_itself(pool: asyncpg.Pool):
+    histories = [_history(history_ids(f"combbad{n}"))[:3] for n in range(3)]
+    await _insert(pool, [e for h in histories for e in h])
+    processor = _Calls(pool, load_catalog(None), lambda: NOW)
+    processor.poison = histories[2][1]["id"]
+    transactions = EventTransactions(processor, slots=1)
+    jobs = [[e["id"] for e in h] for h in histories]
+    results = await _one_then_the_rest(processor, transactions, jobs)
+    failed = {e for outcomes in results for e, o in outcomes.items() if isinstance(o, BaseException)}
+    assert failed == {processor.poison}
+    assert sum(isinstance(o, ProcessResult) for outcomes in results for o in outcomes.values()) == 8
+    # The combined transaction (jobs 2 and 3) failed; each of its jobs applied its events alone.
+    assert jobs[1] + jobs[2] in processor.calls
+    assert [[e] for e in jobs[2]] == [c for c in processor.calls if len(c) == 1 and c[0] in jobs[2]]
+
+
+async def _job(
+    processor: EventProcessor, transactions: EventTransactions, ids: list[str]
+) -> dict[str, Outcome]:
+    outcomes: dict[str, Outcome] = {}
+    await apply_events(processor, _ignore, _no_fetch, ids, outcomes.__setitem__, transactions)
+    return outcomes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from worker.infra.heap import settle_heap
@@ -10,7 +9,7 @@ from worker.jobs.dunning import sweep_dunning
 from worker.jobs.events import EVENT_TRANSACTIONS_KEY, process_event, process_events, sweep_inbox
 from worker.jobs.ops import backfill_job, reconcile_job
 from worker.jobs.plan_changes import fire_plan_change, sweep_plan_changes
-from worker.processing.batches import EVENT_TRANSACTIONS
+from worker.processing.transactions import EventTransactions
 from worker.queue.enqueue import BACKFILL, FIRE_PLAN_CHANGE, PROCESS_EVENT, PROCESS_EVENTS, RECONCILE
 from worker.queue.worker import CronSpec, JobSpec, Worker, WorkerSpec, build_arq_worker
 from worker.services import Services
@@ -67,8 +66,8 @@ def worker_spec(services: Services, on_started: Callable[[], None] | None = None
                 timeout=timeout,
             ),
         ],
-        # Shared by the event jobs of this process: their transactions, EVENT_TRANSACTIONS at once.
-        shared={EVENT_TRANSACTIONS_KEY: asyncio.Semaphore(EVENT_TRANSACTIONS)},
+        # Shared by the event jobs of this process: a few transactions at once, waiting jobs combined.
+        shared={EVENT_TRANSACTIONS_KEY: EventTransactions(services.processor)},
         on_startup=started,
     )
 

@@ -13,11 +13,10 @@ through ``EventProcessor.process_batch`` in passes:
 3. the next pass holds those thin events and the unmatched events whose customer the pass just
    mapped (they go round again instead of waiting for their backoff).
 
-At most ``EVENT_TRANSACTIONS`` of a worker process's jobs run their transactions at once (a
-semaphore the worker shares between its jobs): arq runs up to ``BW_MAX_JOBS`` jobs, and jobs of
-100 events over the same workspaces serialise on the workspace row locks anyway, so more at
-once only makes the last of them wait past the lock timeout (the burst fault test saw whole
-batches fail that way with 20 at once per process).
+A job's transactions go through the worker process's ``EventTransactions``
+(``worker.processing.transactions``): a few at once (the burst fault test saw whole batches fail
+past the lock timeout with 20 at once per process), and the jobs that wait for one are written
+together.
 
 Each committed transaction is handed to the after-commit bus once (its results, traced when
 tracing is on). Every event ends with exactly one outcome, handed to ``report`` as soon as it is
@@ -28,16 +27,14 @@ queues it again alone).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 from handlers.evolve import evolve
 from handlers.thin import FetchedObject
 from worker.infra import metrics, tracing
 from worker.infra.logging import get_logger
+from worker.processing.transactions import EventTransactions
 from worker.processing.unit_of_work import NEEDS_FETCH, EventProcessor, ProcessResult
 from worker.storage.db import is_transient
 
@@ -52,9 +49,6 @@ Report = Callable[[str, Outcome], None]
 MAX_PASSES = 4
 # Stripe calls one job makes at once for its thin events (a job may carry 100 of them).
 FETCH_CONCURRENCY = 8
-# Event transactions one worker process runs at once (the worker's group commit ran 2).
-EVENT_TRANSACTIONS = 2
-Gate = AbstractAsyncContextManager[Any]
 
 
 async def apply_events(
@@ -63,12 +57,12 @@ async def apply_events(
     fetch: Fetch,
     event_ids: Sequence[str],
     report: Report,
-    transactions: Gate | None = None,
+    transactions: EventTransactions | None = None,
 ) -> None:
     """Apply ``event_ids`` (a repeat of an id counts once) and ``report`` each one's final
-    outcome. ``transactions``: entered around each transaction (the worker's semaphore of
-    ``EVENT_TRANSACTIONS``). Never raises for an event's failure; cancellation propagates."""
-    gate = transactions or contextlib.nullcontext()
+    outcome. ``transactions``: the worker process's (shared by its jobs); by default this job's
+    own. Never raises for an event's failure; cancellation propagates."""
+    gate = transactions or EventTransactions(processor)
     pending = list(dict.fromkeys(event_ids))
     fetched: dict[str, FetchedObject] = {}
     for pass_no in range(MAX_PASSES):
@@ -76,7 +70,7 @@ async def apply_events(
             return
         last = pass_no == MAX_PASSES - 1
         here = set(pending)
-        outcomes = await _apply_batch(processor, after_commit, pending, fetched, here, gate)
+        outcomes = await _apply_batch(after_commit, pending, fetched, here, gate)
         # Unmatched events of this job whose customer this pass mapped go round again.
         again = {e for o in outcomes if isinstance(o, ProcessResult) for e in o.requeue if e in here}
         requeued: list[str] = []
@@ -118,12 +112,11 @@ async def _fetch_all(
 
 
 async def _apply_batch(
-    processor: EventProcessor,
     after_commit: AfterCommit,
     ids: list[str],
     fetched: dict[str, FetchedObject],
     here: set[str],
-    gate: Gate,
+    gate: EventTransactions,
 ) -> list[Outcome]:
     """One outcome per id: the batch in one transaction, or one at a time when it failed on an
     event; the committed results handed to ``after_commit`` once."""
@@ -131,15 +124,14 @@ async def _apply_batch(
     metrics.EVENT_BATCH_SIZE.observe(len(ids))
     outcomes: list[Outcome]
     try:
-        async with gate:
-            outcomes = list(await processor.process_batch(ids, _for(ids, fetched)))
+        outcomes = list(await gate.apply(ids, _for(ids, fetched)))
     except Exception as exc:
         if is_transient(exc) or len(ids) == 1:
             # The database is down or busy: every event of the batch fails with it (and is
             # retried with backoff) rather than N slow retries now.
             return [exc] * len(ids)
         log.info("batch_retried_singly", size=len(ids), error=f"{type(exc).__name__}: {exc}"[:300])
-        outcomes = [await _single(processor, event_id, fetched, gate) for event_id in ids]
+        outcomes = [await _single(event_id, fetched, gate) for event_id in ids]
     committed = [o for o in outcomes if isinstance(o, ProcessResult)]
     if started_ns and committed:
         spans = iter(traced(committed, started_ns, time.time_ns()))
@@ -158,12 +150,9 @@ async def _apply_batch(
     return outcomes
 
 
-async def _single(
-    processor: EventProcessor, event_id: str, fetched: dict[str, FetchedObject], gate: Gate
-) -> Outcome:
+async def _single(event_id: str, fetched: dict[str, FetchedObject], gate: EventTransactions) -> Outcome:
     try:
-        async with gate:
-            return (await processor.process_batch([event_id], _for([event_id], fetched)))[0]
+        return (await gate.alone([event_id], _for([event_id], fetched)))[0]
     except Exception as exc:
         return exc
 
