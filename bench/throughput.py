@@ -104,6 +104,29 @@ async def _drop_database(servers: Servers, name: str) -> None:
         await conn.close()
 
 
+async def _wal_and_xid(url: str) -> tuple[str, int]:
+    """The WAL position and the next transaction id: their growth over a run is the WAL written
+    and the write transactions committed (each takes an id; read-only ones take none)."""
+    conn = await asyncpg.connect(url)
+    try:
+        lsn, xid = await conn.fetchrow(
+            "SELECT pg_current_wal_lsn()::text, pg_current_xact_id()::text::bigint"
+        )
+        return str(lsn), int(xid)
+    finally:
+        await conn.close()
+
+
+async def _wal_bytes(url: str, since: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", since)
+        )
+    finally:
+        await conn.close()
+
+
 async def _wait_terminal(url: str, distinct: int, timeout: float) -> list[asyncpg.Record]:
     """Poll (every 50 ms, an index-only count) until every event is stored and terminal."""
     conn = await asyncpg.connect(url)
@@ -166,10 +189,13 @@ def service_run(
             {"service": service.pid, "postgres": servers.postgres_pid, "redis": servers.redis_pid},
             alone={"service_main": service.pid},  # receiver + API (+ the worker with 0 processes)
         )
+        lsn, xid = asyncio.run(_wal_and_xid(url))
         cpu.start()
         gen = _loadgen(f"http://127.0.0.1:{rport}/webhooks/stripe", concurrency, args.limit, Path(sent.name))
         rows = asyncio.run(_wait_terminal(url, distinct, args.timeout))
         cpu_s = cpu.stop()
+        wal = asyncio.run(_wal_bytes(url, lsn))
+        transactions = asyncio.run(_wal_and_xid(url))[1] - xid - 1  # the second read takes one
         sends = json.loads(Path(sent.name).read_text())
         wrong = asyncio.run(_verify(f"http://127.0.0.1:{aport}", expected))
         if service.poll() is not None:
@@ -202,6 +228,10 @@ def service_run(
         "cpu_ms_per_event": {k: round(1000 * v / len(rows), 3) for k, v in cpu_s.items()}
         | {"generator": round(1000 * gen["generator_cpu_s"] / len(rows), 3)},
         "mismatched_workspaces": len(wrong),
+        # PostgreSQL's side of durability: WAL written and write transactions (commits, each a
+        # WAL flush) per event, the service's and the bench's few.
+        "wal_bytes_per_event": round(wal / len(rows)),
+        "write_transactions_per_event": round(transactions / len(rows), 4),
     }
     if wrong or gen["acked"] != gen["requests"]:
         print(json.dumps(run, indent=2), file=sys.stderr)
@@ -254,6 +284,8 @@ def summarise(runs: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
         "cpu_ms_per_event": {p: median([r["cpu_ms_per_event"][p] for r in svc]) for p in parts},
         # Service + PostgreSQL + Redis per event, each round's sum (the issue's "all processes").
         "cpu_ms_per_event_all": _spread([_all_cpu(r["cpu_ms_per_event"]) for r in svc]),
+        "wal_bytes_per_event": median([r["wal_bytes_per_event"] for r in svc]),
+        "write_transactions_per_event": median([r["write_transactions_per_event"] for r in svc]),
         "bare_rps": _spread([r["rps"] for r in bare]),
         "bare_cpu_ms_per_request": median([r["cpu_ms_per_request"]["bare"] for r in bare]),
         # At a whole core the bare side measures the generator (2 vCPU here), not aiohttp.

@@ -56,7 +56,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "8",
         "Tries of one event (counted on its inbox row) or plan-change job before it is given up.",
     ),
-    EnvVar("BW_POLL_DELAY_SECONDS", "0.05", "How often an idle worker polls Redis."),
+    EnvVar(
+        "BW_POLL_DELAY_SECONDS",
+        "0.02",
+        "How often a worker polls Redis for due jobs (a queued job waits half of it on average).",
+    ),
     EnvVar("BW_LOCK_TIMEOUT_MS", "5000", "Wait for a workspace row lock before retrying later."),
     EnvVar("BW_SWEEP_RECEIVED_AFTER_SECONDS", "60", "Re-enqueue inbox events still `received` after this."),
     EnvVar(

@@ -14,7 +14,10 @@ holds for the installed arq:
    once it ends (no ``arq:result:<id>``);
 4. ``RetryLater`` makes arq run the same job again with ``job_try`` 2, seen as ``Job.attempt``;
 5. arq's ``ctx`` has ``job_id``, ``job_try``, ``enqueue_time`` and ``score``, and a running job
-   holds ``arq:in-progress:<id>``.
+   holds ``arq:in-progress:<id>``;
+6. ``ClaimingWorker`` overrides ``Worker.start_jobs(job_ids)`` and reads ``Worker.tasks``: a job
+   another worker runs is never started, a job this worker runs is not started again, and every
+   queued job still starts once.
 
 Every test uses its own key prefix and queue, and deletes its keys at the end.
 """
