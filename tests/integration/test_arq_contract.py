@@ -82,7 +82,20 @@ async def _run_ours(
     shared: dict[str, Any] | None = None,
 ) -> Worker:
     """Run the queue to empty with a burst worker built by ``worker.queue.worker``."""
-    spec = WorkerSpec(
+    spec = _spec(redis_url, queue, function, max_tries=max_tries, shared=shared)
+    return await _burst(build_arq_worker(spec, SERVICES, handle_signals=False, burst=True))
+
+
+def _spec(
+    redis_url: str,
+    queue: JobQueue,
+    function: JobFunction,
+    *,
+    max_tries: int = 3,
+    shared: dict[str, Any] | None = None,
+) -> WorkerSpec:
+    """Our worker's description with ``function`` as the event job, on the test's queue."""
+    return WorkerSpec(
         redis_url=redis_url,
         queue_name=queue.queue_name,
         max_jobs=4,
@@ -92,7 +105,6 @@ async def _run_ours(
         crons=[],
         shared=shared or {},
     )
-    return await _burst(build_arq_worker(spec, SERVICES, handle_signals=False, burst=True))
 
 
 async def _run_raw(redis_url: str, queue: JobQueue, function: Any, *, keep_result: float) -> Worker:
@@ -352,17 +364,7 @@ async def test_the_claiming_worker_skips_running_jobs_and_starts_each_job_once(
         if event_ids == ["evt_long"]:
             await release.wait()
 
-    spec = WorkerSpec(
-        redis_url=redis_url,
-        queue_name=queue.queue_name,
-        max_jobs=4,
-        job_timeout=10,
-        poll_delay=POLL_DELAY,
-        jobs=[JobSpec(PROCESS_EVENTS, record, 3)],
-        crons=[],
-        shared={},
-    )
-    worker = build_arq_worker(spec, SERVICES, handle_signals=False, burst=False)
+    worker = build_arq_worker(_spec(redis_url, queue, record), SERVICES, handle_signals=False, burst=False)
     assert isinstance(worker.tasks, dict), "arq's Worker.tasks is no longer a dict of job id → task"
     polls = [0]
     start_jobs = worker.start_jobs  # counted, not replaced: each poll that reads due jobs calls it

@@ -22,6 +22,7 @@ from handlers.codec import parse_datetime, to_jsonable
 from tests.support import stripe_factory as sf
 from tests.support.helpers import history_ids, wait_for
 from tests.support.inbox import inbox_rows
+from tests.support.poisoned import PoisonedProcessor
 from worker.processing.batches import Outcome, apply_events
 from worker.processing.transactions import EventTransactions
 from worker.processing.unit_of_work import EventProcessor, ProcessResult
@@ -198,17 +199,6 @@ async def test_events_stored_unmatched_are_requeued_by_the_batch_that_maps_their
     assert sorted(mapped.requeue) == sorted(e["id"] for e in orphans)
 
 
-class _Failing(EventProcessor):
-    """The real processor, except that one event id makes any unit of work holding it fail."""
-
-    poison: str = ""
-
-    async def process_batch(self, event_ids: Any, fetched: Any = None) -> Any:
-        if self.poison in event_ids:
-            raise RuntimeError("poisoned")
-        return await super().process_batch(event_ids, fetched)
-
-
 async def _no_fetch(pending: ProcessResult) -> Any:
     raise AssertionError(f"no thin event here: {pending.event_id}")
 
@@ -229,7 +219,7 @@ async def test_a_failing_event_fails_alone_and_the_others_of_its_job_commit(pool
     ids = history_ids("poison")
     events = _history(ids)[:4]
     await _insert(pool, events)
-    processor = _Failing(pool, load_catalog(None), lambda: NOW)
+    processor = PoisonedProcessor(pool, load_catalog(None), lambda: NOW)
     processor.poison = events[2]["id"]
     batches = _Batches()
     outcomes = await _apply(processor, batches, [e["id"] for e in events])
@@ -399,7 +389,7 @@ async def test_a_workers_jobs_share_its_transaction_limit(pool: asyncpg.Pool):
     assert not [o for r in results for o in r.values() if isinstance(o, BaseException)]
 
 
-class _Calls(_Failing):
+class _Calls(PoisonedProcessor):
     """The real processor (with an optional poisoned id), recording each transaction's ids; the
     first transaction waits for ``release``."""
 

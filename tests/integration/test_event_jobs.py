@@ -16,24 +16,13 @@ from tests.support import stripe_factory as sf
 from tests.support.helpers import RunningService, running_service
 from tests.support.inbox import inbox_rows, queued_event_jobs
 from tests.support.money_helpers import ids as fresh_ids
+from tests.support.poisoned import PoisonedProcessor
 from worker.config import Settings
 from worker.jobs.events import process_events
-from worker.processing.unit_of_work import EventProcessor
 from worker.queue.retry import RetryLater
 from worker.queue.worker import Job
 from worker.receiver.app import store_in_inbox
 from worker.storage import inbox
-
-
-class _Failing(EventProcessor):
-    """The real processor, except that one event id makes any unit of work holding it fail."""
-
-    poison: str = ""
-
-    async def process_batch(self, event_ids: Any, fetched: Any = None) -> Any:
-        if self.poison in event_ids:
-            raise RuntimeError("poisoned")
-        return await super().process_batch(event_ids, fetched)
 
 
 @pytest.fixture
@@ -49,9 +38,9 @@ async def _stored_history(svc: RunningService, count: int) -> list[str]:
     return [e["id"] for e in events]
 
 
-def _poisoned(svc: RunningService, event_id: str) -> _Failing:
+def _poisoned(svc: RunningService, event_id: str) -> PoisonedProcessor:
     services = svc.services
-    processor = _Failing(services.pool, services.catalog, services.clock)
+    processor = PoisonedProcessor(services.pool, services.catalog, services.clock)
     processor.poison = event_id
     services.__dict__["processor"] = processor  # the cached property the job reads
     return processor

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from asyncio.subprocess import PIPE
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.support.paths import ROOT
 from worker.config import Settings
@@ -37,3 +39,15 @@ async def run_cli(settings: Settings, *args: str, **extra_env: str) -> CliResult
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(), err.decode())
+
+
+def run_cli_without_servers(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``billing-worker ARGS`` as a real process with no servers: argument errors and the like."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "BW_DATA_DIR": str(data_dir)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

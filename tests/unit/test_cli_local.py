@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import ROOT
+from tests.support.cli import run_cli_without_servers
 from worker.cli.output import table
 from worker.dev.owner import DataDirBusy, NoRunningInstance, hold_data_dir, published, running_instance
 
@@ -52,14 +52,7 @@ def test_the_running_instance_is_found_while_published_and_only_while_alive(tmp_
 
 
 def test_an_unknown_role_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run", "--roles", "receiver,recevier"],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "BW_DATA_DIR": str(tmp_path / "data")},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli_without_servers(tmp_path / "data", "run", "--roles", "receiver,recevier")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "billing-worker: configuration error: --roles: unknown role(s) 'recevier'; "

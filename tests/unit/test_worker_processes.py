@@ -8,15 +8,13 @@ import io
 import json
 import os
 import select
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import structlog
 
+from tests.support.cli import run_cli_without_servers
 from tests.support.helpers import make_settings
-from tests.support.paths import ROOT
 from worker.cli.main import _parser
 from worker.config import ConfigError, Settings
 from worker.infra import logging as logging_module
@@ -67,14 +65,7 @@ def test_the_flag_reads_a_count_or_auto_and_defaults_to_the_variable() -> None:
 
 
 def test_a_bad_flag_is_one_usage_error(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run", "--worker-processes", "-2"],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "BW_DATA_DIR": str(tmp_path / "data")},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli_without_servers(tmp_path / "data", "run", "--worker-processes", "-2")
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
         "billing-worker run: error: argument --worker-processes: "
