@@ -474,3 +474,24 @@ async def _job(
     outcomes: dict[str, Outcome] = {}
     await apply_events(processor, _ignore, _no_fetch, ids, outcomes.__setitem__, transactions)
     return outcomes
+
+
+async def test_a_stopping_worker_lets_the_transaction_being_written_commit(pool: asyncpg.Pool):
+    # arq cancels a stopping worker's jobs; the transaction already being written is not undone,
+    # and close() (the worker's shutdown hook) waits for it before the pool closes.
+    history = _history(history_ids("stopping"))[:3]
+    await _insert(pool, history)
+    processor = _Calls(pool, load_catalog(None), lambda: NOW)
+    processor.calls, processor.release = [], asyncio.Event()
+    transactions = EventTransactions(processor)
+    ids = [e["id"] for e in history]
+    job = asyncio.create_task(_job(processor, transactions, ids))
+    await wait_for(_now(lambda: len(processor.calls)), interval=0.005, what="the transaction started")
+    job.cancel()
+    closing = asyncio.create_task(transactions.close())
+    await asyncio.gather(job, return_exceptions=True)
+    assert not closing.done()  # the transaction still holds its slot
+    processor.release.set()
+    await closing
+    rows = [await inbox.get_event(pool, event_id) for event_id in ids]
+    assert [r["status"] for r in rows if r is not None] == ["processed"] * 3

@@ -19,6 +19,7 @@ def worker_spec(services: Services, on_started: Callable[[], None] | None = None
     """``on_started``: called once arq is connected and about to take jobs (a worker process's
     readiness, told to its main process)."""
     settings = services.settings
+    transactions = EventTransactions(services.processor)
 
     async def started() -> None:
         settle_heap()
@@ -67,8 +68,9 @@ def worker_spec(services: Services, on_started: Callable[[], None] | None = None
             ),
         ],
         # Shared by the event jobs of this process: a few transactions at once, waiting jobs combined.
-        shared={EVENT_TRANSACTIONS_KEY: EventTransactions(services.processor)},
+        shared={EVENT_TRANSACTIONS_KEY: transactions},
         on_startup=started,
+        on_shutdown=transactions.close,
     )
 
 

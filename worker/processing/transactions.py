@@ -10,6 +10,11 @@ events, each job's events after the previous job's, as if the jobs ran one after
 a backlog is written in fewer, larger transactions: fewer round trips per event, and a backlog
 drains faster. A lone job is written at once (no timer, no added latency).
 
+A worker that stops cancels its jobs (arq); a transaction already being written still ends (its
+writer is not the job's task), and ``close`` waits for it before the pool closes. Its events'
+after-commit reactions are then skipped, as after a crash right after a commit: they are best
+effort by design, with sweeps behind them.
+
 A combined transaction that fails hands its error to every job in it; each job then does what it
 does when its own transaction fails (``worker.processing.batches``): a database error fails its
 events (recorded and retried), any other error makes it apply its events one at a time
@@ -52,6 +57,11 @@ class EventTransactions:
         self._waiting: deque[_Request] = deque()
         self._running = 0
         self._writers: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Let the transactions being written end (worker shutdown)."""
+        if self._writers:
+            await asyncio.gather(*self._writers, return_exceptions=True)
 
     @property
     def waiting(self) -> int:
