@@ -187,7 +187,7 @@ class WorkerProcesses:
         self._children = [_Child(f"worker-{i}", base + i if base else 0) for i in range(1, count + 1)]
         self._stopping = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
-        self._readiness: list[asyncio.Task[None]] = []
+        self._readiness: set[asyncio.Task[None]] = set()  # one per start until it hears or ends
 
     @property
     def pids(self) -> list[int]:
@@ -225,7 +225,9 @@ class WorkerProcesses:
         finally:
             os.close(write_end)  # the child's copy is the only writer: its exit ends the pipe
         child.started = time.monotonic()
-        self._readiness.append(asyncio.create_task(self._await_ready(child, child.process, read_end)))
+        waiting = asyncio.create_task(self._await_ready(child, child.process, read_end))
+        self._readiness.add(waiting)
+        waiting.add_done_callback(self._readiness.discard)
         log.info("worker_process_started", worker=child.name, pid=child.process.pid)
 
     @staticmethod

@@ -62,7 +62,7 @@ async def apply_events(
     """Apply ``event_ids`` (a repeat of an id counts once) and ``report`` each one's final
     outcome. ``transactions``: the worker process's (shared by its jobs); by default this job's
     own. Never raises for an event's failure; cancellation propagates."""
-    gate = transactions or EventTransactions(processor)
+    writer = transactions or EventTransactions(processor)
     pending = list(dict.fromkeys(event_ids))
     fetched: dict[str, FetchedObject] = {}
     for pass_no in range(MAX_PASSES):
@@ -70,7 +70,7 @@ async def apply_events(
             return
         last = pass_no == MAX_PASSES - 1
         here = set(pending)
-        outcomes = await _apply_batch(after_commit, pending, fetched, here, gate)
+        outcomes = await _apply_batch(after_commit, pending, fetched, here, writer)
         # Unmatched events of this job whose customer this pass mapped go round again.
         again = {e for o in outcomes if isinstance(o, ProcessResult) for e in o.requeue if e in here}
         requeued: list[str] = []
@@ -116,7 +116,7 @@ async def _apply_batch(
     ids: list[str],
     fetched: dict[str, FetchedObject],
     here: set[str],
-    gate: EventTransactions,
+    transactions: EventTransactions,
 ) -> list[Outcome]:
     """One outcome per id: the batch in one transaction, or one at a time when it failed on an
     event; the committed results handed to ``after_commit`` once."""
@@ -124,14 +124,14 @@ async def _apply_batch(
     metrics.EVENT_BATCH_SIZE.observe(len(ids))
     outcomes: list[Outcome]
     try:
-        outcomes = list(await gate.apply(ids, _for(ids, fetched)))
+        outcomes = list(await transactions.apply(ids, _for(ids, fetched)))
     except Exception as exc:
         if is_transient(exc) or len(ids) == 1:
             # The database is down or busy: every event of the batch fails with it (and is
             # retried with backoff) rather than N slow retries now.
             return [exc] * len(ids)
         log.info("batch_retried_singly", size=len(ids), error=f"{type(exc).__name__}: {exc}"[:300])
-        outcomes = [await _single(event_id, fetched, gate) for event_id in ids]
+        outcomes = [await _single(event_id, fetched, transactions) for event_id in ids]
     committed = [o for o in outcomes if isinstance(o, ProcessResult)]
     if started_ns and committed:
         spans = iter(traced(committed, started_ns, time.time_ns()))
@@ -150,9 +150,11 @@ async def _apply_batch(
     return outcomes
 
 
-async def _single(event_id: str, fetched: dict[str, FetchedObject], gate: EventTransactions) -> Outcome:
+async def _single(
+    event_id: str, fetched: dict[str, FetchedObject], transactions: EventTransactions
+) -> Outcome:
     try:
-        return (await gate.alone([event_id], _for([event_id], fetched)))[0]
+        return (await transactions.alone([event_id], _for([event_id], fetched)))[0]
     except Exception as exc:
         return exc
 
